@@ -1,0 +1,222 @@
+"""Frozen domain values shared by the pure core (plan, scheduler) and the adapters.
+
+The store turns rows into these, the runtime turns Docker listings into these, and the planner
+sees nothing else: no ORM objects, no Docker dicts, no clocks.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from schema.enums import (
+    LIVE_REPLICA_STATUSES,
+    DeploymentStatus,
+    NodeStatus,
+    ReplicaStatus,
+)
+
+__all__ = [
+    "LIVE_REPLICA_STATUSES",
+    "ContainerState",
+    "Deployment",
+    "DeploymentStatus",
+    "Node",
+    "NodeStatus",
+    "NodeView",
+    "ObservedContainer",
+    "Replica",
+    "ReplicaStatus",
+    "Resources",
+]
+
+# Labels that mark a container as ours. A container without them is never touched.
+LABEL_MANAGED_BY = "fog.managed-by"
+MANAGED_BY_VALUE = "fog-controller"
+LABEL_DEPLOYMENT = "fog.deployment-id"
+LABEL_REPLICA = "fog.replica-id"
+CONTAINER_NAME_PREFIX = "fog-"
+
+
+def container_name(replica_id: uuid.UUID) -> str:
+    """Derived from the replica id, so a create retried after a crash finds its own container."""
+    return f"{CONTAINER_NAME_PREFIX}{replica_id}"
+
+
+def short_id(value: uuid.UUID) -> str:
+    return str(value)[:8]
+
+
+@dataclass(frozen=True, slots=True)
+class Resources:
+    cpu_cores: float
+    memory_mb: int
+    gpu_units: int = 0
+    storage_gb: int = 0
+
+    def __add__(self, other: Resources) -> Resources:
+        return Resources(
+            self.cpu_cores + other.cpu_cores,
+            self.memory_mb + other.memory_mb,
+            self.gpu_units + other.gpu_units,
+            self.storage_gb + other.storage_gb,
+        )
+
+
+ZERO = Resources(0.0, 0, 0, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """A node as the scheduler sees it. `storage_gb=None` means storage is not constrained."""
+
+    id: uuid.UUID
+    name: str
+    docker_url: str
+    status: NodeStatus
+    cpu_cores: float
+    memory_mb: int
+    gpu_units: int = 0
+    storage_gb: int | None = None
+    unschedulable: bool = False
+    draining: bool = False
+    last_heartbeat_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Replica:
+    id: uuid.UUID
+    deployment_id: uuid.UUID
+    status: ReplicaStatus
+    node_id: uuid.UUID | None = None
+    container_id: str | None = None
+    created_at: datetime | None = None
+    started_at: datetime | None = None
+    stopped_at: datetime | None = None
+
+    @property
+    def live(self) -> bool:
+        return self.status in LIVE_REPLICA_STATUSES
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    """Desired state (operator-owned) plus the status the controller last recorded."""
+
+    id: uuid.UUID
+    name: str
+    user_id: uuid.UUID
+    image: str
+    target_replicas: int
+    resources: Resources | None
+    status: DeploymentStatus
+    updated_at: datetime
+    deleted_at: datetime | None = None
+    # Non-terminal replicas (pending, starting, running, stopping).
+    replicas: tuple[Replica, ...] = ()
+    # The newest history row: its reason is the deployment's current condition.
+    last_reason: str | None = None
+    last_changed_at: datetime | None = None
+
+    @property
+    def deleting(self) -> bool:
+        return self.deleted_at is not None
+
+
+class ContainerState(enum.StrEnum):
+    """Docker's container states, as the list API reports them."""
+
+    CREATED = "created"
+    RUNNING = "running"
+    RESTARTING = "restarting"
+    PAUSED = "paused"
+    EXITED = "exited"
+    REMOVING = "removing"
+    DEAD = "dead"
+
+    @classmethod
+    def parse(cls, raw: str) -> ContainerState:
+        try:
+            return cls(raw.lower())
+        except ValueError:
+            return cls.DEAD
+
+
+@dataclass(frozen=True, slots=True)
+class ObservedContainer:
+    """One of our containers as a node's engine reports it."""
+
+    id: str
+    name: str
+    node_id: uuid.UUID
+    state: ContainerState
+    deployment_id: uuid.UUID | None
+    replica_id: uuid.UUID | None
+    image: str = ""
+    exit_code: int | None = None
+    restart_count: int = 0
+    oom_killed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class NodeView:
+    """What one listing of one node showed. `complete=False`: the node could not be listed,
+    so its replicas are unknown, not missing, and nothing on it may be judged gone."""
+
+    node_id: uuid.UUID
+    complete: bool
+    observed_at: datetime
+    containers: tuple[ObservedContainer, ...] = field(default=())
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRecord:
+    """A node row as stored: capacity columns may be NULL (then detected from the engine)."""
+
+    id: uuid.UUID
+    name: str
+    docker_url: str
+    status: NodeStatus
+    cpu_cores: float | None = None
+    memory_mb: int | None = None
+    gpu_units: int | None = None
+    storage_gb: int | None = None
+    unschedulable: bool = False
+    draining: bool = False
+    last_heartbeat_at: datetime | None = None
+    labels: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class EngineInfo:
+    """What an engine says about itself (docker info)."""
+
+    cpu_cores: float
+    memory_mb: int
+    storage_driver: str = ""
+    server_version: str = ""
+
+
+def resolve_node(record: NodeRecord, info: EngineInfo | None) -> Node:
+    """The schedulable view of a node: row capacity where set, the engine's figures elsewhere.
+    A node never probed has no capacity to offer."""
+    return Node(
+        id=record.id,
+        name=record.name,
+        docker_url=record.docker_url,
+        status=record.status,
+        cpu_cores=record.cpu_cores
+        if record.cpu_cores is not None
+        else (info.cpu_cores if info else 0.0),
+        memory_mb=record.memory_mb
+        if record.memory_mb is not None
+        else (info.memory_mb if info else 0),
+        gpu_units=record.gpu_units or 0,
+        storage_gb=record.storage_gb,
+        unschedulable=record.unschedulable,
+        draining=record.draining,
+        last_heartbeat_at=record.last_heartbeat_at,
+    )

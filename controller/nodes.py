@@ -1,0 +1,150 @@
+"""Node heartbeat and readiness: probe each engine, record `last_heartbeat_at`, and move nodes
+between `unknown`, `ready` and `not_ready`.
+
+A node row becomes `ready` after its first successful probe; a ready node whose probes keep
+failing for `node_grace_seconds` becomes `not_ready` (no new placements, its replicas unknown).
+Capacity columns left NULL are filled in memory from the engine's `docker info`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
+
+from controller import errors
+from controller.model import EngineInfo, Node, NodeRecord, NodeStatus, resolve_node
+from controller.runtime import Runtime
+from controller.settings import Settings
+from controller.store import Store
+
+log = structlog.get_logger(__name__)
+
+LOCAL_NODE_NAME = "local"
+
+
+def next_status(
+    record: NodeRecord, probe_ok: bool, *, now: datetime, grace: timedelta
+) -> NodeStatus:
+    """PURE: the node's status after one probe."""
+    if probe_ok:
+        return NodeStatus.READY
+    if record.status is NodeStatus.READY:
+        last = record.last_heartbeat_at
+        if last is None or now - last > grace:
+            return NodeStatus.NOT_READY
+    return record.status
+
+
+class NodeMonitor:
+    def __init__(
+        self, store: Store, runtime: Runtime, settings: Settings, clock: Callable[[], datetime]
+    ) -> None:
+        self._store = store
+        self._runtime = runtime
+        self._settings = settings
+        self._clock = clock
+        self._records: dict[uuid.UUID, NodeRecord] = {}
+        self._info: dict[uuid.UUID, EngineInfo] = {}
+
+    @property
+    def records(self) -> dict[uuid.UUID, NodeRecord]:
+        return dict(self._records)
+
+    def nodes(self) -> list[Node]:
+        return [resolve_node(r, self._info.get(r.id)) for r in self._records.values()]
+
+    def reachable(self) -> list[NodeRecord]:
+        """Nodes worth listing: those not known to be down."""
+        return [r for r in self._records.values() if r.status is NodeStatus.READY]
+
+    async def register_local(self) -> None:
+        """The embedded default: an empty `nodes` table and a reachable local engine make node
+        `local`, with the engine's own capacity, so `make run` works with nothing else."""
+        if not self._settings.register_local_node:
+            return
+        if await self._store.nodes():
+            return
+        probe = NodeRecord(
+            id=uuid.uuid4(),
+            name=LOCAL_NODE_NAME,
+            docker_url=self._settings.local_docker_host,
+            status=NodeStatus.UNKNOWN,
+        )
+        try:
+            info = await self._runtime.info(probe)
+        except errors.ControllerError as exc:
+            log.warning(
+                "local_engine_unreachable",
+                docker_url=probe.docker_url,
+                error=exc.reason,
+                hint="add nodes with fogctl node add, or start Docker",
+            )
+            return
+        if await self._store.register_node_if_none(LOCAL_NODE_NAME, probe.docker_url, info):
+            log.info(
+                "node_registered",
+                node=LOCAL_NODE_NAME,
+                docker_url=probe.docker_url,
+                cpu_cores=info.cpu_cores,
+                memory_mb=info.memory_mb,
+            )
+
+    async def refresh(self) -> None:
+        """Re-read node rows, probe every engine at once, write heartbeats and transitions."""
+        records = await self._store.nodes()
+        results = await asyncio.gather(*(self._probe(r) for r in records))
+        now = self._clock()
+        grace = timedelta(seconds=self._settings.node_grace_seconds)
+        changes: list[tuple[uuid.UUID, dict[str, Any]]] = []
+        fresh: dict[uuid.UUID, NodeRecord] = {}
+        for record, (info, error) in zip(records, results, strict=True):
+            ok = info is not None
+            status = next_status(record, ok, now=now, grace=grace)
+            values: dict[str, Any] = {}
+            if ok:
+                assert info is not None
+                self._info[record.id] = info
+                values["last_heartbeat_at"] = now
+            if status is not record.status:
+                values["status"] = status.value
+                event = "node_ready" if status is NodeStatus.READY else "node_not_ready"
+                log.info(
+                    event,
+                    node=record.name,
+                    old_status=record.status.value,
+                    new_status=status.value,
+                    reason="probe succeeded" if ok else f"no heartbeat for {grace}: {error}",
+                )
+            if values:
+                changes.append((record.id, values))
+            fresh[record.id] = NodeRecord(
+                id=record.id,
+                name=record.name,
+                docker_url=record.docker_url,
+                status=status,
+                cpu_cores=record.cpu_cores,
+                memory_mb=record.memory_mb,
+                gpu_units=record.gpu_units,
+                storage_gb=record.storage_gb,
+                unschedulable=record.unschedulable,
+                draining=record.draining,
+                last_heartbeat_at=now if ok else record.last_heartbeat_at,
+                labels=record.labels,
+            )
+        await self._store.update_nodes(changes)
+        self._records = fresh
+
+    async def _probe(self, record: NodeRecord) -> tuple[EngineInfo | None, str | None]:
+        # A black-holed engine must not hold up the heartbeat of every other node.
+        timeout = max(2.0, self._settings.node_heartbeat_seconds)
+        try:
+            return await asyncio.wait_for(self._runtime.info(record), timeout), None
+        except errors.ControllerError as exc:
+            return None, exc.reason
+        except TimeoutError:
+            return None, f"probe timed out after {timeout:g}s"

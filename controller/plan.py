@@ -1,0 +1,364 @@
+"""PURE: compare one deployment's desired state with what the store and the engines show, and
+say what to do. `plan(...) -> Plan` and `derive_status(...)` take plain values and return
+plain values; the reconciler carries the actions out.
+
+Rules that matter for safety:
+- A node that could not be listed is *unknown*: its replicas are neither missing nor orphaned.
+- A running replica is judged gone only by a listing taken after it started (a listing older
+  than the replica cannot show it, and acting on it would kill a healthy replica).
+- A container is ours only by its labels; one that names a replica that is not live, or sits on
+  another node than its replica's, is an orphan or a twin and is removed.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from controller.model import (
+    ContainerState,
+    Deployment,
+    DeploymentStatus,
+    Node,
+    NodeView,
+    ObservedContainer,
+    Replica,
+    ReplicaStatus,
+    short_id,
+)
+
+# Containers the engine is keeping alive (or will restart): the replica still stands.
+_ALIVE = frozenset({ContainerState.RUNNING, ContainerState.RESTARTING, ContainerState.PAUSED})
+# Scale-down order, cheapest to lose first (Kubernetes' ActivePods ranking).
+_STATUS_RANK = {ReplicaStatus.PENDING: 0, ReplicaStatus.STARTING: 1, ReplicaStatus.RUNNING: 2}
+
+
+# --- actions -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CreateReplicas:
+    """Insert `count` pending rows (intent, committed before any container exists)."""
+
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class MarkRunning:
+    """A starting replica whose container the engine runs: adopt it."""
+
+    replica: Replica
+    container_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class MarkFailed:
+    replica: Replica
+    reason: str
+    # The container to remove once the failure is recorded (an exited one), if any.
+    container: ObservedContainer | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EnsureContainer:
+    """A placed, starting replica without a running container: create (or find) and start it."""
+
+    replica: Replica
+    existing: ObservedContainer | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StopReplica:
+    """Mark stopping, stop gracefully, remove, mark stopped."""
+
+    replica: Replica
+    container: ObservedContainer | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveContainer:
+    """A labelled container with no live replica behind it (orphan) or on the wrong node (twin)."""
+
+    container: ObservedContainer
+    why: str
+
+
+Action = CreateReplicas | MarkRunning | MarkFailed | EnsureContainer | StopReplica | RemoveContainer
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    actions: tuple[Action, ...] = ()
+
+    def of(self, kind: type[Action]) -> list[Action]:
+        return [a for a in self.actions if isinstance(a, kind)]
+
+    @property
+    def empty(self) -> bool:
+        return not self.actions
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    # Most pending rows a deployment may hold unplaced; bounds a typo like 100,000 replicas.
+    burst: int = 500
+    # A container the engine has restarted this many times while we watch is a crash loop.
+    crash_loop_restarts: int = 3
+
+
+# --- observation helpers -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """The views of all nodes, indexed for one deployment."""
+
+    views: Mapping[uuid.UUID, NodeView]
+    # Keyed by (replica, node): a twin on another node must not hide the replica's own.
+    placed: Mapping[tuple[uuid.UUID, uuid.UUID], ObservedContainer] = field(default_factory=dict)
+    mine: tuple[ObservedContainer, ...] = ()
+
+    @classmethod
+    def index(cls, deployment_id: uuid.UUID, views: Mapping[uuid.UUID, NodeView]) -> Observed:
+        mine = tuple(
+            c
+            for view in views.values()
+            for c in view.containers
+            if c.deployment_id == deployment_id
+        )
+        placed = {(c.replica_id, c.node_id): c for c in mine if c.replica_id is not None}
+        return cls(views, placed, mine)
+
+    def of(self, r: Replica) -> ObservedContainer | None:
+        """The replica's container on the replica's own node, if listed."""
+        return None if r.node_id is None else self.placed.get((r.id, r.node_id))
+
+    def known(self, node_id: uuid.UUID | None) -> NodeView | None:
+        """The node's view if it is complete, else None (unknown)."""
+        if node_id is None:
+            return None
+        view = self.views.get(node_id)
+        return view if view is not None and view.complete else None
+
+
+def _exit_reason(c: ObservedContainer) -> str:
+    code = "unknown" if c.exit_code is None else str(c.exit_code)
+    oom = " (OOMKilled)" if c.oom_killed else ""
+    return f"container {c.state.value} with code {code}{oom}"
+
+
+# --- the planner ---------------------------------------------------------------------------
+
+
+def plan(
+    d: Deployment,
+    views: Mapping[uuid.UUID, NodeView],
+    nodes: Sequence[Node],
+    *,
+    policy: Policy = Policy(),
+) -> Plan:
+    """What to do next for deployment `d`. Repeated planning over the world it leads to converges
+    to exactly `target_replicas` live replicas, never with two containers for one replica."""
+    node_ids = {n.id for n in nodes}
+    obs = Observed.index(d.id, views)
+    actions: list[Action] = []
+    live: list[Replica] = []
+
+    for r in d.replicas:
+        c = obs.of(r)
+        if r.status is ReplicaStatus.STOPPING:
+            actions.append(StopReplica(r, c))
+            continue
+        if r.status is ReplicaStatus.PENDING:
+            live.append(r)
+            continue
+        if r.node_id is None or r.node_id not in node_ids:
+            actions.append(MarkFailed(r, "node removed"))
+            continue
+        view = obs.known(r.node_id)
+        if r.status is ReplicaStatus.STARTING:
+            live.append(r)
+            if view is None:
+                continue  # node unknown: the create may or may not have happened
+            if c is not None and c.state in _ALIVE:
+                actions.append(MarkRunning(r, c.id))
+            else:
+                actions.append(EnsureContainer(r, c))
+            continue
+        # RUNNING
+        if view is None:
+            live.append(r)
+            continue
+        if c is None:
+            if r.started_at is not None and view.observed_at <= r.started_at:
+                live.append(r)  # listing predates the start: cannot judge yet
+            else:
+                actions.append(MarkFailed(r, "container is gone"))
+            continue
+        if c.state in _ALIVE:
+            live.append(r)
+        else:
+            actions.append(MarkFailed(r, _exit_reason(c), c))
+
+    live_ids = {r.id for r in live}
+    stopping_ids = {a.replica.id for a in actions if isinstance(a, StopReplica)}
+    replica_nodes = {r.id: r.node_id for r in d.replicas}
+    failed_with_container = {
+        a.container.id for a in actions if isinstance(a, MarkFailed) and a.container is not None
+    }
+    for c in obs.mine:
+        if c.id in failed_with_container:
+            continue
+        if c.replica_id in stopping_ids and replica_nodes.get(c.replica_id) == c.node_id:
+            continue
+        if c.replica_id not in live_ids:
+            actions.append(RemoveContainer(c, "no live replica"))
+        elif replica_nodes.get(c.replica_id) != c.node_id:
+            actions.append(RemoveContainer(c, "twin of a replica placed on another node"))
+
+    target = 0 if d.deleting else d.target_replicas
+    if len(live) > target:
+        for victim in victims(live, len(live) - target):
+            actions.append(StopReplica(victim, obs.of(victim)))
+    elif len(live) < target:
+        unplaced = sum(1 for r in live if r.node_id is None)
+        count = min(target - len(live), max(0, policy.burst - unplaced))
+        if count:
+            actions.append(CreateReplicas(count))
+    return Plan(tuple(actions))
+
+
+def victims(live: Sequence[Replica], count: int) -> list[Replica]:
+    """Which `count` replicas to stop: unplaced first, then pending < starting < running, then
+    those on the node crowded with most replicas of this deployment, newest first."""
+    per_node = Counter(r.node_id for r in live if r.node_id is not None)
+
+    def rank(r: Replica) -> tuple[int, int, int, float, str]:
+        created = r.created_at.timestamp() if r.created_at else 0.0
+        return (
+            0 if r.node_id is None else 1,
+            _STATUS_RANK.get(r.status, 3),
+            -per_node.get(r.node_id, 0),
+            -created,
+            str(r.id),
+        )
+
+    return sorted(live, key=rank)[:count]
+
+
+# --- status --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """What the reconciler remembers between passes (in memory, as kubelet keeps backoff)."""
+
+    last_progress_at: datetime
+    problem: str | None = None  # the latest start failure or scheduling refusal
+
+
+@dataclass(frozen=True, slots=True)
+class StatusDecision:
+    status: DeploymentStatus
+    reason: str
+    converged: bool
+    ready: int
+
+
+def ready_count(d: Deployment, views: Mapping[uuid.UUID, NodeView]) -> int:
+    """Running replicas whose container the engine shows running (unknown nodes: trust the row)."""
+    obs = Observed.index(d.id, views)
+    n = 0
+    for r in d.replicas:
+        if r.status is not ReplicaStatus.RUNNING:
+            continue
+        view = obs.known(r.node_id)
+        c = obs.of(r)
+        if view is None or (c is not None and c.state is ContainerState.RUNNING):
+            n += 1
+    return n
+
+
+def crash_loop(
+    d: Deployment, views: Mapping[uuid.UUID, NodeView], policy: Policy = Policy()
+) -> str | None:
+    """`crash loop: replica 3f2a restarted 5 times, last exit code 3` for the worst offender."""
+    worst: ObservedContainer | None = None
+    live = {r.id for r in d.replicas if r.live}
+    for c in Observed.index(d.id, views).mine:
+        if c.replica_id not in live or c.state is not ContainerState.RESTARTING:
+            continue
+        if c.restart_count >= policy.crash_loop_restarts and (
+            worst is None or c.restart_count > worst.restart_count
+        ):
+            worst = c
+    if worst is None or worst.replica_id is None:
+        return None
+    code = "unknown" if worst.exit_code is None else str(worst.exit_code)
+    oom = " (OOMKilled)" if worst.oom_killed else ""
+    return (
+        f"crash loop: replica {short_id(worst.replica_id)} restarted {worst.restart_count} "
+        f"times, last exit code {code}{oom}"
+    )
+
+
+def derive_status(
+    d: Deployment,
+    views: Mapping[uuid.UUID, NodeView],
+    progress: Progress,
+    *,
+    now: datetime,
+    deadline: timedelta,
+    policy: Policy = Policy(),
+) -> StatusDecision:
+    """The deployment's status and reason from its replicas and what the engines show."""
+    live = [r for r in d.replicas if r.live]
+    stopping = [r for r in d.replicas if r.status is ReplicaStatus.STOPPING]
+    ready = ready_count(d, views)
+    if d.deleting:
+        if not live and not stopping:
+            return StatusDecision(DeploymentStatus.DELETED, "deleted by operator", True, 0)
+        return StatusDecision(d.status, f"deleting: {len(live) + len(stopping)} left", False, ready)
+    target = d.target_replicas
+    if target == 0 and not live and not stopping:
+        return StatusDecision(DeploymentStatus.STOPPED, "scaled to 0 replicas", True, 0)
+    progress_text = f"{ready}/{target} replicas running"
+    if ready == target and len(live) == target and not stopping:
+        return StatusDecision(DeploymentStatus.RUNNING, progress_text, True, ready)
+
+    problem = crash_loop(d, views, policy) or progress.problem
+    reason = f"{progress_text}; {problem}" if problem else progress_text
+    stalled = now - progress.last_progress_at > deadline
+    # Failed is sticky until the deployment converges or the operator changes it: a restarted
+    # controller must not flap a failed deployment back to scheduled for another deadline.
+    sticky = (
+        d.status is DeploymentStatus.FAILED
+        and d.last_changed_at is not None
+        and d.updated_at <= d.last_changed_at
+    )
+    if target > 0 and (stalled or sticky):
+        return StatusDecision(DeploymentStatus.FAILED, f"no progress: {reason}", False, ready)
+    if target > 0 and all(r.node_id is None for r in live):
+        return StatusDecision(DeploymentStatus.PENDING, reason, False, ready)
+    return StatusDecision(DeploymentStatus.SCHEDULED, reason, False, ready)
+
+
+def history_needed(d: Deployment, decision: StatusDecision) -> bool:
+    """A history row for every status change, and for a changed problem under the same status
+    (a new refusal or error), but not for mere progress counts ("2/5" -> "3/5")."""
+    if decision.status is not d.status:
+        return True
+    if decision.converged:
+        return False
+    return _problem_of(decision.reason) != _problem_of(d.last_reason)
+
+
+def _problem_of(reason: str | None) -> str | None:
+    if not reason:
+        return None
+    text = reason.removeprefix("no progress: ")
+    _, sep, problem = text.partition("; ")
+    return problem if sep else None

@@ -1,0 +1,489 @@
+"""`reconcile(deployment_id)`: read desired and observed state, plan, act, record status once.
+
+Level-triggered: a key is all it gets; it re-reads the deployment from the store and lists the
+engines every time, so a lost wake-up can only delay convergence, never prevent it.
+
+Crash safety is "intent before action": replica rows (pending), their placement and their
+`starting` status are committed before any container exists, and the container's name is
+derived from the replica id. A controller killed at any point restarts, finds `starting`
+replicas, and `ensure`s their containers: a create that already happened is found by name and
+adopted instead of making a twin.
+
+Starts go in slow-start batches (1, 2, 4, ...), stopping at the first batch with a failure, as
+Kubernetes' ReplicaSet controller does, so a broken image fails once, not a hundred times. A
+failed start puts the deployment in crash backoff (10 s doubling to 5 min).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+
+import structlog
+
+from controller import errors, scheduler
+from controller.model import (
+    ZERO,
+    Deployment,
+    DeploymentStatus,
+    NodeRecord,
+    NodeView,
+    ObservedContainer,
+    Replica,
+    ReplicaStatus,
+    container_name,
+    short_id,
+)
+from controller.nodes import NodeMonitor
+from controller.plan import (
+    CreateReplicas,
+    EnsureContainer,
+    MarkFailed,
+    MarkRunning,
+    Policy,
+    Progress,
+    RemoveContainer,
+    StopReplica,
+    derive_status,
+    history_needed,
+    plan,
+)
+from controller.runtime import ContainerSpec, Runtime
+from controller.settings import Settings
+from controller.store import Store, Transition
+
+log = structlog.get_logger(__name__)
+
+_LIVE_OR_STOPPING = (
+    ReplicaStatus.PENDING,
+    ReplicaStatus.STARTING,
+    ReplicaStatus.RUNNING,
+    ReplicaStatus.STOPPING,
+)
+# How soon to look again after a transient failure (engine briefly unreachable, say).
+TRANSIENT_RETRY_SECONDS = 1.0
+
+
+@dataclass
+class DeploymentMemory:
+    """What the reconciler remembers about one deployment between reconciles (in memory, as
+    kubelet keeps its crash backoff): failures, the current problem, progress time."""
+
+    last_progress_at: datetime
+    spec_seen_at: datetime
+    failures: int = 0
+    retry_at: datetime | None = None
+    error: str | None = None  # the latest start failure
+    unschedulable: str | None = None  # the latest "0/N nodes fit: ..."
+    last_ready: int = 0
+
+    @property
+    def problem(self) -> str | None:
+        return self.error or self.unschedulable
+
+    def reset(self) -> None:
+        self.failures, self.retry_at, self.error, self.unschedulable = 0, None, None, None
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    requeue_after: float | None = None
+    actions: int = 0
+
+
+class Reconciler:
+    def __init__(
+        self,
+        store: Store,
+        runtime: Runtime,
+        nodes: NodeMonitor,
+        settings: Settings,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self._store = store
+        self._runtime = runtime
+        self._nodes = nodes
+        self._settings = settings
+        self._clock = clock
+        self._memory: dict[uuid.UUID, DeploymentMemory] = {}
+        # Placement reads node usage and writes placements; serialising it means two
+        # deployments reconciled at once can never both take a node's last free slot.
+        self._placement_lock = asyncio.Lock()
+        self.policy = Policy(burst=settings.replica_burst)
+
+    # --- observation -----------------------------------------------------------------------
+
+    async def observe(self, records: Iterable[NodeRecord]) -> dict[uuid.UUID, NodeView]:
+        """List every reachable node at once; the rest are absent from the map (unknown)."""
+        reachable = list(records)
+        views = await asyncio.gather(*(self._runtime.list(r) for r in reachable))
+        return {v.node_id: v for v in views}
+
+    def memory(self, d: Deployment) -> DeploymentMemory:
+        now = self._clock()
+        mem = self._memory.get(d.id)
+        if mem is None:
+            mem = self._memory[d.id] = DeploymentMemory(
+                last_progress_at=now, spec_seen_at=d.updated_at
+            )
+        elif d.updated_at > mem.spec_seen_at and d.updated_at != d.last_changed_at:
+            # The operator changed the deployment: a fresh start, as a new rollout resets
+            # Kubernetes' progress deadline and a changed pod resets kubelet's backoff.
+            mem.spec_seen_at = d.updated_at
+            mem.reset()
+            mem.last_progress_at = now
+        return mem
+
+    def forget(self, deployment_id: uuid.UUID) -> None:
+        self._memory.pop(deployment_id, None)
+
+    def wants_work(self, d: Deployment, views: Mapping[uuid.UUID, NodeView]) -> bool:
+        """For the resync pass: would a reconcile of `d` do anything right now?"""
+        if not plan(d, views, self._nodes.nodes(), policy=self.policy).empty:
+            return True
+        mem = self.memory(d)
+        decision = derive_status(
+            d,
+            views,
+            Progress(mem.last_progress_at, mem.problem),
+            now=self._clock(),
+            deadline=timedelta(seconds=self._settings.progress_deadline_seconds),
+            policy=self.policy,
+        )
+        return history_needed(d, decision)
+
+    # --- reconcile -------------------------------------------------------------------------
+
+    async def reconcile(self, deployment_id: uuid.UUID) -> Result:
+        started = time.monotonic()
+        structlog.contextvars.bind_contextvars(
+            deployment_id=str(deployment_id), reconcile_id=uuid.uuid4().hex[:12]
+        )
+        try:
+            return await self._reconcile(deployment_id, started)
+        finally:
+            structlog.contextvars.unbind_contextvars("deployment_id", "reconcile_id", "deployment")
+
+    async def _reconcile(self, deployment_id: uuid.UUID, started: float) -> Result:
+        d = await self._store.load_deployment(deployment_id)
+        if d is None or d.status is DeploymentStatus.DELETED:
+            self.forget(deployment_id)
+            return Result()
+        structlog.contextvars.bind_contextvars(deployment=d.name)
+        records = self._nodes.records
+        views = await self.observe(self._nodes.reachable())
+        mem = self.memory(d)
+        p = plan(d, views, self._nodes.nodes(), policy=self.policy)
+        now = self._clock()
+        transient = False
+
+        # 1. Intent: everything the engines will be asked to do is committed first.
+        transitions: list[Transition] = []
+        for a in p.actions:
+            if isinstance(a, MarkRunning):
+                transitions.append(
+                    Transition(
+                        a.replica.id,
+                        (ReplicaStatus.STARTING,),
+                        ReplicaStatus.RUNNING,
+                        (("container_id", a.container_id), ("started_at", now)),
+                    )
+                )
+            elif isinstance(a, MarkFailed):
+                transitions.append(
+                    Transition(
+                        a.replica.id,
+                        (ReplicaStatus.STARTING, ReplicaStatus.RUNNING),
+                        ReplicaStatus.FAILED,
+                        (("stopped_at", now),),
+                    )
+                )
+            elif isinstance(a, StopReplica) and a.replica.status is not ReplicaStatus.STOPPING:
+                transitions.append(
+                    Transition(a.replica.id, _LIVE_OR_STOPPING[:3], ReplicaStatus.STOPPING)
+                )
+        moved = await self._store.transition(transitions)
+        for a in p.actions:
+            if isinstance(a, MarkRunning) and a.replica.id in moved:
+                log.info("replica_adopted", replica_id=str(a.replica.id), container=a.container_id)
+            elif isinstance(a, MarkFailed) and a.replica.id in moved:
+                log.warning("replica_failed", replica_id=str(a.replica.id), reason=a.reason)
+            elif isinstance(a, StopReplica) and a.replica.id in moved:
+                log.info("replica_stopping", replica_id=str(a.replica.id))
+        created: list[Replica] = []
+        for a in p.actions:
+            if isinstance(a, CreateReplicas):
+                created = await self._store.create_replicas(d.id, a.count, now)
+                log.info("replicas_created", count=len(created), target=d.target_replicas)
+
+        # 2. Removals and stops run beside the starts.
+        removals = [
+            (a.container, a.why) for a in p.actions if isinstance(a, RemoveContainer)
+        ] + [
+            (a.container, a.reason)
+            for a in p.actions
+            if isinstance(a, MarkFailed) and a.container is not None and a.replica.id in moved
+        ]
+        stops = [a for a in p.actions if isinstance(a, StopReplica)]
+        background = asyncio.gather(
+            *(self._remove(records, c, why) for c, why in removals),
+            *(self._stop(records, a) for a in stops),
+        )
+
+        # 3. Starts, in slow-start batches, unless the deployment is backing off.
+        ensure = [a.replica for a in p.actions if isinstance(a, EnsureContainer)]
+        victims = {a.replica.id for a in stops}
+        pending = [
+            r
+            for r in d.replicas
+            if r.status is ReplicaStatus.PENDING and r.node_id is None and r.id not in victims
+        ] + created
+        requeue: float | None = None
+        if ensure or pending:
+            if mem.retry_at is not None and now < mem.retry_at:
+                requeue = (mem.retry_at - now).total_seconds()
+            else:
+                transient = await self._start(d, ensure, pending, mem, records)
+
+        stop_results = await background
+        transient = transient or not all(stop_results)
+
+        # 4. Status, from a fresh read of what we just changed.
+        acted = bool(p.actions)
+        if acted:
+            fresh = await self._store.load_deployment(d.id)
+            if fresh is None:
+                return Result()
+            d = fresh
+            views = await self.observe(self._nodes.reachable())
+        await self._record_status(d, views, mem)
+
+        if transient:
+            requeue = min(requeue or TRANSIENT_RETRY_SECONDS, TRANSIENT_RETRY_SECONDS)
+        elif d.status is not DeploymentStatus.RUNNING and requeue is None:
+            # Look again when the progress deadline could pass, if nothing wakes us first.
+            left = (
+                mem.last_progress_at
+                + timedelta(seconds=self._settings.progress_deadline_seconds)
+                - self._clock()
+            ).total_seconds()
+            requeue = max(left, 0.0) + 0.05 if left > -1 else None
+        log.debug(
+            "reconcile_done",
+            duration_ms=round((time.monotonic() - started) * 1000, 2),
+            actions=len(p.actions),
+            status=d.status.value,
+        )
+        return Result(requeue_after=requeue, actions=len(p.actions))
+
+    async def _start(
+        self,
+        d: Deployment,
+        ensure: list[Replica],
+        pending: list[Replica],
+        mem: DeploymentMemory,
+        records: Mapping[uuid.UUID, NodeRecord],
+    ) -> bool:
+        """Place and start replicas in growing batches; returns True on a transient failure."""
+        request = d.resources or ZERO
+        spread = Counter(
+            r.node_id for r in d.replicas if r.live and r.node_id is not None
+        )
+        queue: list[Replica] = [*ensure, *pending]
+        batch = 1
+        transient = False
+        while queue:
+            take, queue = queue[:batch], queue[batch:]
+            unplaced = [r for r in take if r.node_id is None]
+            ready = [r for r in take if r.node_id is not None]
+            if unplaced:
+                placed, refusal = await self._place(d, unplaced, request, spread)
+                ready.extend(placed)
+                mem.unschedulable = refusal
+                if refusal:
+                    queue = []  # nothing else fits either
+                    log.info(
+                        "replicas_unschedulable",
+                        count=len(unplaced) - len(placed),
+                        reason=refusal,
+                    )
+            outcomes = await asyncio.gather(*(self._ensure(d, r, records) for r in ready))
+            failures = [o for o in outcomes if isinstance(o, errors.PermanentError)]
+            transient = transient or any(isinstance(o, errors.TransientError) for o in outcomes)
+            if failures:
+                mem.failures += 1
+                delay = min(
+                    self._settings.crash_backoff_initial_seconds * 2 ** (mem.failures - 1),
+                    self._settings.crash_backoff_max_seconds,
+                )
+                mem.retry_at = self._clock() + timedelta(seconds=delay)
+                mem.error = failures[0].reason
+                log.warning(
+                    "deployment_backoff",
+                    failures=mem.failures,
+                    retry_in_seconds=delay,
+                    reason=failures[0].reason,
+                )
+                break
+            if any(o is None for o in outcomes):
+                mem.failures, mem.retry_at, mem.error = 0, None, None
+            batch *= 2
+        return transient
+
+    async def _place(
+        self,
+        d: Deployment,
+        replicas: list[Replica],
+        request: scheduler.Resources,
+        spread: Counter[uuid.UUID | None],
+    ) -> tuple[list[Replica], str | None]:
+        async with self._placement_lock:
+            usage = await self._store.node_usage()
+            result = scheduler.schedule(
+                [r.id for r in replicas],
+                request,
+                self._nodes.nodes(),
+                usage,
+                {k: v for k, v in spread.items() if k is not None},
+            )
+            by_id = {r.id: r for r in replicas}
+            moved = await self._store.transition(
+                Transition(
+                    p.replica_id,
+                    (ReplicaStatus.PENDING,),
+                    ReplicaStatus.STARTING,
+                    (("node_id", p.node_id),),
+                )
+                for p in result.placements
+            )
+        placed = []
+        for p in result.placements:
+            if p.replica_id in moved:
+                spread[p.node_id] += 1
+                placed.append(
+                    replace(by_id[p.replica_id], node_id=p.node_id, status=ReplicaStatus.STARTING)
+                )
+        return placed, result.reason
+
+    async def _ensure(
+        self, d: Deployment, r: Replica, records: Mapping[uuid.UUID, NodeRecord]
+    ) -> errors.ControllerError | None:
+        """Create/start one replica's container and record the outcome; errors are returned."""
+        record = records.get(r.node_id) if r.node_id else None
+        if record is None:
+            return errors.TransientError("node unknown")
+        spec = ContainerSpec(r.id, d.id, d.image, d.resources)
+        try:
+            container_id = await self._runtime.ensure(record, spec)
+        except errors.PermanentError as exc:
+            await self._store.transition(
+                [
+                    Transition(
+                        r.id,
+                        (ReplicaStatus.STARTING,),
+                        ReplicaStatus.FAILED,
+                        (("stopped_at", self._clock()),),
+                    )
+                ]
+            )
+            log.warning(
+                "replica_start_failed", replica_id=str(r.id), node=record.name, reason=exc.reason
+            )
+            return exc
+        except errors.TransientError as exc:
+            log.warning(
+                "replica_start_deferred", replica_id=str(r.id), node=record.name, reason=exc.reason
+            )
+            return exc
+        await self._store.transition(
+            [
+                Transition(
+                    r.id,
+                    (ReplicaStatus.STARTING,),
+                    ReplicaStatus.RUNNING,
+                    (("container_id", container_id), ("started_at", self._clock())),
+                )
+            ]
+        )
+        log.info(
+            "replica_started",
+            replica_id=str(r.id),
+            node=record.name,
+            container=container_id[:12],
+        )
+        return None
+
+    async def _stop(self, records: Mapping[uuid.UUID, NodeRecord], a: StopReplica) -> bool:
+        """Stop gracefully, remove, mark stopped; False when the node could not be reached."""
+        r = a.replica
+        record = records.get(r.node_id) if r.node_id else None
+        if r.node_id is not None:
+            if record is None:
+                return False  # node unknown: try again once it is back (or removed)
+            ref = a.container.id if a.container else (r.container_id or container_name(r.id))
+            try:
+                await self._runtime.stop(record, ref, self._settings.stop_timeout_seconds)
+            except errors.ControllerError as exc:
+                log.warning(
+                    "replica_stop_failed", replica_id=str(r.id), node=record.name, reason=exc.reason
+                )
+                return False
+        await self._store.transition(
+            [
+                Transition(
+                    r.id,
+                    _LIVE_OR_STOPPING,
+                    ReplicaStatus.STOPPED,
+                    (("stopped_at", self._clock()),),
+                )
+            ]
+        )
+        log.info("replica_stopped", replica_id=str(r.id), replica=short_id(r.id))
+        return True
+
+    async def _remove(
+        self, records: Mapping[uuid.UUID, NodeRecord], container: ObservedContainer, why: str
+    ) -> bool:
+        record = records.get(container.node_id)
+        if record is None:
+            return False
+        try:
+            await self._runtime.stop(record, container.id, 0)
+        except errors.ControllerError as exc:
+            log.warning("container_remove_failed", container=container.name, reason=exc.reason)
+            return False
+        log.info("container_removed", container=container.name, node=record.name, why=why)
+        return True
+
+    async def _record_status(
+        self, d: Deployment, views: Mapping[uuid.UUID, NodeView], mem: DeploymentMemory
+    ) -> None:
+        now = self._clock()
+        decision = derive_status(
+            d,
+            views,
+            Progress(mem.last_progress_at, mem.problem),
+            now=now,
+            deadline=timedelta(seconds=self._settings.progress_deadline_seconds),
+            policy=self.policy,
+        )
+        if decision.converged or decision.ready > mem.last_ready:
+            mem.last_progress_at = now
+        if decision.converged:
+            mem.reset()
+        mem.last_ready = decision.ready
+        if not history_needed(d, decision):
+            return
+        if await self._store.record_status(d.id, d.status, decision.status, decision.reason, now):
+            mem.spec_seen_at = max(mem.spec_seen_at, now)
+            log.info(
+                "deployment_status_changed",
+                old_status=d.status.value,
+                new_status=decision.status.value,
+                reason=decision.reason,
+            )

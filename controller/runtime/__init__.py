@@ -1,0 +1,59 @@
+"""The runtime port: what the reconciler needs from a container engine, whatever the engine.
+
+`runtime.docker` implements it against real Docker engines; `runtime.hollow` (benchmarks only)
+implements it in memory. The reconciler depends on this Protocol, never on docker-py.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Protocol
+
+from controller.model import (
+    LABEL_DEPLOYMENT,
+    LABEL_MANAGED_BY,
+    LABEL_REPLICA,
+    MANAGED_BY_VALUE,
+    EngineInfo,
+    NodeRecord,
+    NodeView,
+    Resources,
+    container_name,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerSpec:
+    replica_id: uuid.UUID
+    deployment_id: uuid.UUID
+    image: str
+    resources: Resources | None
+
+    @property
+    def name(self) -> str:
+        return container_name(self.replica_id)
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return {
+            LABEL_MANAGED_BY: MANAGED_BY_VALUE,
+            LABEL_DEPLOYMENT: str(self.deployment_id),
+            LABEL_REPLICA: str(self.replica_id),
+        }
+
+
+class Runtime(Protocol):
+    async def info(self, node: NodeRecord) -> EngineInfo:
+        """Probe the engine; raises errors.TransientError when it cannot be reached."""
+
+    async def list(self, node: NodeRecord) -> NodeView:
+        """Our containers on `node`; never raises: a failed listing is `complete=False`."""
+
+    async def ensure(self, node: NodeRecord, spec: ContainerSpec) -> str:
+        """Create (or find by name) and start the replica's container; returns its id."""
+
+    async def stop(self, node: NodeRecord, container: str, timeout_seconds: float) -> None:
+        """Stop gracefully and remove; a container already gone is success."""
+
+    async def close(self) -> None: ...

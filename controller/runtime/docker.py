@@ -1,0 +1,375 @@
+"""Every Docker call the controller makes, off the event loop, one client per node.
+
+Why it looks the way it does:
+- docker-py is blocking, so each call runs in a dedicated thread pool sized for all nodes
+  (asyncio's default pool has only cpu+4 threads, which would cap a whole fog at ~6 calls).
+  A per-node semaphore bounds calls in flight to `node_concurrency`, and the client's HTTP
+  pool is sized to match, so requests never queue inside urllib3.
+- A client built without an API version asks the engine for `/version` in its constructor and
+  raises when the engine is down; we pin the version and build clients lazily.
+- Listing uses the low-level API filtered by our label: `containers.list()` inspects each
+  container and races with removals. Only containers that are not running are inspected, for
+  their exit code, restart count and OOM flag.
+- Library exceptions become `errors.TransientError` / `errors.PermanentError` here, with the
+  engine's own message kept as the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import docker
+import docker.errors
+import requests.exceptions
+import structlog
+from docker.types import DeviceRequest
+from docker.utils import parse_repository_tag
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from controller import errors
+from controller.model import (
+    LABEL_DEPLOYMENT,
+    LABEL_MANAGED_BY,
+    LABEL_REPLICA,
+    MANAGED_BY_VALUE,
+    ContainerState,
+    EngineInfo,
+    NodeRecord,
+    NodeView,
+    ObservedContainer,
+)
+from controller.runtime import ContainerSpec
+from controller.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+# Oldest API that has everything we use (device requests, nano_cpus); Docker 20.10 speaks it.
+DOCKER_API_VERSION = "1.41"
+DOCKER_CALL_ATTEMPTS = 3
+_MANAGED_FILTER = {"label": f"{LABEL_MANAGED_BY}={MANAGED_BY_VALUE}"}
+# Substrings of engine errors meaning "this storage driver cannot cap a container's disk".
+_STORAGE_OPT_UNSUPPORTED = ("storage-opt", "storage opt", "quota", "storage_opt")
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, docker.errors.APIError):
+        text = exc.explanation or str(exc)
+        return text.decode() if isinstance(text, bytes) else str(text)
+    return str(exc) or type(exc).__name__
+
+
+def translate(exc: BaseException, what: str) -> errors.ControllerError:
+    """A docker-py or transport exception as one of our two error kinds."""
+    if isinstance(exc, errors.ControllerError):
+        return exc
+    if isinstance(exc, docker.errors.APIError):
+        status = exc.status_code or 0
+        if status >= 500 or status in (408, 429):
+            return errors.TransientError(f"{what}: {_message(exc)}")
+        return errors.PermanentError(f"{what}: {_message(exc)}")
+    if isinstance(exc, requests.exceptions.RequestException | OSError | TimeoutError):
+        return errors.TransientError(f"{what}: engine unreachable: {_message(exc)}")
+    if isinstance(exc, docker.errors.DockerException):
+        return errors.PermanentError(f"{what}: {_message(exc)}")
+    return errors.TransientError(f"{what}: {type(exc).__name__}: {exc}")
+
+
+def _uuid(raw: str | None) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(raw) if raw else None
+    except ValueError:
+        return None
+
+
+class DockerRuntime:
+    """The runtime port over real Docker engines."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._clients: dict[str, docker.APIClient] = {}
+        self._semaphores: dict[str, asyncio.Semaphore] = {}
+        # Per engine URL: whether its storage driver accepts a size limit (None: not tried).
+        self._storage_opt: dict[str, bool] = {}
+        self._executor = ThreadPoolExecutor(
+            max_workers=max(8, settings.node_concurrency * 8), thread_name_prefix="docker"
+        )
+
+    # --- plumbing --------------------------------------------------------------------------
+
+    def _client(self, node: NodeRecord) -> docker.APIClient:
+        client = self._clients.get(node.docker_url)
+        if client is None:
+            client = docker.APIClient(
+                base_url=node.docker_url,
+                version=DOCKER_API_VERSION,
+                timeout=self._settings.docker_timeout_seconds,
+                max_pool_size=self._settings.node_concurrency,
+            )
+            self._clients[node.docker_url] = client
+        return client
+
+    def _semaphore(self, node: NodeRecord) -> asyncio.Semaphore:
+        sem = self._semaphores.get(node.docker_url)
+        if sem is None:
+            sem = self._semaphores[node.docker_url] = asyncio.Semaphore(
+                self._settings.node_concurrency
+            )
+        return sem
+
+    async def _raw(self, node: NodeRecord, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        async with self._semaphore(node):
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(
+                self._executor, functools.partial(fn, *args, **kwargs)
+            )
+
+    async def _call(
+        self, node: NodeRecord, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any
+    ) -> T:
+        """One Docker call, retried on transient failure (3 tries, jittered backoff)."""
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type(errors.TransientError),
+            stop=stop_after_attempt(DOCKER_CALL_ATTEMPTS),
+            wait=wait_exponential_jitter(initial=0.1, max=2.0),
+            reraise=True,
+        ):
+            with attempt:
+                try:
+                    return await self._raw(node, fn, *args, **kwargs)
+                except docker.errors.NotFound:
+                    raise
+                except Exception as exc:
+                    raise translate(exc, what) from exc
+        raise AssertionError("unreachable: tenacity either returns or raises")
+
+    async def close(self) -> None:
+        for client in self._clients.values():
+            client.close()
+        self._clients.clear()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # --- the port --------------------------------------------------------------------------
+
+    async def info(self, node: NodeRecord) -> EngineInfo:
+        try:
+            raw = await self._raw(node, self._client(node).info)
+        except Exception as exc:
+            raise translate(exc, "probe") from exc
+        return EngineInfo(
+            cpu_cores=float(raw.get("NCPU") or 0),
+            memory_mb=int((raw.get("MemTotal") or 0) // (1024 * 1024)),
+            storage_driver=str(raw.get("Driver") or ""),
+            server_version=str(raw.get("ServerVersion") or ""),
+        )
+
+    async def list(self, node: NodeRecord) -> NodeView:
+        observed_at = datetime.now(UTC)
+        client = self._client(node)
+        try:
+            raw = await self._raw(node, client.containers, all=True, filters=_MANAGED_FILTER)
+        except Exception as exc:
+            reason = translate(exc, "list").reason
+            log.warning("node_list_failed", node=node.name, error=reason)
+            return NodeView(node.id, complete=False, observed_at=observed_at, error=reason)
+        found = await asyncio.gather(*(self._observe(node, item) for item in raw))
+        containers = tuple(c for c in found if c is not None)
+        return NodeView(node.id, complete=True, observed_at=observed_at, containers=containers)
+
+    async def _observe(self, node: NodeRecord, item: dict[str, Any]) -> ObservedContainer | None:
+        labels = item.get("Labels") or {}
+        state = ContainerState.parse(str(item.get("State", "")))
+        names = item.get("Names") or ["/"]
+        container = ObservedContainer(
+            id=str(item["Id"]),
+            name=str(names[0]).lstrip("/"),
+            node_id=node.id,
+            state=state,
+            deployment_id=_uuid(labels.get(LABEL_DEPLOYMENT)),
+            replica_id=_uuid(labels.get(LABEL_REPLICA)),
+            image=str(item.get("Image", "")),
+        )
+        if state is ContainerState.RUNNING:
+            return container
+        try:
+            detail = await self._raw(node, self._client(node).inspect_container, container.id)
+        except docker.errors.NotFound:
+            return None  # removed between list and inspect
+        except Exception:
+            return container  # state known from the listing; details are a bonus
+        st = detail.get("State") or {}
+        return ObservedContainer(
+            id=container.id,
+            name=container.name,
+            node_id=node.id,
+            state=container.state,
+            deployment_id=container.deployment_id,
+            replica_id=container.replica_id,
+            image=container.image,
+            exit_code=st.get("ExitCode"),
+            restart_count=int(detail.get("RestartCount") or 0),
+            oom_killed=bool(st.get("OOMKilled")),
+        )
+
+    async def ensure(self, node: NodeRecord, spec: ContainerSpec) -> str:
+        client = self._client(node)
+        container_id = await self._create(node, spec)
+        try:
+            await self._call(node, "start container", client.start, container_id)
+        except (errors.ControllerError, docker.errors.NotFound) as exc:
+            reason = exc.reason if isinstance(exc, errors.ControllerError) else _message(exc)
+            # A container that cannot start (bad device request, bad command) is removed now:
+            # the replica fails and its replacement gets a fresh name.
+            if isinstance(exc, errors.PermanentError | docker.errors.NotFound):
+                await self._remove_quietly(node, container_id)
+                raise errors.PermanentError(f"container start failed: {reason}") from exc
+            raise
+        return container_id
+
+    async def _create(self, node: NodeRecord, spec: ContainerSpec) -> str:
+        client = self._client(node)
+        pulled = False
+        with_storage = self._storage_opt.get(node.docker_url, True)
+        while True:
+            try:
+                created = await self._call(
+                    node,
+                    "create container",
+                    client.create_container,
+                    **self._create_args(client, spec, with_storage=with_storage),
+                )
+                return str(created["Id"])
+            except docker.errors.NotFound as exc:
+                if pulled or "image" not in _message(exc).lower():
+                    raise errors.PermanentError(f"create container: {_message(exc)}") from exc
+                await self._pull(node, spec.image)
+                pulled = True
+            except errors.PermanentError as exc:
+                if "conflict" in exc.reason.lower() or "already in use" in exc.reason:
+                    return await self._adopt(node, spec)
+                if with_storage and _storage_unsupported(exc.reason, spec):
+                    with_storage = False
+                    self._storage_opt[node.docker_url] = False
+                    log.warning(
+                        "storage_limit_unenforced",
+                        node=node.name,
+                        error=exc.reason,
+                        detail="the storage driver cannot cap container disk; limits not applied",
+                    )
+                    continue
+                raise
+
+    def _create_args(
+        self, client: docker.APIClient, spec: ContainerSpec, *, with_storage: bool
+    ) -> dict[str, Any]:
+        settings = self._settings
+        host: dict[str, Any] = {
+            "restart_policy": {"Name": "unless-stopped"},
+            "security_opt": ["no-new-privileges"],
+            "privileged": False,
+            "pids_limit": settings.pids_limit,
+        }
+        if settings.container_network:
+            host["network_mode"] = settings.container_network
+        res = spec.resources
+        if res is not None:
+            host["nano_cpus"] = int(res.cpu_cores * 1e9)
+            host["mem_limit"] = f"{res.memory_mb}m"
+            if res.gpu_units > 0:
+                host["device_requests"] = [
+                    DeviceRequest(count=res.gpu_units, capabilities=[["gpu"]])
+                ]
+            if with_storage and res.storage_gb > 0:
+                host["storage_opt"] = {"size": f"{res.storage_gb}G"}
+        return {
+            "image": spec.image,
+            "name": spec.name,
+            "labels": spec.labels,
+            "detach": True,
+            "host_config": client.create_host_config(**host),
+        }
+
+    async def _adopt(self, node: NodeRecord, spec: ContainerSpec) -> str:
+        """Our name is taken: ours (a create retried after a crash) or a stranger's (conflict)."""
+        try:
+            detail = await self._call(
+                node, "inspect container", self._client(node).inspect_container, spec.name
+            )
+        except docker.errors.NotFound as exc:
+            raise errors.TransientError(f"name {spec.name} taken, then gone: retry") from exc
+        labels = (detail.get("Config") or {}).get("Labels") or {}
+        if labels.get(LABEL_REPLICA) != str(spec.replica_id) or labels.get(
+            LABEL_MANAGED_BY
+        ) != (MANAGED_BY_VALUE):
+            raise errors.ConflictError(
+                f"a container named {spec.name} exists without our labels; not adopting it"
+            )
+        log.info("container_adopted", node=node.name, container=spec.name)
+        return str(detail["Id"])
+
+    async def _pull(self, node: NodeRecord, image: str) -> None:
+        repository, tag = parse_repository_tag(image)
+        log.info("image_pull", node=node.name, image=image)
+        try:
+            await asyncio.wait_for(
+                self._raw(node, self._client(node).pull, repository, tag=tag or "latest"),
+                timeout=self._settings.pull_timeout_seconds,
+            )
+        except TimeoutError as exc:
+            raise errors.PermanentError(
+                f"image pull failed: {image}: timed out after "
+                f"{self._settings.pull_timeout_seconds:g}s"
+            ) from exc
+        except Exception as exc:
+            raise errors.PermanentError(f"image pull failed: {image}: {_message(exc)}") from exc
+
+    async def stop(self, node: NodeRecord, container: str, timeout_seconds: float) -> None:
+        client = self._client(node)
+        try:
+            await self._call(
+                node, "stop container", client.stop, container, timeout=int(timeout_seconds)
+            )
+        except docker.errors.NotFound:
+            return
+        await self._remove(node, container)
+
+    async def _remove(self, node: NodeRecord, container: str) -> None:
+        try:
+            await self._call(
+                node,
+                "remove container",
+                self._client(node).remove_container,
+                container,
+                force=True,
+            )
+        except docker.errors.NotFound:
+            return
+        except errors.PermanentError as exc:
+            if "already in progress" in exc.reason:
+                return
+            raise
+
+    async def _remove_quietly(self, node: NodeRecord, container: str) -> None:
+        try:
+            await self._remove(node, container)
+        except errors.ControllerError as exc:
+            log.warning("container_remove_failed", node=node.name, error=exc.reason)
+
+
+def _storage_unsupported(reason: str, spec: ContainerSpec) -> bool:
+    if spec.resources is None or spec.resources.storage_gb <= 0:
+        return False
+    lowered = reason.lower()
+    return any(marker in lowered for marker in _STORAGE_OPT_UNSUPPORTED)

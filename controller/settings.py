@@ -1,0 +1,103 @@
+"""One frozen Settings object, read from FOG_* environment variables once at start.
+
+Nothing else in the daemon reads the environment: the CLI builds Settings and passes it down.
+Every variable is listed in README.md and deploy/fog-controller.env.example.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
+
+
+def default_state_dir(env: Mapping[str, str]) -> Path:
+    """systemd's StateDirectory when run as a service, else the XDG state directory."""
+    if env.get("STATE_DIRECTORY"):
+        return Path(env["STATE_DIRECTORY"].split(":")[0])
+    base = env.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "fog-controller"
+
+
+class SettingsError(ValueError):
+    """A FOG_* variable that cannot be used; the message names it and the bad value."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    # Names map to FOG_<NAME upper-cased>; the comment is the unit.
+    database_url: str
+    resync_seconds: float = 5.0
+    stop_timeout_seconds: int = 10
+    progress_deadline_seconds: float = 600.0
+    replica_burst: int = 500  # most unplaced pending rows per deployment
+    keep_terminal_replicas: int = 10  # stopped/failed rows kept per deployment
+    workers: int = 16  # deployments reconciled at once
+    node_concurrency: int = 8  # Docker calls in flight per node
+    docker_timeout_seconds: float = 30.0
+    pull_timeout_seconds: float = 300.0
+    crash_backoff_initial_seconds: float = 10.0
+    crash_backoff_max_seconds: float = 300.0
+    node_heartbeat_seconds: float = 5.0
+    node_grace_seconds: float = 40.0
+    shutdown_grace_seconds: float = 10.0
+    container_network: str = ""  # empty: the engine's default network
+    pids_limit: int = 1024  # per container
+    register_local_node: bool = True
+    auto_migrate: bool = True  # upgrade the schema to head at start
+    local_docker_host: str = DEFAULT_DOCKER_HOST
+    log_format: str = "auto"  # auto | json | console
+    log_level: str = "info"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            key = f"FOG_{f.name.upper()}"
+            if key not in env or env[key] == "":
+                continue
+            values[f.name] = _parse(key, env[key], f.type)
+        if "database_url" not in values:
+            db = default_state_dir(env) / "fog.db"
+            values["database_url"] = f"sqlite+aiosqlite:///{db}"
+        if "local_docker_host" not in values and env.get("DOCKER_HOST"):
+            values["local_docker_host"] = env["DOCKER_HOST"]
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        positive = ("resync_seconds", "workers", "node_concurrency", "docker_timeout_seconds")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"FOG_{name.upper()} must be > 0, got {getattr(self, name)}")
+        if self.stop_timeout_seconds < 0 or self.keep_terminal_replicas < 0:
+            raise SettingsError("FOG_STOP_TIMEOUT_SECONDS and FOG_KEEP_TERMINAL_REPLICAS >= 0")
+        if self.replica_burst < 1:
+            raise SettingsError(f"FOG_REPLICA_BURST must be >= 1, got {self.replica_burst}")
+        if self.log_format not in ("auto", "json", "console"):
+            raise SettingsError(f"FOG_LOG_FORMAT must be auto, json or console: {self.log_format}")
+
+
+def _parse(key: str, raw: str, annotation: Any) -> Any:
+    kind = str(annotation)
+    try:
+        if kind == "bool":
+            lowered = raw.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+    except ValueError:
+        raise SettingsError(f"{key}: cannot read {raw!r} as {kind}") from None
+    return raw

@@ -1,0 +1,434 @@
+"""Every SQL statement the daemon runs, returning frozen model values.
+
+One class owns the database so that the rest of the controller never sees a row, a session or
+a driver exception. Reads load whole deployments in a constant number of queries (no N+1);
+each write method is one transaction. Replica transitions are guarded by the status they
+expect, so a write based on a stale read changes nothing instead of clobbering a newer state.
+Transient failures (connection lost, server restarting) are retried here with tenacity, with
+a bounded number of attempts, and then surface as `errors.StoreUnavailable`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from functools import wraps
+from typing import Any, ParamSpec, TypeVar
+
+import structlog
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from tenacity import (
+    AsyncRetrying,
+    RetryError,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from controller import errors
+from controller.model import (
+    Deployment,
+    DeploymentStatus,
+    EngineInfo,
+    NodeRecord,
+    NodeStatus,
+    Replica,
+    ReplicaStatus,
+    Resources,
+)
+from schema.enums import LIVE_REPLICA_STATUSES, TERMINAL_REPLICA_STATUSES
+from schema.models import (
+    Deployment as DeploymentRow,
+)
+from schema.models import (
+    DeploymentReplica as ReplicaRow,
+)
+from schema.models import (
+    DeploymentResource as ResourceRow,
+)
+from schema.models import (
+    DeploymentStatusHistory as HistoryRow,
+)
+from schema.models import (
+    Node as NodeRow,
+)
+from schema.models import REASON_MAX_LENGTH
+
+log = structlog.get_logger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+_NOT_TERMINAL = [s.value for s in ReplicaStatus if s not in TERMINAL_REPLICA_STATUSES]
+_LIVE = [s.value for s in LIVE_REPLICA_STATUSES]
+DB_RETRY_ATTEMPTS = 5
+
+
+def _transient(exc: BaseException) -> bool:
+    if isinstance(exc, OperationalError | InterfaceError):
+        return True
+    if isinstance(exc, DBAPIError):
+        return bool(exc.connection_invalidated)
+    return isinstance(exc, OSError | ConnectionError)
+
+
+def _retrying(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """Retry one store call on connection-level failures: 5 tries, jittered, then give up."""
+
+    @wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception(_transient),
+                stop=stop_after_attempt(DB_RETRY_ATTEMPTS),
+                wait=wait_exponential_jitter(initial=0.05, max=2.0),
+                reraise=False,
+            ):
+                with attempt:
+                    return await fn(*args, **kwargs)
+        except RetryError as exc:
+            cause = exc.last_attempt.exception()
+            raise errors.StoreUnavailable(f"database unavailable: {cause}") from cause
+        raise AssertionError("unreachable: tenacity either returns or raises")
+
+    return wrapper
+
+
+def _clip(reason: str) -> str:
+    return reason if len(reason) <= REASON_MAX_LENGTH else reason[: REASON_MAX_LENGTH - 1] + "…"
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """Move one replica from one of `expected` statuses to `status`, setting `values`."""
+
+    replica_id: uuid.UUID
+    expected: tuple[ReplicaStatus, ...]
+    status: ReplicaStatus
+    values: tuple[tuple[str, Any], ...] = ()
+
+
+class Store:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    @property
+    def engine(self) -> AsyncEngine:
+        return self._engine
+
+    async def close(self) -> None:
+        await self._engine.dispose()
+
+    @_retrying
+    async def ping(self) -> None:
+        async with self._engine.connect() as conn:
+            await conn.execute(select(1))
+
+    # --- reads -----------------------------------------------------------------------------
+
+    @_retrying
+    async def load_deployments(
+        self, ids: Sequence[uuid.UUID] | None = None
+    ) -> list[Deployment]:
+        """Deployments not yet `deleted` (all of them, or `ids`), with resources, non-terminal
+        replicas and newest history row: three queries whatever the count."""
+        d, res = DeploymentRow.__table__, ResourceRow.__table__
+        rep, hist = ReplicaRow.__table__, HistoryRow.__table__
+        if ids is not None:
+            ids = list(ids)
+            if not ids:
+                return []
+            scope = d.c.id.in_(ids)
+        else:
+            scope = d.c.status != DeploymentStatus.DELETED.value
+        async with self._engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(d, res.c.cpu_cores, res.c.memory_mb, res.c.gpu_units, res.c.storage_gb)
+                    .select_from(d.outerjoin(res, res.c.deployment_id == d.c.id))
+                    .where(scope)
+                )
+            ).all()
+            replica_rows = (
+                await conn.execute(
+                    select(rep)
+                    .join(d, d.c.id == rep.c.deployment_id)
+                    .where(scope, rep.c.status.in_(_NOT_TERMINAL))
+                    .order_by(rep.c.created_at, rep.c.id)
+                )
+            ).all()
+            ranked = (
+                select(
+                    hist.c.deployment_id,
+                    hist.c.reason,
+                    hist.c.changed_at,
+                    func.row_number()
+                    .over(
+                        partition_by=hist.c.deployment_id,
+                        order_by=(hist.c.changed_at.desc(), hist.c.id.desc()),
+                    )
+                    .label("rn"),
+                )
+                .join(d, d.c.id == hist.c.deployment_id)
+                .where(scope)
+                .subquery()
+            )
+            last_rows = (
+                await conn.execute(
+                    select(ranked.c.deployment_id, ranked.c.reason, ranked.c.changed_at).where(
+                        ranked.c.rn == 1
+                    )
+                )
+            ).all()
+        replicas: dict[uuid.UUID, list[Replica]] = {}
+        for r in replica_rows:
+            replicas.setdefault(r.deployment_id, []).append(_replica(r))
+        last = {row.deployment_id: (row.reason, row.changed_at) for row in last_rows}
+        out = []
+        for row in rows:
+            resources = (
+                Resources(row.cpu_cores, row.memory_mb, row.gpu_units, row.storage_gb)
+                if row.cpu_cores is not None
+                else None
+            )
+            reason, changed_at = last.get(row.id, (None, None))
+            out.append(
+                Deployment(
+                    id=row.id,
+                    name=row.name,
+                    user_id=row.user_id,
+                    image=row.container_image,
+                    target_replicas=row.target_replicas,
+                    resources=resources,
+                    status=DeploymentStatus(row.status),
+                    updated_at=row.updated_at,
+                    deleted_at=row.deleted_at,
+                    replicas=tuple(replicas.get(row.id, ())),
+                    last_reason=reason,
+                    last_changed_at=changed_at,
+                )
+            )
+        return out
+
+    async def load_deployment(self, deployment_id: uuid.UUID) -> Deployment | None:
+        found = await self.load_deployments([deployment_id])
+        return found[0] if found else None
+
+    @_retrying
+    async def nodes(self) -> list[NodeRecord]:
+        n = NodeRow.__table__
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(select(n).order_by(n.c.name))).all()
+        return [
+            NodeRecord(
+                id=row.id,
+                name=row.name,
+                docker_url=row.docker_url,
+                status=NodeStatus(row.status),
+                cpu_cores=row.cpu_cores,
+                memory_mb=row.memory_mb,
+                gpu_units=row.gpu_units,
+                storage_gb=row.storage_gb,
+                unschedulable=bool(row.unschedulable),
+                draining=bool(row.draining),
+                last_heartbeat_at=row.last_heartbeat_at,
+                labels=tuple(sorted((str(k), str(v)) for k, v in (row.labels or {}).items())),
+            )
+            for row in rows
+        ]
+
+    @_retrying
+    async def node_usage(self) -> dict[uuid.UUID, Resources]:
+        """What live replicas hold on each node: the scheduler's `usage`."""
+        rep, res = ReplicaRow.__table__, ResourceRow.__table__
+        async with self._engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(
+                        rep.c.node_id,
+                        func.coalesce(func.sum(res.c.cpu_cores), 0.0),
+                        func.coalesce(func.sum(res.c.memory_mb), 0),
+                        func.coalesce(func.sum(res.c.gpu_units), 0),
+                        func.coalesce(func.sum(res.c.storage_gb), 0),
+                    )
+                    .join(res, res.c.deployment_id == rep.c.deployment_id)
+                    .where(rep.c.node_id.is_not(None), rep.c.status.in_(_LIVE))
+                    .group_by(rep.c.node_id)
+                )
+            ).all()
+        return {
+            row[0]: Resources(float(row[1]), int(row[2]), int(row[3]), int(row[4])) for row in rows
+        }
+
+    # --- writes ----------------------------------------------------------------------------
+
+    @_retrying
+    async def create_replicas(
+        self, deployment_id: uuid.UUID, count: int, now: datetime
+    ) -> list[Replica]:
+        new = [
+            Replica(
+                id=uuid.uuid4(),
+                deployment_id=deployment_id,
+                status=ReplicaStatus.PENDING,
+                created_at=now,
+            )
+            for _ in range(count)
+        ]
+        if not new:
+            return []
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                insert(ReplicaRow.__table__),
+                [
+                    {
+                        "id": r.id,
+                        "deployment_id": r.deployment_id,
+                        "status": r.status.value,
+                        "created_at": r.created_at,
+                    }
+                    for r in new
+                ],
+            )
+        return new
+
+    @_retrying
+    async def transition(self, changes: Iterable[Transition]) -> set[uuid.UUID]:
+        """Apply guarded replica transitions in one transaction; returns the ids that moved."""
+        moved: set[uuid.UUID] = set()
+        changes = list(changes)
+        if not changes:
+            return moved
+        rep = ReplicaRow.__table__
+        async with self._engine.begin() as conn:
+            for change in changes:
+                result = await conn.execute(
+                    update(rep)
+                    .where(
+                        rep.c.id == change.replica_id,
+                        rep.c.status.in_([s.value for s in change.expected]),
+                    )
+                    .values(status=change.status.value, **dict(change.values))
+                )
+                if result.rowcount:
+                    moved.add(change.replica_id)
+        return moved
+
+    @_retrying
+    async def record_status(
+        self,
+        deployment_id: uuid.UUID,
+        old: DeploymentStatus,
+        new: DeploymentStatus,
+        reason: str,
+        now: datetime,
+    ) -> bool:
+        """Write the status and its history row together, only if the status is still `old`.
+
+        `updated_at` is set to the history row's time on purpose: the database trigger leaves
+        an explicitly set value alone, so "changed by the operator since our last status
+        write" stays answerable as `updated_at > changed_at`.
+        """
+        d, hist = DeploymentRow.__table__, HistoryRow.__table__
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                update(d)
+                .where(d.c.id == deployment_id, d.c.status == old.value)
+                .values(status=new.value, updated_at=now)
+            )
+            if not result.rowcount:
+                return False
+            await conn.execute(
+                insert(hist).values(
+                    id=uuid.uuid4(),
+                    deployment_id=deployment_id,
+                    old_status=old.value,
+                    new_status=new.value,
+                    changed_by=None,
+                    changed_at=now,
+                    reason=_clip(reason),
+                )
+            )
+        return True
+
+    @_retrying
+    async def prune_terminal_replicas(self, keep: int) -> int:
+        """Keep the newest `keep` stopped/failed rows per deployment; delete older ones."""
+        rep = ReplicaRow.__table__
+        ranked = (
+            select(
+                rep.c.id,
+                func.row_number()
+                .over(
+                    partition_by=rep.c.deployment_id,
+                    order_by=(
+                        func.coalesce(rep.c.stopped_at, rep.c.created_at).desc(),
+                        rep.c.id.desc(),
+                    ),
+                )
+                .label("rn"),
+            )
+            .where(rep.c.status.in_([s.value for s in TERMINAL_REPLICA_STATUSES]))
+            .subquery()
+        )
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                delete(rep).where(rep.c.id.in_(select(ranked.c.id).where(ranked.c.rn > keep)))
+            )
+        return int(result.rowcount or 0)
+
+    @_retrying
+    async def register_node_if_none(
+        self, name: str, docker_url: str, info: EngineInfo | None
+    ) -> bool:
+        """The embedded default: the first node is the local engine, added only to an empty table."""
+        n = NodeRow.__table__
+        async with self._engine.begin() as conn:
+            count = (await conn.execute(select(func.count()).select_from(n))).scalar_one()
+            if count:
+                return False
+            await conn.execute(
+                insert(n).values(
+                    id=uuid.uuid4(),
+                    name=name,
+                    docker_url=docker_url,
+                    cpu_cores=info.cpu_cores if info else None,
+                    memory_mb=info.memory_mb if info else None,
+                )
+            )
+        return True
+
+    @_retrying
+    async def update_nodes(self, changes: Sequence[tuple[uuid.UUID, dict[str, Any]]]) -> None:
+        """Heartbeats and status changes for several nodes in one transaction."""
+        if not changes:
+            return
+        n = NodeRow.__table__
+        async with self._engine.begin() as conn:
+            for node_id, values in changes:
+                await conn.execute(update(n).where(n.c.id == node_id).values(**values))
+
+    async def run(self, fn: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        """For tests and tools: run `fn` in one transaction on this store's engine."""
+        async with self._engine.begin() as conn:
+            return await fn(conn)
+
+
+def _replica(row: Any) -> Replica:
+    return Replica(
+        id=row.id,
+        deployment_id=row.deployment_id,
+        status=ReplicaStatus(row.status),
+        node_id=row.node_id,
+        container_id=row.container_id,
+        created_at=row.created_at,
+        started_at=row.started_at,
+        stopped_at=row.stopped_at,
+    )
+
+
+__all__ = ["Store", "Transition"]

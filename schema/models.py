@@ -1,0 +1,351 @@
+"""SQLAlchemy tables: the seed's four deployment tables plus the `users` and `nodes` it leaves out.
+
+Operators edit these tables by hand, so every rule that protects the controller lives in the
+database itself (CHECK constraints, enum checks, triggers installed by the migrations), not
+only in the Pydantic layer. The migrations in `schema/migrations` are the source of truth for
+the live schema; a test asserts that autogenerate finds no drift between them and this file.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    Enum,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    TypeDecorator,
+    Uuid,
+    text,
+)
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
+
+from schema.enums import DeploymentStatus, NodeStatus, ReplicaStatus
+
+# Resource ranges from the seed's validation rules; shared with the Pydantic schemas.
+CPU_CORES_MIN, CPU_CORES_MAX = 0.5, 32.0
+MEMORY_MB_MIN, MEMORY_MB_MAX = 512, 65536
+GPU_UNITS_MIN, GPU_UNITS_MAX = 0, 8
+STORAGE_GB_MIN, STORAGE_GB_MAX = 1, 1024
+# SQLite has no timestamp type: SQLAlchemy stores 'YYYY-MM-DD HH:MM:SS.ffffff' text, so any SQL
+# that stamps a time itself must write that form (see `utc_now`).
+SQLITE_NOW_SQL = "strftime('%Y-%m-%d %H:%M:%f000', 'now')"
+NAME_MAX_LENGTH = 100
+IMAGE_MAX_LENGTH = 500
+REASON_MAX_LENGTH = 500
+
+# Constraint names are stable so migrations, tests and error messages can refer to them.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timezone-aware timestamp stored in UTC on every backend.
+
+    SQLite keeps no zone: SQLAlchemy would write an aware value's wall-clock digits and read
+    back a naive value. Converting on the way in and tagging UTC on the way out makes both
+    backends return the same aware `datetime`.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given; fog-controller stores aware UTC timestamps")
+        value = value.astimezone(UTC)
+        if dialect.name == "sqlite":
+            return value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+class utc_now(FunctionElement[datetime]):
+    """The database's current UTC time, written in the same text form SQLAlchemy writes.
+
+    SQLite's CURRENT_TIMESTAMP yields 'YYYY-MM-DD HH:MM:SS': whole seconds, and a string that
+    sorts before SQLAlchemy's 'YYYY-MM-DD HH:MM:SS.ffffff' for the same instant, so a row
+    stamped by the database and one stamped by Python would compare wrongly. strftime('%f')
+    gives milliseconds; three zeros pad them to the six digits SQLAlchemy writes and parses.
+    The migration and the SQLite update triggers write exactly this expression too.
+    """
+
+    type = UTCDateTime()
+    inherit_cache = True
+
+
+@compiles(utc_now)
+def _utc_now_default(element: utc_now, compiler: SQLCompiler, **kw: Any) -> str:
+    return "CURRENT_TIMESTAMP"
+
+
+@compiles(utc_now, "postgresql")
+def _utc_now_postgresql(element: utc_now, compiler: SQLCompiler, **kw: Any) -> str:
+    return "now()"
+
+
+@compiles(utc_now, "sqlite")
+def _utc_now_sqlite(element: utc_now, compiler: SQLCompiler, **kw: Any) -> str:
+    return SQLITE_NOW_SQL
+
+
+def _enum(cls: type[enum.StrEnum], name: str) -> Enum:
+    # Values, not member names, go to the database: operators type 'running', not 'RUNNING'.
+    # create_constraint gives SQLite (no native enums) a CHECK, so a typo is refused there too.
+    return Enum(
+        cls,
+        name=name,
+        values_callable=lambda members: [m.value for m in members],
+        create_constraint=True,
+        validate_strings=True,
+    )
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        datetime: UTCDateTime(),
+        uuid.UUID: Uuid(as_uuid=True),
+    }
+
+    def to_dict(self) -> dict[str, Any]:
+        """Column values as JSON-friendly primitives (UUIDs and timestamps as strings)."""
+        out: dict[str, Any] = {}
+        for column in self.__table__.columns:
+            value = getattr(self, column.key)
+            if isinstance(value, uuid.UUID):
+                value = str(value)
+            elif isinstance(value, datetime):
+                value = value.isoformat()
+            elif isinstance(value, enum.Enum):
+                value = value.value
+            out[column.key] = value
+        return out
+
+
+class User(Base):
+    __tablename__ = "users"
+    __table_args__ = (CheckConstraint("length(username) > 0", name="username_not_empty"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    username: Mapped[str] = mapped_column(String(NAME_MAX_LENGTH), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=_now, server_default=utc_now())
+
+    deployments: Mapped[list[Deployment]] = relationship(
+        back_populates="user", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+
+class Node(Base):
+    """A fog node: one Docker engine. `(id, name, docker_url)` alone is enough to add one."""
+
+    __tablename__ = "nodes"
+    __table_args__ = (
+        CheckConstraint("length(name) > 0", name="name_not_empty"),
+        CheckConstraint("length(docker_url) > 0", name="docker_url_not_empty"),
+        CheckConstraint("cpu_cores IS NULL OR cpu_cores > 0", name="cpu_cores_positive"),
+        CheckConstraint("memory_mb IS NULL OR memory_mb > 0", name="memory_mb_positive"),
+        CheckConstraint("gpu_units IS NULL OR gpu_units >= 0", name="gpu_units_non_negative"),
+        CheckConstraint("storage_gb IS NULL OR storage_gb > 0", name="storage_gb_positive"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    name: Mapped[str] = mapped_column(String(NAME_MAX_LENGTH), unique=True)
+    docker_url: Mapped[str] = mapped_column(String(IMAGE_MAX_LENGTH))
+    status: Mapped[NodeStatus] = mapped_column(
+        _enum(NodeStatus, "node_status"),
+        default=NodeStatus.UNKNOWN,
+        server_default=NodeStatus.UNKNOWN.value,
+        index=True,
+    )
+    # Capacity; NULL means "detect from the engine" (docker info) for CPU and memory,
+    # zero for GPUs, and unconstrained for storage (an engine does not report disk size).
+    cpu_cores: Mapped[float | None] = mapped_column(Float)
+    memory_mb: Mapped[int | None] = mapped_column(Integer)
+    gpu_units: Mapped[int | None] = mapped_column(Integer)
+    storage_gb: Mapped[int | None] = mapped_column(Integer)
+    labels: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, server_default=text("'{}'"))
+    # Operator intent, kept apart from health as Kubernetes keeps spec.unschedulable apart
+    # from node conditions: cordon stops new placements, drain also moves replicas away.
+    unschedulable: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=text("false")
+    )
+    draining: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    last_heartbeat_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=_now, server_default=utc_now())
+    updated_at: Mapped[datetime] = mapped_column(
+        default=_now, server_default=utc_now(), onupdate=_now
+    )
+
+    replicas: Mapped[list[DeploymentReplica]] = relationship(
+        back_populates="node", passive_deletes=True
+    )
+
+
+class Deployment(Base):
+    __tablename__ = "deployments"
+    __table_args__ = (
+        Index("idx_deployments_user_active", "user_id", "deleted_at"),
+        Index(
+            "idx_deployments_user_name_unique",
+            "user_id",
+            "name",
+            unique=True,
+            postgresql_where=text("deleted_at IS NULL"),
+            sqlite_where=text("deleted_at IS NULL"),
+        ),
+        CheckConstraint("length(name) > 0", name="name_not_empty"),
+        CheckConstraint("length(container_image) > 0", name="container_image_not_empty"),
+        CheckConstraint("target_replicas >= 0", name="target_replicas_non_negative"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    name: Mapped[str] = mapped_column(String(NAME_MAX_LENGTH))
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), index=True
+    )
+    container_image: Mapped[str] = mapped_column(String(IMAGE_MAX_LENGTH))
+    status: Mapped[DeploymentStatus] = mapped_column(
+        _enum(DeploymentStatus, "deployment_status"),
+        default=DeploymentStatus.PENDING,
+        server_default=DeploymentStatus.PENDING.value,
+        index=True,
+    )
+    target_replicas: Mapped[int] = mapped_column(Integer, default=1, server_default=text("1"))
+    created_at: Mapped[datetime] = mapped_column(default=_now, server_default=utc_now())
+    updated_at: Mapped[datetime] = mapped_column(
+        default=_now, server_default=utc_now(), onupdate=_now
+    )
+    deleted_at: Mapped[datetime | None] = mapped_column(index=True)
+
+    user: Mapped[User] = relationship(back_populates="deployments")
+    replicas: Mapped[list[DeploymentReplica]] = relationship(
+        back_populates="deployment", cascade="all, delete-orphan", passive_deletes=True
+    )
+    resources: Mapped[DeploymentResource | None] = relationship(
+        back_populates="deployment",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
+        uselist=False,
+    )
+    status_history: Mapped[list[DeploymentStatusHistory]] = relationship(
+        back_populates="deployment",
+        cascade="all, delete-orphan",
+        passive_deletes=True,
+        order_by="DeploymentStatusHistory.changed_at",
+    )
+
+
+class DeploymentReplica(Base):
+    __tablename__ = "deployment_replicas"
+    __table_args__ = (Index("idx_replicas_deployment_status", "deployment_id", "status"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    deployment_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("deployments.id", ondelete="CASCADE"), index=True
+    )
+    node_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("nodes.id", ondelete="SET NULL"), index=True
+    )
+    status: Mapped[ReplicaStatus] = mapped_column(
+        _enum(ReplicaStatus, "replica_status"),
+        default=ReplicaStatus.PENDING,
+        server_default=ReplicaStatus.PENDING.value,
+        index=True,
+    )
+    container_id: Mapped[str | None] = mapped_column(String(255))
+    started_at: Mapped[datetime | None]
+    stopped_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=_now, server_default=utc_now())
+
+    deployment: Mapped[Deployment] = relationship(back_populates="replicas")
+    node: Mapped[Node | None] = relationship(back_populates="replicas")
+
+
+class DeploymentResource(Base):
+    __tablename__ = "deployment_resources"
+    __table_args__ = (
+        CheckConstraint(
+            f"cpu_cores >= {CPU_CORES_MIN} AND cpu_cores <= {CPU_CORES_MAX}", name="cpu_cores_range"
+        ),
+        CheckConstraint(
+            f"memory_mb >= {MEMORY_MB_MIN} AND memory_mb <= {MEMORY_MB_MAX}", name="memory_mb_range"
+        ),
+        CheckConstraint(
+            f"gpu_units >= {GPU_UNITS_MIN} AND gpu_units <= {GPU_UNITS_MAX}", name="gpu_units_range"
+        ),
+        CheckConstraint(
+            f"storage_gb >= {STORAGE_GB_MIN} AND storage_gb <= {STORAGE_GB_MAX}",
+            name="storage_gb_range",
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    deployment_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("deployments.id", ondelete="CASCADE"), unique=True
+    )
+    cpu_cores: Mapped[float] = mapped_column(Float)
+    memory_mb: Mapped[int] = mapped_column(Integer)
+    gpu_units: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    storage_gb: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=_now, server_default=utc_now())
+    updated_at: Mapped[datetime] = mapped_column(
+        default=_now, server_default=utc_now(), onupdate=_now
+    )
+
+    deployment: Mapped[Deployment] = relationship(back_populates="resources")
+
+
+class DeploymentStatusHistory(Base):
+    __tablename__ = "deployment_status_history"
+    __table_args__ = (Index("idx_status_history_deployment_time", "deployment_id", "changed_at"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    deployment_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("deployments.id", ondelete="CASCADE"), index=True
+    )
+    old_status: Mapped[str] = mapped_column(String(50))
+    new_status: Mapped[str] = mapped_column(String(50))
+    changed_by: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), index=True
+    )
+    changed_at: Mapped[datetime] = mapped_column(default=_now, server_default=utc_now(), index=True)
+    reason: Mapped[str | None] = mapped_column(String(REASON_MAX_LENGTH))
+
+    deployment: Mapped[Deployment] = relationship(back_populates="status_history")
+
+
+# Tables whose `updated_at` a trigger keeps moving on every UPDATE, raw SQL included.
+TABLES_WITH_UPDATED_AT = ("deployments", "deployment_resources", "nodes")

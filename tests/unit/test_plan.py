@@ -1,0 +1,253 @@
+"""The planner, table-driven, plus hypothesis: repeated planning converges to exactly
+`target_replicas` live replicas and never gives one replica two containers."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import replace
+from datetime import timedelta
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from controller.model import ContainerState, NodeView, ObservedContainer, ReplicaStatus
+from controller.plan import (
+    CreateReplicas,
+    EnsureContainer,
+    MarkFailed,
+    MarkRunning,
+    Plan,
+    Policy,
+    RemoveContainer,
+    StopReplica,
+    plan,
+    victims,
+)
+from tests.unit.factories import T0, container, deployment, node, replica, views
+
+N1, N2, N3 = node("n1"), node("n2"), node("n3")
+NODES = [N1, N2, N3]
+
+
+def kinds(p: Plan) -> list[str]:
+    return sorted(type(a).__name__ for a in p.actions)
+
+
+def test_empty_deployment_creates_target_rows() -> None:
+    p = plan(deployment(3), views((N1, [])), NODES)
+    assert p.actions == (CreateReplicas(3),)
+
+
+def test_converged_deployment_plans_nothing() -> None:
+    rs = [replica(ReplicaStatus.RUNNING, n, n=i, started=T0) for i, n in enumerate(NODES)]
+    v = views(*[(n, [container(r, n)]) for r, n in zip(rs, NODES, strict=True)])
+    assert plan(deployment(3, *rs), v, NODES).empty
+
+
+def test_starting_replica_with_running_container_is_adopted() -> None:
+    r = replica(ReplicaStatus.STARTING, N1)
+    c = container(r, N1)
+    assert plan(deployment(1, r), views((N1, [c])), NODES).actions == (MarkRunning(r, c.id),)
+
+
+def test_starting_replica_without_container_is_ensured() -> None:
+    r = replica(ReplicaStatus.STARTING, N1)
+    assert plan(deployment(1, r), views((N1, [])), NODES).actions == (EnsureContainer(r, None),)
+
+
+def test_starting_replica_on_unknown_node_waits() -> None:
+    r = replica(ReplicaStatus.STARTING, N1)
+    incomplete = {N1.id: NodeView(N1.id, complete=False, observed_at=T0)}
+    assert plan(deployment(1, r), incomplete, NODES).empty
+
+
+@pytest.mark.parametrize(
+    ("listed_at", "expect_failed"),
+    [
+        pytest.param(T0 + timedelta(seconds=5), True, id="listing-after-start-judges-gone"),
+        pytest.param(T0 - timedelta(seconds=5), False, id="listing-before-start-cannot-judge"),
+    ],
+)
+def test_running_replica_whose_container_is_missing(listed_at: object, expect_failed: bool) -> None:
+    r = replica(ReplicaStatus.RUNNING, N1, started=T0)
+    p = plan(deployment(1, r), views((N1, []), at=listed_at), NODES)  # type: ignore[arg-type]
+    if expect_failed:
+        assert p.actions == (MarkFailed(r, "container is gone"), CreateReplicas(1))
+    else:
+        assert p.empty
+
+
+def test_running_replica_on_unknown_node_is_not_replaced() -> None:
+    r = replica(ReplicaStatus.RUNNING, N1, started=T0)
+    assert plan(deployment(1, r), {}, NODES).empty
+
+
+def test_exited_container_fails_its_replica_with_exit_code() -> None:
+    r = replica(ReplicaStatus.RUNNING, N1, started=T0)
+    c = container(r, N1, ContainerState.EXITED, exit_code=3)
+    p = plan(deployment(1, r), views((N1, [c])), NODES)
+    assert p.actions == (
+        MarkFailed(r, "container exited with code 3", c),
+        CreateReplicas(1),
+    )
+
+
+def test_restarting_container_is_left_to_the_engine() -> None:
+    r = replica(ReplicaStatus.RUNNING, N1, started=T0)
+    c = container(r, N1, ContainerState.RESTARTING, exit_code=1, restart_count=4)
+    assert plan(deployment(1, r), views((N1, [c])), NODES).empty
+
+
+def test_orphan_and_twin_are_removed() -> None:
+    r = replica(ReplicaStatus.RUNNING, N1, started=T0)
+    orphan = container(None, N2, replica_id=uuid.UUID(int=99))
+    twin = container(r, N3)
+    p = plan(deployment(1, r), views((N1, [container(r, N1)]), (N2, [orphan]), (N3, [twin])), NODES)
+    assert p.actions == (
+        RemoveContainer(orphan, "no live replica"),
+        RemoveContainer(twin, "twin of a replica placed on another node"),
+    )
+
+
+def test_replica_whose_node_was_removed_fails() -> None:
+    r = replace(replica(ReplicaStatus.RUNNING, None, started=T0), node_id=None)
+    assert kinds(plan(deployment(1, r), views((N1, [])), NODES)) == ["CreateReplicas", "MarkFailed"]
+
+
+def test_soft_delete_stops_everything() -> None:
+    rs = [replica(ReplicaStatus.RUNNING, N1, n=i, started=T0) for i in range(2)]
+    pending = replica(ReplicaStatus.PENDING, None, n=5)
+    d = deployment(2, *rs, pending, deleted_at=T0)
+    v = views((N1, [container(r, N1) for r in rs]))
+    assert kinds(plan(d, v, NODES)) == ["StopReplica"] * 3
+
+
+def test_stopping_replica_is_stopped_again_after_a_crash() -> None:
+    r = replica(ReplicaStatus.STOPPING, N1)
+    c = container(r, N1)
+    assert plan(deployment(0, r), views((N1, [c])), NODES).actions == (StopReplica(r, c),)
+
+
+def test_burst_bounds_unplaced_pending_rows() -> None:
+    stuck = [replica(ReplicaStatus.PENDING, None, n=i) for i in range(4)]
+    p = plan(deployment(100_000, *stuck), views((N1, [])), NODES, policy=Policy(burst=5))
+    assert p.actions == (CreateReplicas(1),)
+    p = plan(deployment(100_000), views((N1, [])), NODES, policy=Policy(burst=5))
+    assert p.actions == (CreateReplicas(5),)
+
+
+def test_victim_order_matches_kubernetes() -> None:
+    unplaced = replica(ReplicaStatus.PENDING, None, n=1)
+    starting = replica(ReplicaStatus.STARTING, N2, n=2)
+    crowded_old = replica(ReplicaStatus.RUNNING, N1, n=3)
+    crowded_new = replica(ReplicaStatus.RUNNING, N1, n=4)
+    alone = replica(ReplicaStatus.RUNNING, N3, n=9)
+    live = [alone, crowded_old, crowded_new, starting, unplaced]
+    assert victims(live, 5) == [unplaced, starting, crowded_new, crowded_old, alone]
+
+
+# --- convergence property ------------------------------------------------------------------
+
+
+class World:
+    """An ideal cluster: every start succeeds. Applies plans the way the reconciler does."""
+
+    def __init__(self, d_target: int, replicas: list, containers: list, deleting: bool) -> None:
+        self.target = d_target
+        self.deleting = deleting
+        self.replicas = {r.id: r for r in replicas}
+        self.containers: dict[str, ObservedContainer] = {c.id: c for c in containers}
+        self.t = T0 + timedelta(hours=1)
+        self.rr = 0
+
+    def deployment(self):  # type: ignore[no-untyped-def]
+        live = [r for r in self.replicas.values() if r.status not in _TERMINAL]
+        return deployment(self.target, *live, deleted_at=T0 if self.deleting else None)
+
+    def views(self) -> dict[uuid.UUID, NodeView]:
+        return views(*[(n, [c for c in self.containers.values() if c.node_id == n.id]) for n in NODES], at=self.t)
+
+    def drop_containers(self, replica_id: uuid.UUID, node_id: uuid.UUID | None) -> None:
+        for cid, c in list(self.containers.items()):
+            if c.replica_id == replica_id and c.node_id == node_id:
+                del self.containers[cid]
+
+    def start(self, r):  # type: ignore[no-untyped-def]
+        n = next(x for x in NODES if x.id == r.node_id)
+        if not any(c.replica_id == r.id and c.node_id == n.id for c in self.containers.values()):
+            c = container(r, n)
+            self.containers[c.id] = c
+        self.replicas[r.id] = replace(r, status=ReplicaStatus.RUNNING, started_at=self.t)
+
+    def apply(self, p: Plan) -> None:
+        self.t += timedelta(seconds=1)
+        for a in p.actions:
+            if isinstance(a, MarkRunning):
+                self.replicas[a.replica.id] = replace(a.replica, status=ReplicaStatus.RUNNING, started_at=self.t)
+            elif isinstance(a, MarkFailed):
+                self.replicas[a.replica.id] = replace(a.replica, status=ReplicaStatus.FAILED)
+                if a.container is not None:
+                    self.containers.pop(a.container.id, None)
+            elif isinstance(a, EnsureContainer):
+                self.start(a.replica)
+            elif isinstance(a, StopReplica):
+                self.drop_containers(a.replica.id, a.replica.node_id)
+                self.replicas[a.replica.id] = replace(a.replica, status=ReplicaStatus.STOPPED)
+            elif isinstance(a, RemoveContainer):
+                self.containers.pop(a.container.id, None)
+        for r in list(self.replicas.values()):  # placement + start of pending rows
+            if r.status is ReplicaStatus.PENDING and not self.deleting:
+                self.rr += 1
+                self.start(replace(r, status=ReplicaStatus.STARTING, node_id=NODES[self.rr % 3].id))
+        for a in p.actions:
+            if isinstance(a, CreateReplicas):
+                for _ in range(a.count):
+                    self.rr += 1
+                    r = replica(ReplicaStatus.STARTING, NODES[self.rr % 3], n=10_000 + self.rr)
+                    self.start(r)
+        self.t += timedelta(seconds=1)
+
+
+_TERMINAL = {ReplicaStatus.STOPPED, ReplicaStatus.FAILED}
+_STATUSES = list(ReplicaStatus)
+_STATES = list(ContainerState)
+
+
+@st.composite
+def worlds(draw: st.DrawFn) -> World:
+    n = draw(st.integers(0, 8))
+    replicas, containers = [], []
+    for i in range(n):
+        status = draw(st.sampled_from(_STATUSES))
+        on = draw(st.sampled_from([None, *NODES]))
+        r = replica(status, on, n=i, started=T0 if status is ReplicaStatus.RUNNING else None)
+        replicas.append(r)
+        for where in draw(st.lists(st.sampled_from(NODES), max_size=2, unique=True)):
+            containers.append(container(r, where, draw(st.sampled_from(_STATES)), exit_code=1))
+    for j in range(draw(st.integers(0, 2))):  # strays with our labels
+        containers.append(container(None, draw(st.sampled_from(NODES)), replica_id=uuid.UUID(int=5000 + j)))
+    return World(draw(st.integers(0, 12)), replicas, containers, draw(st.booleans()))
+
+
+@settings(max_examples=300, deadline=None)
+@given(worlds())
+def test_repeated_planning_converges_without_twins(world: World) -> None:
+    for _ in range(6):
+        p = plan(world.deployment(), world.views(), NODES)
+        if p.empty:
+            break
+        world.apply(p)
+        per_replica: dict[uuid.UUID | None, int] = {}
+        for c in world.containers.values():
+            if c.state is ContainerState.RUNNING:
+                per_replica[c.replica_id] = per_replica.get(c.replica_id, 0) + 1
+    else:
+        pytest.fail(f"no convergence: {plan(world.deployment(), world.views(), NODES)}")
+    live = [r for r in world.replicas.values() if r.live]
+    expected = 0 if world.deleting else world.target
+    assert len(live) == expected
+    # Every live replica has exactly one container, on its own node; nothing else remains.
+    assert sorted((c.replica_id, c.node_id) for c in world.containers.values()) == sorted(
+        (r.id, r.node_id) for r in live
+    )

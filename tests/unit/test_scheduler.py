@@ -1,0 +1,119 @@
+"""The scheduler: filter, score, and the "0/N nodes fit" reason; hypothesis for never
+overcommitting and for spreading one deployment evenly when capacity allows."""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from controller.model import ZERO, NodeStatus, Resources
+from controller.scheduler import explain, schedule
+from tests.unit.factories import node
+
+IDS = [uuid.UUID(int=i) for i in range(100)]
+
+
+def test_six_replicas_spread_two_per_node() -> None:
+    nodes = [node("a"), node("b"), node("c")]
+    result = schedule(IDS[:6], Resources(0.5, 512), nodes, {}, {})
+    assert not result.unplaced
+    assert sorted(Counter(p.node_id for p in result.placements).values()) == [2, 2, 2]
+
+
+def test_existing_replicas_of_the_deployment_steer_placement() -> None:
+    a, b = node("a"), node("b")
+    result = schedule(IDS[:1], Resources(0.5, 512), [a, b], {}, {a.id: 3})
+    assert result.placements[0].node_id == b.id
+
+
+def test_least_allocated_breaks_spread_ties() -> None:
+    a, b = node("a"), node("b")
+    usage = {a.id: Resources(3.0, 6000)}
+    result = schedule(IDS[:1], Resources(0.5, 512), [a, b], usage, {})
+    assert result.placements[0].node_id == b.id
+
+
+def test_exhaustion_reports_reasons_like_kube_scheduler() -> None:
+    nodes = [
+        node("a", mem=1024),
+        node("b", mem=1024),
+        node("c", mem=1024),
+        node("d", status=NodeStatus.NOT_READY),
+        node("e", unschedulable=True),
+    ]
+    result = schedule(IDS[:4], Resources(0.5, 1024), nodes, {}, {})
+    assert len(result.placements) == 3
+    assert result.reason == "0/5 nodes fit: 3 insufficient memory, 1 not ready, 1 unschedulable"
+
+
+def test_gpu_request_lands_only_on_gpu_node() -> None:
+    nodes = [node("cpu1"), node("gpu1", gpu=2), node("cpu2")]
+    result = schedule(IDS[:3], Resources(0.5, 512, gpu_units=1), nodes, {}, {})
+    assert [p.node_id for p in result.placements] == [nodes[1].id, nodes[1].id]
+    assert result.reason == "0/3 nodes fit: 3 insufficient gpu"
+
+
+def test_storage_is_unconstrained_when_unknown() -> None:
+    unknown, small = node("u"), node("s", storage_gb=1)
+    result = schedule(IDS[:3], Resources(0.5, 512, storage_gb=100), [unknown, small], {}, {})
+    assert {p.node_id for p in result.placements} == {unknown.id}
+
+
+def test_no_nodes_reason() -> None:
+    assert explain([], Resources(1, 512), {}) == "0/0 nodes fit: no nodes registered"
+
+
+@st.composite
+def clusters(draw: st.DrawFn):  # type: ignore[no-untyped-def]
+    nodes = [
+        node(
+            f"n{i}",
+            cpu=draw(st.sampled_from([1.0, 2.0, 4.0, 8.0])),
+            mem=draw(st.sampled_from([1024, 2048, 8192])),
+            gpu=draw(st.integers(0, 2)),
+            status=draw(st.sampled_from([NodeStatus.READY, NodeStatus.READY, NodeStatus.NOT_READY])),
+        )
+        for i in range(draw(st.integers(1, 6)))
+    ]
+    usage = {
+        n.id: Resources(draw(st.sampled_from([0.0, 0.5, 1.0])), draw(st.sampled_from([0, 512])))
+        for n in nodes
+    }
+    request = Resources(
+        draw(st.sampled_from([0.5, 1.0, 1.5])),
+        draw(st.sampled_from([512, 1024])),
+        draw(st.integers(0, 1)),
+    )
+    return nodes, usage, request, draw(st.integers(0, 40))
+
+
+@settings(max_examples=300, deadline=None)
+@given(clusters())
+def test_never_overcommits(cluster) -> None:  # type: ignore[no-untyped-def]
+    nodes, usage, request, count = cluster
+    result = schedule(IDS[:count], request, nodes, usage, {})
+    per_node = Counter(p.node_id for p in result.placements)
+    for n in nodes:
+        total = usage.get(n.id, ZERO)
+        for _ in range(per_node[n.id]):
+            total = total + request
+        if per_node[n.id]:
+            assert n.status is NodeStatus.READY
+            assert total.cpu_cores <= n.cpu_cores + 1e-9
+            assert total.memory_mb <= n.memory_mb
+            assert total.gpu_units <= n.gpu_units
+    assert result.unplaced == (len(result.placements) < count)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 6), st.integers(0, 60))
+def test_spread_differs_by_at_most_one_when_capacity_allows(n_nodes: int, count: int) -> None:
+    nodes = [node(f"n{i}", cpu=64, mem=65536) for i in range(n_nodes)]
+    result = schedule(IDS[:count], Resources(0.5, 512), nodes, {}, {})
+    per_node = Counter(p.node_id for p in result.placements)
+    counts = [per_node[n.id] for n in nodes]
+    assert max(counts) - min(counts) <= 1
+    assert sum(counts) == count
