@@ -13,7 +13,8 @@ import sys
 
 import structlog
 
-from controller import __version__, log as logsetup
+from controller import __version__
+from controller import log as logsetup
 from controller.loop import Controller
 from controller.runtime.docker import DockerRuntime
 from controller.settings import Settings, SettingsError

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
@@ -15,7 +16,9 @@ import structlog
 from schema.engine import mask_url
 
 
-def _mask_secrets(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+def _mask_secrets(
+    _logger: Any, _method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
     """Belt and braces: any value that looks like a database URL is logged without password."""
     for key, value in event.items():
         if isinstance(value, str) and "://" in value and "@" in value:

@@ -234,7 +234,7 @@ def plan(
 def victims(live: Sequence[Replica], count: int) -> list[Replica]:
     """Which `count` replicas to stop: unplaced first, then pending < starting < running, then
     those on the node crowded with most replicas of this deployment, newest first."""
-    per_node = Counter(r.node_id for r in live if r.node_id is not None)
+    per_node: Counter[uuid.UUID | None] = Counter(r.node_id for r in live if r.node_id is not None)
 
     def rank(r: Replica) -> tuple[int, int, int, float, str]:
         created = r.created_at.timestamp() if r.created_at else 0.0

@@ -36,6 +36,7 @@ from controller.model import (
     ObservedContainer,
     Replica,
     ReplicaStatus,
+    Resources,
     container_name,
     short_id,
 )
@@ -222,9 +223,7 @@ class Reconciler:
                 log.info("replicas_created", count=len(created), target=d.target_replicas)
 
         # 2. Removals and stops run beside the starts.
-        removals = [
-            (a.container, a.why) for a in p.actions if isinstance(a, RemoveContainer)
-        ] + [
+        removals = [(a.container, a.why) for a in p.actions if isinstance(a, RemoveContainer)] + [
             (a.container, a.reason)
             for a in p.actions
             if isinstance(a, MarkFailed) and a.container is not None and a.replica.id in moved
@@ -291,9 +290,7 @@ class Reconciler:
     ) -> bool:
         """Place and start replicas in growing batches; returns True on a transient failure."""
         request = d.resources or ZERO
-        spread = Counter(
-            r.node_id for r in d.replicas if r.live and r.node_id is not None
-        )
+        spread = Counter(r.node_id for r in d.replicas if r.live and r.node_id is not None)
         queue: list[Replica] = [*ensure, *pending]
         batch = 1
         transient = False
@@ -339,8 +336,8 @@ class Reconciler:
         self,
         d: Deployment,
         replicas: list[Replica],
-        request: scheduler.Resources,
-        spread: Counter[uuid.UUID | None],
+        request: Resources,
+        spread: Counter[uuid.UUID],
     ) -> tuple[list[Replica], str | None]:
         async with self._placement_lock:
             usage = await self._store.node_usage()
@@ -349,7 +346,7 @@ class Reconciler:
                 request,
                 self._nodes.nodes(),
                 usage,
-                {k: v for k, v in spread.items() if k is not None},
+                spread,
             )
             by_id = {r.id: r for r in replicas}
             moved = await self._store.transition(

@@ -69,8 +69,14 @@ def explain(nodes: Sequence[Node], request: Resources, usage: Mapping[uuid.UUID,
             fitting += 1
     if not nodes:
         return "0/0 nodes fit: no nodes registered"
-    parts = ", ".join(f"{n} {text}" for text, n in sorted(counts.items(), key=lambda i: (-i[1], i[0])))
-    return f"{fitting}/{len(nodes)} nodes fit: {parts}" if parts else f"{fitting}/{len(nodes)} nodes fit"
+    parts = ", ".join(
+        f"{n} {text}" for text, n in sorted(counts.items(), key=lambda i: (-i[1], i[0]))
+    )
+    return (
+        f"{fitting}/{len(nodes)} nodes fit: {parts}"
+        if parts
+        else f"{fitting}/{len(nodes)} nodes fit"
+    )
 
 
 def _utilisation(node: Node, used: Resources) -> float:

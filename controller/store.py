@@ -15,10 +15,10 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import wraps
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar, cast
 
 import structlog
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import ColumnElement, Table, delete, func, insert, select, update
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from tenacity import (
@@ -40,28 +40,21 @@ from controller.model import (
     ReplicaStatus,
     Resources,
 )
+from schema import models as tables
 from schema.enums import LIVE_REPLICA_STATUSES, TERMINAL_REPLICA_STATUSES
-from schema.models import (
-    Deployment as DeploymentRow,
-)
-from schema.models import (
-    DeploymentReplica as ReplicaRow,
-)
-from schema.models import (
-    DeploymentResource as ResourceRow,
-)
-from schema.models import (
-    DeploymentStatusHistory as HistoryRow,
-)
-from schema.models import (
-    Node as NodeRow,
-)
 from schema.models import REASON_MAX_LENGTH
 
 log = structlog.get_logger(__name__)
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+# The tables as Core objects: the store speaks Core, not the ORM (no sessions, no lazy loads).
+DEPLOYMENTS = cast(Table, tables.Deployment.__table__)
+RESOURCES = cast(Table, tables.DeploymentResource.__table__)
+REPLICAS = cast(Table, tables.DeploymentReplica.__table__)
+HISTORY = cast(Table, tables.DeploymentStatusHistory.__table__)
+NODES = cast(Table, tables.Node.__table__)
 
 _NOT_TERMINAL = [s.value for s in ReplicaStatus if s not in TERMINAL_REPLICA_STATUSES]
 _LIVE = [s.value for s in LIVE_REPLICA_STATUSES]
@@ -131,13 +124,12 @@ class Store:
     # --- reads -----------------------------------------------------------------------------
 
     @_retrying
-    async def load_deployments(
-        self, ids: Sequence[uuid.UUID] | None = None
-    ) -> list[Deployment]:
+    async def load_deployments(self, ids: Sequence[uuid.UUID] | None = None) -> list[Deployment]:
         """Deployments not yet `deleted` (all of them, or `ids`), with resources, non-terminal
         replicas and newest history row: three queries whatever the count."""
-        d, res = DeploymentRow.__table__, ResourceRow.__table__
-        rep, hist = ReplicaRow.__table__, HistoryRow.__table__
+        d, res = DEPLOYMENTS, RESOURCES
+        rep, hist = REPLICAS, HISTORY
+        scope: ColumnElement[bool]
         if ids is not None:
             ids = list(ids)
             if not ids:
@@ -220,7 +212,7 @@ class Store:
 
     @_retrying
     async def nodes(self) -> list[NodeRecord]:
-        n = NodeRow.__table__
+        n = NODES
         async with self._engine.connect() as conn:
             rows = (await conn.execute(select(n).order_by(n.c.name))).all()
         return [
@@ -244,7 +236,7 @@ class Store:
     @_retrying
     async def node_usage(self) -> dict[uuid.UUID, Resources]:
         """What live replicas hold on each node: the scheduler's `usage`."""
-        rep, res = ReplicaRow.__table__, ResourceRow.__table__
+        rep, res = REPLICAS, RESOURCES
         async with self._engine.connect() as conn:
             rows = (
                 await conn.execute(
@@ -283,7 +275,7 @@ class Store:
             return []
         async with self._engine.begin() as conn:
             await conn.execute(
-                insert(ReplicaRow.__table__),
+                insert(REPLICAS),
                 [
                     {
                         "id": r.id,
@@ -303,7 +295,7 @@ class Store:
         changes = list(changes)
         if not changes:
             return moved
-        rep = ReplicaRow.__table__
+        rep = REPLICAS
         async with self._engine.begin() as conn:
             for change in changes:
                 result = await conn.execute(
@@ -333,7 +325,7 @@ class Store:
         an explicitly set value alone, so "changed by the operator since our last status
         write" stays answerable as `updated_at > changed_at`.
         """
-        d, hist = DeploymentRow.__table__, HistoryRow.__table__
+        d, hist = DEPLOYMENTS, HISTORY
         async with self._engine.begin() as conn:
             result = await conn.execute(
                 update(d)
@@ -358,7 +350,7 @@ class Store:
     @_retrying
     async def prune_terminal_replicas(self, keep: int) -> int:
         """Keep the newest `keep` stopped/failed rows per deployment; delete older ones."""
-        rep = ReplicaRow.__table__
+        rep = REPLICAS
         ranked = (
             select(
                 rep.c.id,
@@ -385,8 +377,8 @@ class Store:
     async def register_node_if_none(
         self, name: str, docker_url: str, info: EngineInfo | None
     ) -> bool:
-        """The embedded default: the first node is the local engine, added only to an empty table."""
-        n = NodeRow.__table__
+        """The embedded default: the local engine becomes the first node, only in an empty table."""
+        n = NODES
         async with self._engine.begin() as conn:
             count = (await conn.execute(select(func.count()).select_from(n))).scalar_one()
             if count:
@@ -407,7 +399,7 @@ class Store:
         """Heartbeats and status changes for several nodes in one transaction."""
         if not changes:
             return
-        n = NodeRow.__table__
+        n = NODES
         async with self._engine.begin() as conn:
             for node_id, values in changes:
                 await conn.execute(update(n).where(n.c.id == node_id).values(**values))

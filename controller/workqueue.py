@@ -73,7 +73,7 @@ class WorkQueue(Generic[K]):
         """Requeue after this key's next backoff step; returns the delay chosen."""
         failures = self._failures.get(key, 0)
         self._failures[key] = failures + 1
-        delay = min(self._base * (2**failures), self._max)
+        delay: float = min(self._base * (2.0**failures), self._max)
         self.add_after(key, delay)
         return delay
 

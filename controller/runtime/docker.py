@@ -115,7 +115,7 @@ class DockerRuntime:
             client = docker.APIClient(
                 base_url=node.docker_url,
                 version=DOCKER_API_VERSION,
-                timeout=self._settings.docker_timeout_seconds,
+                timeout=int(self._settings.docker_timeout_seconds),
                 max_pool_size=self._settings.node_concurrency,
             )
             self._clients[node.docker_url] = client
@@ -310,9 +310,9 @@ class DockerRuntime:
         except docker.errors.NotFound as exc:
             raise errors.TransientError(f"name {spec.name} taken, then gone: retry") from exc
         labels = (detail.get("Config") or {}).get("Labels") or {}
-        if labels.get(LABEL_REPLICA) != str(spec.replica_id) or labels.get(
-            LABEL_MANAGED_BY
-        ) != (MANAGED_BY_VALUE):
+        if labels.get(LABEL_REPLICA) != str(spec.replica_id) or labels.get(LABEL_MANAGED_BY) != (
+            MANAGED_BY_VALUE
+        ):
             raise errors.ConflictError(
                 f"a container named {spec.name} exists without our labels; not adopting it"
             )

@@ -21,6 +21,7 @@ from controller.model import (
 )
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
+DEPLOYMENT_ID = uuid.UUID(int=1)
 SMALL = Resources(cpu_cores=0.5, memory_mb=512, gpu_units=0, storage_gb=1)
 
 __all__ = ["LABEL_DEPLOYMENT", "SMALL", "T0"]
@@ -78,7 +79,7 @@ def container(
     on: Node,
     state: ContainerState = ContainerState.RUNNING,
     *,
-    deployment_id: uuid.UUID | None = uuid.UUID(int=1),
+    deployment_id: uuid.UUID | None = DEPLOYMENT_ID,
     replica_id: uuid.UUID | None = None,
     **kw: object,
 ) -> ObservedContainer:

@@ -166,7 +166,10 @@ class World:
         return deployment(self.target, *live, deleted_at=T0 if self.deleting else None)
 
     def views(self) -> dict[uuid.UUID, NodeView]:
-        return views(*[(n, [c for c in self.containers.values() if c.node_id == n.id]) for n in NODES], at=self.t)
+        return views(
+            *[(n, [c for c in self.containers.values() if c.node_id == n.id]) for n in NODES],
+            at=self.t,
+        )
 
     def drop_containers(self, replica_id: uuid.UUID, node_id: uuid.UUID | None) -> None:
         for cid, c in list(self.containers.items()):
@@ -184,7 +187,9 @@ class World:
         self.t += timedelta(seconds=1)
         for a in p.actions:
             if isinstance(a, MarkRunning):
-                self.replicas[a.replica.id] = replace(a.replica, status=ReplicaStatus.RUNNING, started_at=self.t)
+                self.replicas[a.replica.id] = replace(
+                    a.replica, status=ReplicaStatus.RUNNING, started_at=self.t
+                )
             elif isinstance(a, MarkFailed):
                 self.replicas[a.replica.id] = replace(a.replica, status=ReplicaStatus.FAILED)
                 if a.container is not None:
@@ -226,7 +231,9 @@ def worlds(draw: st.DrawFn) -> World:
         for where in draw(st.lists(st.sampled_from(NODES), max_size=2, unique=True)):
             containers.append(container(r, where, draw(st.sampled_from(_STATES)), exit_code=1))
     for j in range(draw(st.integers(0, 2))):  # strays with our labels
-        containers.append(container(None, draw(st.sampled_from(NODES)), replica_id=uuid.UUID(int=5000 + j)))
+        containers.append(
+            container(None, draw(st.sampled_from(NODES)), replica_id=uuid.UUID(int=5000 + j))
+        )
     return World(draw(st.integers(0, 12)), replicas, containers, draw(st.booleans()))
 
 

@@ -74,7 +74,9 @@ def clusters(draw: st.DrawFn):  # type: ignore[no-untyped-def]
             cpu=draw(st.sampled_from([1.0, 2.0, 4.0, 8.0])),
             mem=draw(st.sampled_from([1024, 2048, 8192])),
             gpu=draw(st.integers(0, 2)),
-            status=draw(st.sampled_from([NodeStatus.READY, NodeStatus.READY, NodeStatus.NOT_READY])),
+            status=draw(
+                st.sampled_from([NodeStatus.READY, NodeStatus.READY, NodeStatus.NOT_READY])
+            ),
         )
         for i in range(draw(st.integers(1, 6)))
     ]
