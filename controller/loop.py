@@ -78,13 +78,15 @@ class Controller:
         log.info("controller_started", nodes=len(self.nodes.records))
         await self._stop.wait()
         log.info("controller_stopping", in_flight=self.queue.processing)
-        for t in timers:
-            t.cancel()
+        # Timers and workers see the stop event and finish what they are doing; only what is
+        # still running after the grace period is cancelled (its replica stays `starting` or
+        # `stopping`, which the next start picks up).
         self.queue.shutdown()
-        _, pending = await asyncio.wait(workers, timeout=s.shutdown_grace_seconds)
+        tasks = [*timers, *workers]
+        _, pending = await asyncio.wait(tasks, timeout=s.shutdown_grace_seconds)
         for t in pending:
             t.cancel()
-        await asyncio.gather(*timers, *workers, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         log.info("controller_stopped", abandoned=len(pending))
 
     async def _wait_for_store(self) -> None:
@@ -133,13 +135,15 @@ class Controller:
     async def _heartbeat_loop(self) -> None:
         while True:
             await self._sleep(self.settings.node_heartbeat_seconds)
+            if self._stop.is_set():
+                return
             try:
                 await self.nodes.refresh()
             except errors.ControllerError as exc:
                 log.warning("heartbeat_failed", error=exc.reason)
 
     async def _resync_loop(self) -> None:
-        while True:
+        while not self._stop.is_set():
             try:
                 await self.resync()
             except errors.ControllerError as exc:
@@ -147,8 +151,16 @@ class Controller:
             except Exception:
                 log.exception("resync_crashed")
             self._resync_now.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._resync_now.wait(), self.settings.resync_seconds)
+            await self._wait_any(self._resync_now, self.settings.resync_seconds)
+
+    async def _wait_any(self, event: asyncio.Event, seconds: float) -> None:
+        """Sleep up to `seconds`, waking early on `event` or on stop."""
+        waiters = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(self._stop.wait())]
+        try:
+            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
 
     async def resync(self) -> int:
         """One full pass; returns how many deployments were enqueued."""

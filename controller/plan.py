@@ -341,7 +341,10 @@ def derive_status(
     )
     if target > 0 and (stalled or sticky):
         return StatusDecision(DeploymentStatus.FAILED, f"no progress: {reason}", False, ready)
-    if target > 0 and all(r.node_id is None for r in live):
+    # Pending means "nothing placed yet" for a deployment starting up; one that got further
+    # stays scheduled while failed replicas wait for replacement, so history does not flap.
+    never_placed = d.status in (DeploymentStatus.PENDING, DeploymentStatus.STOPPED)
+    if target > 0 and never_placed and all(r.node_id is None for r in live):
         return StatusDecision(DeploymentStatus.PENDING, reason, False, ready)
     return StatusDecision(DeploymentStatus.SCHEDULED, reason, False, ready)
 

@@ -247,7 +247,7 @@ class Reconciler:
             if mem.retry_at is not None and now < mem.retry_at:
                 requeue = (mem.retry_at - now).total_seconds()
             else:
-                transient = await self._start(d, ensure, pending, mem, records)
+                transient = await self._start(d, ensure, pending, mem, records, views)
 
         stop_results = await background
         transient = transient or not all(stop_results)
@@ -287,6 +287,7 @@ class Reconciler:
         pending: list[Replica],
         mem: DeploymentMemory,
         records: Mapping[uuid.UUID, NodeRecord],
+        views: Mapping[uuid.UUID, NodeView],
     ) -> bool:
         """Place and start replicas in growing batches; returns True on a transient failure."""
         request = d.resources or ZERO
@@ -301,6 +302,13 @@ class Reconciler:
             if unplaced:
                 placed, refusal = await self._place(d, unplaced, request, spread)
                 ready.extend(placed)
+                if placed and d.status is DeploymentStatus.PENDING:
+                    # The first placement is a status change of its own (pending -> scheduled),
+                    # recorded before the slow part (pulls, creates) begins.
+                    fresh = await self._store.load_deployment(d.id)
+                    if fresh is not None:
+                        await self._record_status(fresh, views, mem)
+                        d = replace(d, status=fresh.status)
                 mem.unschedulable = refusal
                 if refusal:
                     queue = []  # nothing else fits either

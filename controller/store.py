@@ -41,6 +41,7 @@ from controller.model import (
     Resources,
 )
 from schema import models as tables
+from schema.engine import writer
 from schema.enums import LIVE_REPLICA_STATUSES, TERMINAL_REPLICA_STATUSES
 from schema.models import REASON_MAX_LENGTH
 
@@ -78,7 +79,7 @@ def _retrying(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
             async for attempt in AsyncRetrying(
                 retry=retry_if_exception(_transient),
                 stop=stop_after_attempt(DB_RETRY_ATTEMPTS),
-                wait=wait_exponential_jitter(initial=0.05, max=2.0),
+                wait=wait_exponential_jitter(multiplier=0.05, max=2.0),
                 reraise=False,
             ):
                 with attempt:
@@ -108,6 +109,7 @@ class Transition:
 class Store:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
+        self._writer = writer(engine)
 
     @property
     def engine(self) -> AsyncEngine:
@@ -273,7 +275,7 @@ class Store:
         ]
         if not new:
             return []
-        async with self._engine.begin() as conn:
+        async with self._writer.begin() as conn:
             await conn.execute(
                 insert(REPLICAS),
                 [
@@ -296,7 +298,7 @@ class Store:
         if not changes:
             return moved
         rep = REPLICAS
-        async with self._engine.begin() as conn:
+        async with self._writer.begin() as conn:
             for change in changes:
                 result = await conn.execute(
                     update(rep)
@@ -326,7 +328,7 @@ class Store:
         write" stays answerable as `updated_at > changed_at`.
         """
         d, hist = DEPLOYMENTS, HISTORY
-        async with self._engine.begin() as conn:
+        async with self._writer.begin() as conn:
             result = await conn.execute(
                 update(d)
                 .where(d.c.id == deployment_id, d.c.status == old.value)
@@ -367,7 +369,7 @@ class Store:
             .where(rep.c.status.in_([s.value for s in TERMINAL_REPLICA_STATUSES]))
             .subquery()
         )
-        async with self._engine.begin() as conn:
+        async with self._writer.begin() as conn:
             result = await conn.execute(
                 delete(rep).where(rep.c.id.in_(select(ranked.c.id).where(ranked.c.rn > keep)))
             )
@@ -379,7 +381,7 @@ class Store:
     ) -> bool:
         """The embedded default: the local engine becomes the first node, only in an empty table."""
         n = NODES
-        async with self._engine.begin() as conn:
+        async with self._writer.begin() as conn:
             count = (await conn.execute(select(func.count()).select_from(n))).scalar_one()
             if count:
                 return False
@@ -400,13 +402,13 @@ class Store:
         if not changes:
             return
         n = NODES
-        async with self._engine.begin() as conn:
+        async with self._writer.begin() as conn:
             for node_id, values in changes:
                 await conn.execute(update(n).where(n.c.id == node_id).values(**values))
 
     async def run(self, fn: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         """For tests and tools: run `fn` in one transaction on this store's engine."""
-        async with self._engine.begin() as conn:
+        async with self._writer.begin() as conn:
             return await fn(conn)
 
 

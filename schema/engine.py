@@ -4,8 +4,9 @@ SQLite needs three things PostgreSQL gives for free: foreign keys (off by defaul
 seed's cascades depend on them), a busy timeout (operators write the same file with the
 sqlite3 shell while the controller runs), and write transactions that take the write lock at
 BEGIN (a deferred transaction that reads, then writes after another writer committed, fails at
-once with SQLITE_BUSY instead of waiting). The migrations, the store and the tests all build
-their engines here so that they behave alike.
+once with SQLITE_BUSY instead of waiting). Only transactions opened through `writer(engine)`
+begin IMMEDIATE; reads stay deferred so that, in WAL mode, they never queue behind a writer.
+The migrations, the store and the tests all build their engines here so that they behave alike.
 """
 
 from __future__ import annotations
@@ -19,6 +20,13 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# Execution option marking a connection that will write: on SQLite it begins IMMEDIATE.
+WRITE_OPTION = "fog_write"
+
+
+def writer(engine: AsyncEngine) -> AsyncEngine:
+    """The same engine, marked for write transactions (see WRITE_OPTION)."""
+    return engine.execution_options(**{WRITE_OPTION: True})
 
 
 def is_sqlite(url: str | URL) -> bool:
@@ -72,4 +80,6 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 
     @event.listens_for(sync_engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # Only writers take the write lock up front; readers in WAL mode never wait for it.
+        immediate = connection.get_execution_options().get(WRITE_OPTION, False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")

@@ -62,6 +62,19 @@ DOCKER_CALL_ATTEMPTS = 3
 _MANAGED_FILTER = {"label": f"{LABEL_MANAGED_BY}={MANAGED_BY_VALUE}"}
 # Substrings of engine errors meaning "this storage driver cannot cap a container's disk".
 _STORAGE_OPT_UNSUPPORTED = ("storage-opt", "storage opt", "quota", "storage_opt")
+# The engine answers 500 for many errors that will never go away on retry (seen on Docker
+# 20.10: a GPU request on a node without the driver, an unsupported storage option, a command
+# missing from the image). These markers make such a 500 permanent.
+_PERMANENT_SERVER_ERRORS = (
+    "could not select device driver",
+    "storage-opt",
+    "oci runtime",
+    "executable file not found",
+    "no such file or directory",
+    "invalid",
+    "not supported",
+    "permission denied",
+)
 
 
 def _message(exc: BaseException) -> str:
@@ -77,9 +90,12 @@ def translate(exc: BaseException, what: str) -> errors.ControllerError:
         return exc
     if isinstance(exc, docker.errors.APIError):
         status = exc.status_code or 0
+        text = _message(exc)
+        if status >= 500 and any(m in text.lower() for m in _PERMANENT_SERVER_ERRORS):
+            return errors.PermanentError(f"{what}: {text}")
         if status >= 500 or status in (408, 429):
-            return errors.TransientError(f"{what}: {_message(exc)}")
-        return errors.PermanentError(f"{what}: {_message(exc)}")
+            return errors.TransientError(f"{what}: {text}")
+        return errors.PermanentError(f"{what}: {text}")
     if isinstance(exc, requests.exceptions.RequestException | OSError | TimeoutError):
         return errors.TransientError(f"{what}: engine unreachable: {_message(exc)}")
     if isinstance(exc, docker.errors.DockerException):
@@ -143,7 +159,7 @@ class DockerRuntime:
         async for attempt in AsyncRetrying(
             retry=retry_if_exception_type(errors.TransientError),
             stop=stop_after_attempt(DOCKER_CALL_ATTEMPTS),
-            wait=wait_exponential_jitter(initial=0.1, max=2.0),
+            wait=wait_exponential_jitter(multiplier=0.1, max=2.0),
             reraise=True,
         ):
             with attempt:

@@ -1,0 +1,242 @@
+"""The reconciler against real PostgreSQL / SQLite and three real Docker engines."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import docker
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tests.harness.engines import API_VERSION, Cluster
+from tests.harness.fleet import (
+    Operator,
+    converged,
+    eventually,
+    managed_containers,
+    remove_managed_containers,
+    running_controller,
+    settings_for_tests,
+)
+
+pytestmark = pytest.mark.docker
+
+
+@pytest.fixture
+async def fleet(
+    db_url: str, engine: AsyncEngine, cluster: Cluster
+) -> AsyncIterator[tuple[Operator, list[str], uuid.UUID]]:
+    cluster.ensure_running()
+    urls = list(cluster.urls)
+    op = Operator(engine)
+    for i, url in enumerate(urls):
+        await op.add_node(f"node-{i}", url)
+    user = await op.add_user()
+    yield op, urls, user
+    await asyncio.to_thread(remove_managed_containers, urls)
+
+
+def _api(url: str) -> docker.APIClient:
+    return docker.APIClient(base_url=url, version=API_VERSION, timeout=30)
+
+
+async def test_scale_up_down_to_zero_with_history(db_url: str, fleet: Any) -> None:
+    op, urls, user = fleet
+    async with running_controller(settings_for_tests(db_url)):
+        d = await op.add_deployment(user, "web", replicas=5)
+        await eventually(lambda: converged(op, urls, d, 5))
+        assert await eventually(lambda: _equals(op.status(d), "running"))
+        # Spread over the three nodes: 2/2/1.
+        per_node = sorted(
+            [sum(1 for s in managed_containers(urls, d) if s.engine_url == u) for u in urls]
+        )
+        assert per_node == [1, 2, 2]
+
+        await op.scale(d, 2)
+        await eventually(lambda: converged(op, urls, d, 2))
+        stopped = await op.replicas(d, "stopped")
+        assert len(stopped) == 3
+        assert all(r["stopped_at"] is not None for r in stopped)
+
+        await op.scale(d, 0)
+        await eventually(lambda: converged(op, urls, d, 0))
+        assert await eventually(lambda: _equals(op.status(d), "stopped"))
+
+    transitions = [(h["old_status"], h["new_status"]) for h in await op.history(d)]
+    assert transitions[0] == ("pending", "scheduled")
+    assert ("scheduled", "running") in transitions
+    assert transitions[-1][1] == "stopped"
+    # Only changes are recorded, never the same status twice in a row without a new reason.
+    assert all(h["changed_by"] is None and h["reason"] for h in await op.history(d))
+
+
+async def _equals(value: Any, expected: Any) -> bool:
+    got = await value
+    assert got == expected, f"{got!r} != {expected!r}"
+    return True
+
+
+async def test_soft_delete_stops_everything_and_keeps_rows(db_url: str, fleet: Any) -> None:
+    op, urls, user = fleet
+    async with running_controller(settings_for_tests(db_url)):
+        d = await op.add_deployment(user, "doomed", replicas=3)
+        await eventually(lambda: converged(op, urls, d, 3))
+        await op.soft_delete(d)
+        await eventually(lambda: _equals(op.status(d), "deleted"))
+        assert managed_containers(urls, d) == []
+        assert len(await op.replicas(d, "stopped")) == 3
+        # The name is free again for a new live deployment.
+        again = await op.add_deployment(user, "doomed", replicas=1)
+        await eventually(lambda: converged(op, urls, again, 1))
+
+
+async def test_removed_container_is_replaced(db_url: str, fleet: Any) -> None:
+    op, urls, user = fleet
+    async with running_controller(settings_for_tests(db_url)):
+        d = await op.add_deployment(user, "repair", replicas=2)
+        await eventually(lambda: converged(op, urls, d, 2))
+        victim = managed_containers(urls, d)[0]
+        api = _api(victim.engine_url)
+        try:
+            api.remove_container(victim.id, force=True)
+        finally:
+            api.close()
+        await eventually(lambda: converged(op, urls, d, 2))
+        assert victim.replica_id not in {s.replica_id for s in managed_containers(urls, d)}
+        failed = await op.replicas(d, "failed")
+        assert [str(r["id"]) for r in failed] == [victim.replica_id]
+
+
+async def test_stopped_by_hand_is_replaced(db_url: str, fleet: Any) -> None:
+    op, urls, user = fleet
+    async with running_controller(settings_for_tests(db_url)):
+        d = await op.add_deployment(user, "handstop", replicas=1)
+        await eventually(lambda: converged(op, urls, d, 1))
+        victim = managed_containers(urls, d)[0]
+        api = _api(victim.engine_url)
+        try:
+            api.stop(victim.id, timeout=1)
+        finally:
+            api.close()
+        await eventually(lambda: converged(op, urls, d, 1))
+        assert victim.replica_id not in {s.replica_id for s in managed_containers(urls, d)}
+
+
+async def test_labelled_orphan_is_removed(db_url: str, fleet: Any) -> None:
+    op, urls, user = fleet
+    async with running_controller(settings_for_tests(db_url)):
+        d = await op.add_deployment(user, "owner", replicas=1)
+        await eventually(lambda: converged(op, urls, d, 1))
+        api = _api(urls[1])
+        try:
+            orphan = api.create_container(
+                "fog-test/busybox:latest",
+                name=f"fog-{uuid.uuid4()}",
+                labels={
+                    "fog.managed-by": "fog-controller",
+                    "fog.deployment-id": str(d),
+                    "fog.replica-id": str(uuid.uuid4()),
+                },
+            )
+            api.start(orphan["Id"])
+            stranger = api.create_container("fog-test/busybox:latest", name=f"x-{uuid.uuid4()}")
+        finally:
+            api.close()
+
+        async def orphan_gone() -> bool:
+            return orphan["Id"] not in {s.id for s in managed_containers(urls)}
+
+        await eventually(orphan_gone)
+        await eventually(lambda: converged(op, urls, d, 1))
+        api = _api(urls[1])
+        try:  # a container without our labels is never touched
+            assert api.inspect_container(stranger["Id"])["Id"] == stranger["Id"]
+            api.remove_container(stranger["Id"], force=True)
+        finally:
+            api.close()
+
+
+async def test_missing_image_fails_while_another_converges(db_url: str, fleet: Any) -> None:
+    op, urls, user = fleet
+    settings = settings_for_tests(db_url, progress_deadline_seconds=3.0)
+    async with running_controller(settings):
+        bad = await op.add_deployment(user, "bad", image="fog-test/does-not-exist:1", replicas=3)
+        good = await op.add_deployment(user, "good", replicas=3)
+        await eventually(lambda: converged(op, urls, good, 3))
+        await eventually(lambda: _equals(op.status(bad), "failed"), timeout=40)
+        reasons = [h["reason"] for h in await op.history(bad)]
+        assert any("image pull failed" in r and "does-not-exist" in r for r in reasons), reasons
+        failed = await op.replicas(bad, "failed")
+        # Slow start and backoff: a handful of attempts, not one per replica per pass.
+        assert 1 <= len(failed) <= 6, len(failed)
+        assert managed_containers(urls, bad) == []
+        assert await op.status(good) == "running"
+
+
+async def test_container_settings_match_the_deployment(db_url: str, fleet: Any) -> None:
+    op, urls, user = fleet
+    async with running_controller(settings_for_tests(db_url)):
+        d = await op.add_deployment(user, "inspect", replicas=1, cpu_cores=1.5, memory_mb=768)
+        await eventually(lambda: converged(op, urls, d, 1))
+        seen = managed_containers(urls, d)[0]
+        api = _api(seen.engine_url)
+        try:
+            info = api.inspect_container(seen.id)
+        finally:
+            api.close()
+    host = info["HostConfig"]
+    assert host["NanoCpus"] == 1_500_000_000
+    assert host["Memory"] == 768 * 1024 * 1024
+    assert host["Privileged"] is False
+    assert "no-new-privileges" in host["SecurityOpt"]
+    assert host["PidsLimit"] == 1024
+    assert host["RestartPolicy"]["Name"] == "unless-stopped"
+    labels = info["Config"]["Labels"]
+    assert labels["fog.managed-by"] == "fog-controller"
+    assert labels["fog.deployment-id"] == str(d)
+    assert info["Name"] == f"/fog-{labels['fog.replica-id']}"
+
+
+async def test_storage_limit_unenforced_is_tolerated(db_url: str, fleet: Any) -> None:
+    """These engines' overlay2 on ext4 refuses --storage-opt size: run without, say so once."""
+    op, urls, user = fleet
+    async with running_controller(settings_for_tests(db_url)):
+        d = await op.add_deployment(user, "disk", replicas=2, storage_gb=5)
+        await eventually(lambda: converged(op, urls, d, 2))
+
+
+async def test_gpu_request_on_node_without_driver_fails_clearly(db_url: str, fleet: Any) -> None:
+    op, urls, user = fleet
+    async with op.engine.begin() as conn:
+        from controller.store import NODES
+
+        await conn.execute(NODES.update().where(NODES.c.name == "node-0").values(gpu_units=2))
+    settings = settings_for_tests(db_url, progress_deadline_seconds=2.0)
+    async with running_controller(settings):
+        d = await op.add_deployment(user, "gpu", replicas=1, gpu_units=1)
+        await eventually(lambda: _equals(op.status(d), "failed"), timeout=40)
+        reasons = " ".join(h["reason"] for h in await op.history(d))
+        assert "could not select device driver" in reasons
+        assert managed_containers(urls, d) == []
+
+
+async def test_unschedulable_reason(db_url: str, fleet: Any) -> None:
+    op, urls, user = fleet
+    async with op.engine.begin() as conn:
+        from controller.store import NODES
+
+        await conn.execute(NODES.update().values(memory_mb=1024))
+    async with running_controller(settings_for_tests(db_url)):
+        d = await op.add_deployment(user, "big", replicas=4, memory_mb=1024)
+
+        async def reason() -> bool:
+            rows = await op.history(d)
+            assert rows and "0/3 nodes fit: 3 insufficient memory" in rows[-1]["reason"]
+            return True
+
+        await eventually(reason)
+        assert len(await op.replicas(d, "running")) == 3
+        assert len(await op.replicas(d, "pending")) == 1
