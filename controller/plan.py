@@ -12,6 +12,7 @@ Rules that matter for safety:
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -63,6 +64,13 @@ class MarkFailed:
 
 
 @dataclass(frozen=True, slots=True)
+class PlaceReplica:
+    """A pending replica: the reconciler asks the scheduler for a node."""
+
+    replica: Replica
+
+
+@dataclass(frozen=True, slots=True)
 class EnsureContainer:
     """A placed, starting replica without a running container: create (or find) and start it."""
 
@@ -86,7 +94,15 @@ class RemoveContainer:
     why: str
 
 
-Action = CreateReplicas | MarkRunning | MarkFailed | EnsureContainer | StopReplica | RemoveContainer
+Action = (
+    CreateReplicas
+    | MarkRunning
+    | MarkFailed
+    | PlaceReplica
+    | EnsureContainer
+    | StopReplica
+    | RemoveContainer
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,10 +236,17 @@ def plan(
             actions.append(RemoveContainer(c, "twin of a replica placed on another node"))
 
     target = 0 if d.deleting else d.target_replicas
+    doomed: set[uuid.UUID] = set()
     if len(live) > target:
         for victim in victims(live, len(live) - target):
+            doomed.add(victim.id)
             actions.append(StopReplica(victim, obs.of(victim)))
-    elif len(live) < target:
+    # Pending rows get a node from the scheduler; one that claims a node already (edited by
+    # hand) is placed again, and a container left on its old node becomes a twin.
+    actions.extend(
+        PlaceReplica(r) for r in live if r.status is ReplicaStatus.PENDING and r.id not in doomed
+    )
+    if len(live) < target:
         unplaced = sum(1 for r in live if r.node_id is None)
         count = min(target - len(live), max(0, policy.burst - unplaced))
         if count:
@@ -359,9 +382,14 @@ def history_needed(d: Deployment, decision: StatusDecision) -> bool:
     return _problem_of(decision.reason) != _problem_of(d.last_reason)
 
 
+_RESTART_COUNT = re.compile(r"restarted \d+ times")
+
+
 def _problem_of(reason: str | None) -> str | None:
+    """The problem part of a reason, with a crash loop's rising restart count masked: a
+    container restarting again is the same problem, not a new history row per restart."""
     if not reason:
         return None
     text = reason.removeprefix("no progress: ")
     _, sep, problem = text.partition("; ")
-    return problem if sep else None
+    return _RESTART_COUNT.sub("restarted N times", problem) if sep else None

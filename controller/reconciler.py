@@ -46,6 +46,7 @@ from controller.plan import (
     EnsureContainer,
     MarkFailed,
     MarkRunning,
+    PlaceReplica,
     Policy,
     Progress,
     RemoveContainer,
@@ -236,12 +237,7 @@ class Reconciler:
 
         # 3. Starts, in slow-start batches, unless the deployment is backing off.
         ensure = [a.replica for a in p.actions if isinstance(a, EnsureContainer)]
-        victims = {a.replica.id for a in stops}
-        pending = [
-            r
-            for r in d.replicas
-            if r.status is ReplicaStatus.PENDING and r.node_id is None and r.id not in victims
-        ] + created
+        pending = [a.replica for a in p.actions if isinstance(a, PlaceReplica)] + created
         requeue: float | None = None
         if ensure or pending:
             if mem.retry_at is not None and now < mem.retry_at:
@@ -297,8 +293,8 @@ class Reconciler:
         transient = False
         while queue:
             take, queue = queue[:batch], queue[batch:]
-            unplaced = [r for r in take if r.node_id is None]
-            ready = [r for r in take if r.node_id is not None]
+            unplaced = [r for r in take if r.status is ReplicaStatus.PENDING]
+            ready = [r for r in take if r.status is not ReplicaStatus.PENDING]
             if unplaced:
                 placed, refusal = await self._place(d, unplaced, request, spread)
                 ready.extend(placed)

@@ -11,16 +11,26 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller.model import ContainerState, NodeView, ObservedContainer, ReplicaStatus
+from controller.model import (
+    ContainerState,
+    DeploymentStatus,
+    NodeView,
+    ObservedContainer,
+    ReplicaStatus,
+)
 from controller.plan import (
     CreateReplicas,
     EnsureContainer,
     MarkFailed,
     MarkRunning,
+    PlaceReplica,
     Plan,
     Policy,
+    Progress,
     RemoveContainer,
     StopReplica,
+    derive_status,
+    history_needed,
     plan,
     victims,
 )
@@ -118,7 +128,7 @@ def test_replica_whose_node_was_removed_fails() -> None:
 def test_soft_delete_stops_everything() -> None:
     rs = [replica(ReplicaStatus.RUNNING, N1, n=i, started=T0) for i in range(2)]
     pending = replica(ReplicaStatus.PENDING, None, n=5)
-    d = deployment(2, *rs, pending, deleted_at=T0)
+    d = deployment(2, *rs, pending, deleted_at=T0)  # stopping wins over placing
     v = views((N1, [container(r, N1) for r in rs]))
     assert kinds(plan(d, v, NODES)) == ["StopReplica"] * 3
 
@@ -132,7 +142,7 @@ def test_stopping_replica_is_stopped_again_after_a_crash() -> None:
 def test_burst_bounds_unplaced_pending_rows() -> None:
     stuck = [replica(ReplicaStatus.PENDING, None, n=i) for i in range(4)]
     p = plan(deployment(100_000, *stuck), views((N1, [])), NODES, policy=Policy(burst=5))
-    assert p.actions == (CreateReplicas(1),)
+    assert p.actions == (*[PlaceReplica(r) for r in stuck], CreateReplicas(1))
     p = plan(deployment(100_000), views((N1, [])), NODES, policy=Policy(burst=5))
     assert p.actions == (CreateReplicas(5),)
 
@@ -201,10 +211,9 @@ class World:
                 self.replicas[a.replica.id] = replace(a.replica, status=ReplicaStatus.STOPPED)
             elif isinstance(a, RemoveContainer):
                 self.containers.pop(a.container.id, None)
-        for r in list(self.replicas.values()):  # placement + start of pending rows
-            if r.status is ReplicaStatus.PENDING and not self.deleting:
+            elif isinstance(a, PlaceReplica):
                 self.rr += 1
-                self.start(replace(r, status=ReplicaStatus.STARTING, node_id=NODES[self.rr % 3].id))
+                self.start(replace(a.replica, status=ReplicaStatus.STARTING, node_id=NODES[self.rr % 3].id))
         for a in p.actions:
             if isinstance(a, CreateReplicas):
                 for _ in range(a.count):
@@ -258,3 +267,75 @@ def test_repeated_planning_converges_without_twins(world: World) -> None:
     assert sorted((c.replica_id, c.node_id) for c in world.containers.values()) == sorted(
         (r.id, r.node_id) for r in live
     )
+
+
+# --- status ----------------------------------------------------------------------------------
+
+
+def _status(d, v, *, problem=None, since=T0, now=None):  # type: ignore[no-untyped-def]
+    return derive_status(
+        d,
+        v,
+        Progress(since, problem),
+        now=now or T0 + timedelta(seconds=10),
+        deadline=timedelta(seconds=600),
+    )
+
+
+def test_status_running_when_target_reached() -> None:
+    rs = [replica(ReplicaStatus.RUNNING, N1, n=i, started=T0) for i in range(2)]
+    decision = _status(deployment(2, *rs), views((N1, [container(r, N1) for r in rs])))
+    assert (decision.status, decision.reason) == (DeploymentStatus.RUNNING, "2/2 replicas running")
+
+
+def test_status_pending_until_first_placement_then_scheduled() -> None:
+    unplaced = replica(ReplicaStatus.PENDING, None)
+    assert _status(deployment(1, unplaced), views((N1, []))).status is DeploymentStatus.PENDING
+    placed = replica(ReplicaStatus.STARTING, N1)
+    assert _status(deployment(1, placed), views((N1, []))).status is DeploymentStatus.SCHEDULED
+
+
+def test_status_does_not_flap_back_to_pending_after_a_failed_start() -> None:
+    unplaced = replica(ReplicaStatus.PENDING, None)
+    d = deployment(1, unplaced, status=DeploymentStatus.SCHEDULED)
+    decision = _status(d, views((N1, [])), problem="image pull failed: nope")
+    assert decision.status is DeploymentStatus.SCHEDULED
+    assert decision.reason == "0/1 replicas running; image pull failed: nope"
+
+
+def test_status_failed_after_deadline_and_sticky_until_converged() -> None:
+    r = replica(ReplicaStatus.STARTING, N1)
+    late = T0 + timedelta(seconds=601)
+    d = deployment(1, r, status=DeploymentStatus.SCHEDULED)
+    assert _status(d, views((N1, [])), now=late).status is DeploymentStatus.FAILED
+    # After a controller restart the progress clock restarts, but failed stays failed...
+    failed = replace(d, status=DeploymentStatus.FAILED, last_changed_at=T0)
+    assert _status(failed, views((N1, []))).status is DeploymentStatus.FAILED
+    # ...until the operator changes the deployment,
+    edited = replace(failed, updated_at=T0 + timedelta(seconds=1))
+    assert _status(edited, views((N1, []))).status is DeploymentStatus.SCHEDULED
+    # or it converges.
+    ok = replica(ReplicaStatus.RUNNING, N1, started=T0)
+    done = replace(failed, replicas=(ok,))
+    assert _status(done, views((N1, [container(ok, N1)]))).status is DeploymentStatus.RUNNING
+
+
+def test_crash_loop_reason_and_history_dedup() -> None:
+    r = replica(ReplicaStatus.RUNNING, N1, started=T0)
+    looping = container(r, N1, ContainerState.RESTARTING, exit_code=3, restart_count=5)
+    d = deployment(1, r, status=DeploymentStatus.SCHEDULED)
+    decision = _status(d, views((N1, [looping])))
+    assert decision.reason == (
+        f"0/1 replicas running; crash loop: replica {str(r.id)[:8]} restarted 5 times, "
+        "last exit code 3"
+    )
+    assert history_needed(d, decision)
+    recorded = replace(d, last_reason=decision.reason.replace("5 times", "4 times"))
+    assert not history_needed(recorded, decision)
+
+
+def test_deleted_when_nothing_left() -> None:
+    d = deployment(3, deleted_at=T0, status=DeploymentStatus.RUNNING)
+    assert _status(d, views((N1, []))).status is DeploymentStatus.DELETED
+    d = deployment(0, status=DeploymentStatus.RUNNING)
+    assert _status(d, views((N1, []))).status is DeploymentStatus.STOPPED
