@@ -328,11 +328,15 @@ class Store:
         write" stays answerable as `updated_at > changed_at`.
         """
         d, hist = DEPLOYMENTS, HISTORY
+        # On PostgreSQL the stamp is the database's transaction time, the clock its trigger
+        # uses for operator edits, so a skewed controller clock cannot hide an edit. SQLite is
+        # embedded: one host, one clock.
+        stamp: Any = func.now() if self._engine.dialect.name == "postgresql" else now
         async with self._writer.begin() as conn:
             result = await conn.execute(
                 update(d)
                 .where(d.c.id == deployment_id, d.c.status == old.value)
-                .values(status=new.value, updated_at=now)
+                .values(status=new.value, updated_at=stamp)
             )
             if not result.rowcount:
                 return False
@@ -343,7 +347,7 @@ class Store:
                     old_status=old.value,
                     new_status=new.value,
                     changed_by=None,
-                    changed_at=now,
+                    changed_at=stamp,
                     reason=_clip(reason),
                 )
             )

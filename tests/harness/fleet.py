@@ -7,6 +7,7 @@ Plain module (no pytest import): benchmarks reuse it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -48,10 +49,10 @@ TEST_SETTINGS: dict[str, Any] = {
 
 
 async def eventually(
-    check: Callable[[], Awaitable[T]], *, timeout: float = 30.0, interval: float = 0.1
+    check: Callable[[], Awaitable[T]], *, within: float = 30.0, interval: float = 0.1
 ) -> T:
     """Poll `check` until it returns a truthy value or raises no AssertionError; return it."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     while True:
         try:
             value = await check()
@@ -61,7 +62,7 @@ async def eventually(
         except AssertionError as exc:
             failure = exc
         if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s: {failure}") from failure
+            raise AssertionError(f"condition not met within {within}s: {failure}") from failure
         await asyncio.sleep(interval)
 
 
@@ -211,10 +212,8 @@ def remove_managed_containers(urls: list[str]) -> None:
             for c in client.containers(
                 all=True, filters={"label": f"{LABEL_MANAGED_BY}={MANAGED_BY_VALUE}"}
             ):
-                try:
+                with contextlib.suppress(docker.errors.NotFound):
                     client.remove_container(c["Id"], force=True)
-                except docker.errors.NotFound:
-                    pass
         finally:
             client.close()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -11,7 +12,7 @@ import docker
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.harness.engines import API_VERSION, Cluster
+from tests.harness.engines import API_VERSION, Cluster, build_image
 from tests.harness.fleet import (
     Operator,
     converged,
@@ -166,7 +167,7 @@ async def test_missing_image_fails_while_another_converges(db_url: str, fleet: A
         bad = await op.add_deployment(user, "bad", image="fog-test/does-not-exist:1", replicas=3)
         good = await op.add_deployment(user, "good", replicas=3)
         await eventually(lambda: converged(op, urls, good, 3))
-        await eventually(lambda: _equals(op.status(bad), "failed"), timeout=40)
+        await eventually(lambda: _equals(op.status(bad), "failed"), within=40)
         reasons = [h["reason"] for h in await op.history(bad)]
         assert any("image pull failed" in r and "does-not-exist" in r for r in reasons), reasons
         failed = await op.replicas(bad, "failed")
@@ -217,14 +218,14 @@ async def test_gpu_request_on_node_without_driver_fails_clearly(db_url: str, fle
     settings = settings_for_tests(db_url, progress_deadline_seconds=2.0)
     async with running_controller(settings):
         d = await op.add_deployment(user, "gpu", replicas=1, gpu_units=1)
-        await eventually(lambda: _equals(op.status(d), "failed"), timeout=40)
+        await eventually(lambda: _equals(op.status(d), "failed"), within=40)
         reasons = " ".join(h["reason"] for h in await op.history(d))
         assert "could not select device driver" in reasons
         assert managed_containers(urls, d) == []
 
 
 async def test_unschedulable_reason(db_url: str, fleet: Any) -> None:
-    op, urls, user = fleet
+    op, _, user = fleet
     async with op.engine.begin() as conn:
         from controller.store import NODES
 
@@ -234,9 +235,31 @@ async def test_unschedulable_reason(db_url: str, fleet: Any) -> None:
 
         async def reason() -> bool:
             rows = await op.history(d)
-            assert rows and "0/3 nodes fit: 3 insufficient memory" in rows[-1]["reason"]
+            assert rows
+            assert "0/3 nodes fit: 3 insufficient memory" in rows[-1]["reason"]
             return True
 
         await eventually(reason)
         assert len(await op.replicas(d, "running")) == 3
         assert len(await op.replicas(d, "pending")) == 1
+
+
+async def test_crash_loop_is_reported_not_replaced(
+    db_url: str, fleet: Any, cluster: Cluster
+) -> None:
+    """Restarts are the engine's job: the replica keeps its container, the reason says why."""
+    op, urls, user = fleet
+    for e in cluster.engines:
+        build_image(e, "fog-test/crash:3", ["sh", "-c", "exit 3"])
+    settings = settings_for_tests(db_url, progress_deadline_seconds=4.0)
+    async with running_controller(settings):
+        d = await op.add_deployment(user, "crashy", image="fog-test/crash:3", replicas=1)
+        await eventually(lambda: _equals(op.status(d), "failed"), within=40)
+        reasons = [h["reason"] for h in await op.history(d)]
+        crash = [r for r in reasons if "crash loop: replica" in r]
+        assert crash, reasons
+        assert re.search(r"restarted \d+ times, last exit code 3", crash[-1]), crash
+        # The same replica, its container restarted in place by the engine: no replacement.
+        assert await op.replicas(d, "failed") == []
+        [seen] = managed_containers(urls, d)
+        assert seen.state in ("restarting", "running")

@@ -213,7 +213,9 @@ class World:
                 self.containers.pop(a.container.id, None)
             elif isinstance(a, PlaceReplica):
                 self.rr += 1
-                self.start(replace(a.replica, status=ReplicaStatus.STARTING, node_id=NODES[self.rr % 3].id))
+                self.start(
+                    replace(a.replica, status=ReplicaStatus.STARTING, node_id=NODES[self.rr % 3].id)
+                )
         for a in p.actions:
             if isinstance(a, CreateReplicas):
                 for _ in range(a.count):

@@ -1,0 +1,136 @@
+"""The store against real PostgreSQL and SQLite: constant query counts, guarded transitions,
+status writes with their history row, pruning of terminal replicas."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import event, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from controller.model import DeploymentStatus, ReplicaStatus
+from controller.store import DEPLOYMENTS, REPLICAS, Store, Transition
+from tests.harness.fleet import Operator
+
+
+@contextmanager
+def counting(engine: AsyncEngine) -> Iterator[list[str]]:
+    statements: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(statement)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", record)
+    try:
+        yield statements
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", record)
+
+
+async def _deployments(op: Operator, user: uuid.UUID, count: int, replicas: int) -> list[uuid.UUID]:
+    store = Store(op.engine)
+    ids = []
+    for i in range(count):
+        d = await op.add_deployment(user, f"d{i}-{uuid.uuid4().hex[:6]}", replicas=replicas)
+        await store.create_replicas(d, replicas, datetime.now(UTC))
+        ids.append(d)
+    return ids
+
+
+async def test_a_pass_loads_any_number_of_deployments_in_three_queries(engine: AsyncEngine) -> None:
+    op, store = Operator(engine), Store(engine)
+    user = await op.add_user()
+    await _deployments(op, user, 2, 2)
+    with counting(engine) as few:
+        loaded = await store.load_deployments()
+    assert len(loaded) == 2
+    await _deployments(op, user, 30, 3)
+    with counting(engine) as many:
+        loaded = await store.load_deployments()
+    assert len(loaded) == 32
+    assert all(len(d.replicas) == d.target_replicas for d in loaded)
+    assert all(d.resources is not None for d in loaded)
+    selects = [s for s in many if s.lstrip().upper().startswith(("SELECT", "WITH"))]
+    assert len(selects) == 3
+    assert len(many) == len(few)
+
+
+async def test_transitions_are_guarded_by_the_expected_status(engine: AsyncEngine) -> None:
+    op, store = Operator(engine), Store(engine)
+    user = await op.add_user()
+    [d] = await _deployments(op, user, 1, 1)
+    [replica] = (await store.load_deployment(d)).replicas  # type: ignore[union-attr]
+    to_starting = Transition(replica.id, (ReplicaStatus.PENDING,), ReplicaStatus.STARTING)
+    assert await store.transition([to_starting]) == {replica.id}
+    # A second writer working from the same stale read changes nothing.
+    assert await store.transition([to_starting]) == set()
+    row = (await op.replicas(d))[0]
+    assert row["status"] == "starting"
+
+
+async def test_status_write_records_history_and_keeps_its_stamp(engine: AsyncEngine) -> None:
+    op, store = Operator(engine), Store(engine)
+    user = await op.add_user()
+    d = await op.add_deployment(user, "hist")
+    now = datetime.now(UTC)
+    ok = await store.record_status(
+        d, DeploymentStatus.PENDING, DeploymentStatus.SCHEDULED, "x" * 600, now
+    )
+    assert ok
+    # Stale `old` status: nothing written.
+    assert not await store.record_status(
+        d, DeploymentStatus.PENDING, DeploymentStatus.RUNNING, "nope", now
+    )
+    [h] = await op.history(d)
+    assert (h["old_status"], h["new_status"], h["changed_by"]) == ("pending", "scheduled", None)
+    assert len(h["reason"]) == 500  # clipped to the column, not rejected
+    row = await op.deployment(d)
+    assert row["status"] == "scheduled"
+    # The controller's own write does not look like an operator edit.
+    assert row["updated_at"] == h["changed_at"]
+    loaded = await store.load_deployment(d)
+    assert loaded is not None
+    assert loaded.last_changed_at == h["changed_at"]
+    await op.scale(d, 4)  # an operator edit moves updated_at past the last status write
+    assert (await op.deployment(d))["updated_at"] > h["changed_at"]
+
+
+async def test_prune_keeps_the_newest_terminal_rows(engine: AsyncEngine) -> None:
+    op, store = Operator(engine), Store(engine)
+    user = await op.add_user()
+    [d] = await _deployments(op, user, 1, 6)
+    replicas = (await store.load_deployment(d)).replicas  # type: ignore[union-attr]
+    base = datetime.now(UTC)
+    for i, r in enumerate(replicas):
+        await store.transition(
+            [
+                Transition(
+                    r.id,
+                    (ReplicaStatus.PENDING,),
+                    ReplicaStatus.STOPPED if i % 2 else ReplicaStatus.FAILED,
+                    (("stopped_at", base + timedelta(seconds=i)),),
+                )
+            ]
+        )
+    assert await store.prune_terminal_replicas(keep=2) == 4
+    async with engine.connect() as conn:
+        left = (
+            await conn.execute(select(REPLICAS.c.id).where(REPLICAS.c.deployment_id == d))
+        ).all()
+    assert {row.id for row in left} == {replicas[4].id, replicas[5].id}
+    assert await store.prune_terminal_replicas(keep=2) == 0
+
+
+async def test_deleted_deployments_leave_the_pass(engine: AsyncEngine) -> None:
+    op, store = Operator(engine), Store(engine)
+    user = await op.add_user()
+    keep, gone = await _deployments(op, user, 2, 1)
+    async with engine.begin() as conn:
+        await conn.execute(
+            DEPLOYMENTS.update().where(DEPLOYMENTS.c.id == gone).values(status="deleted")
+        )
+    assert [d.id for d in await store.load_deployments()] == [keep]
