@@ -31,3 +31,8 @@ class ConflictError(PermanentError):
 
 class StoreUnavailable(TransientError):
     """The database could not be reached or lost the connection."""
+
+
+class Deposed(ControllerError):
+    """This controller's fencing epoch is no longer current: another leader has taken over.
+    Nothing it writes is accepted; it must stop acting and stand by."""

@@ -12,12 +12,21 @@ import asyncio
 import contextlib
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
 
 import structlog
 
-from controller import errors
+from controller import errors, sdnotify
+from controller.metrics import Health, Metrics, ReconcileResult, Role, stall_seconds
+from controller.model import (
+    LIVE_REPLICA_STATUSES,
+    Deployment,
+    DeploymentStatus,
+    NodeStatus,
+    ReplicaStatus,
+)
 from controller.nodes import NodeMonitor
 from controller.reconciler import Reconciler
 from controller.runtime import Runtime
@@ -26,6 +35,12 @@ from controller.store import Store
 from controller.workqueue import WorkQueue
 
 log = structlog.get_logger(__name__)
+
+# While the database is down at boot, each failed ping pushes systemd's start deadline this far
+# past the next attempt: a ping against a black-holed host may itself take minutes.
+START_EXTEND_SECONDS = 300.0
+# The replica statuses a resync pass loads (terminal rows are not loaded).
+_LOADED_REPLICA_STATUSES = (*LIVE_REPLICA_STATUSES, ReplicaStatus.STOPPING)
 
 
 def utcnow() -> datetime:
@@ -39,18 +54,32 @@ class Controller:
         store: Store,
         runtime: Runtime,
         clock: Callable[[], datetime] = utcnow,
+        *,
+        metrics: Metrics | None = None,
+        health: Health | None = None,
+        notifier: sdnotify.Notifier | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.runtime = runtime
         self.nodes = NodeMonitor(store, runtime, settings, clock)
         self.reconciler = Reconciler(store, runtime, self.nodes, settings, clock)
-        self.queue: WorkQueue[uuid.UUID] = WorkQueue()
+        # Observability is optional so tests and benchmarks can build a bare Controller; the CLI
+        # passes the ones it serves on FOG_METRICS_ADDR and the systemd notifier.
+        self.metrics = Metrics() if metrics is None else metrics
+        self.health = Health(stall_seconds(settings)) if health is None else health
+        self.notifier = sdnotify.Notifier() if notifier is None else notifier
+        self.queue: WorkQueue[uuid.UUID] = WorkQueue(observer=self.metrics.workqueue)
+        self.metrics.watch_queue(lambda: len(self.queue), lambda: self.queue.processing)
         self._stop = asyncio.Event()
         self._resync_now = asyncio.Event()
         self.passes = 0
 
     def stop(self) -> None:
+        if not self._stop.is_set():
+            self.health.set_role(Role.STOPPING)
+            self.metrics.leader.set(0)
+            self.notifier.stopping(f"stopping: {self.queue.processing} reconciles in flight")
         self._stop.set()
 
     def resync_now(self) -> None:
@@ -58,6 +87,17 @@ class Controller:
 
     async def run(self) -> None:
         """Run until `stop()`; in-flight reconciles get `shutdown_grace_seconds` to finish."""
+        interval = self.notifier.watchdog_interval_seconds
+        watchdog = asyncio.create_task(self._watchdog_loop(interval)) if interval else None
+        try:
+            await self._run()
+        finally:
+            self.metrics.leader.set(0)
+            if watchdog is not None:
+                watchdog.cancel()
+                await asyncio.gather(watchdog, return_exceptions=True)
+
+    async def _run(self) -> None:
         s = self.settings
         log.info(
             "controller_starting",
@@ -65,6 +105,7 @@ class Controller:
             workers=s.workers,
             stop_timeout_seconds=s.stop_timeout_seconds,
         )
+        self.notifier.status("starting: connecting to the database")
         await self._wait_for_store()
         if self._stop.is_set():
             return
@@ -76,6 +117,11 @@ class Controller:
             asyncio.create_task(self._heartbeat_loop()),
         ]
         log.info("controller_started", nodes=len(self.nodes.records))
+        if not self._stop.is_set():
+            # The leader-election hook: today the only controller leads once it has started.
+            self.health.set_role(Role.LEADER)
+            self.metrics.leader.set(1)
+            self.notifier.ready(f"running: leader, {len(self.nodes.records)} nodes")
         await self._stop.wait()
         log.info("controller_stopping", in_flight=self.queue.processing)
         # Timers and workers see the stop event and finish what they are doing; only what is
@@ -95,11 +141,19 @@ class Controller:
         while not self._stop.is_set():
             try:
                 await self.store.ping()
+                self.health.database_answered()
                 return
             except errors.StoreUnavailable as exc:
                 log.warning("database_unavailable", error=exc.reason, retry_in_seconds=delay)
+                self.health.database_failed(exc.reason)
+                # Waiting for the database is not a hung start: keep systemd's deadline ahead.
+                self.notifier.extend_timeout(
+                    delay + START_EXTEND_SECONDS, f"waiting for the database: {exc.reason}"
+                )
                 await self._sleep(delay)
                 delay = min(delay * 2, 30.0)
+            finally:
+                self.health.progressed()
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -110,6 +164,8 @@ class Controller:
             key = await self.queue.get()
             if key is None:
                 return
+            outcome = ReconcileResult.ERROR
+            started = time.perf_counter()
             try:
                 result = await self.reconciler.reconcile(key)
             except errors.ControllerError as exc:
@@ -129,7 +185,10 @@ class Controller:
                 self.queue.forget(key)
                 if result.requeue_after is not None:
                     self.queue.add_after(key, result.requeue_after)
+                requeue = result.requeue_after is not None
+                outcome = ReconcileResult.REQUEUE if requeue else ReconcileResult.SUCCESS
             finally:
+                self.metrics.observe_reconcile(outcome, time.perf_counter() - started)
                 self.queue.done(key)
 
     async def _heartbeat_loop(self) -> None:
@@ -139,6 +198,9 @@ class Controller:
                 return
             try:
                 await self.nodes.refresh()
+                for deployment_id, reason in (await self.nodes.evict()).items():
+                    self.reconciler.note_problem(deployment_id, reason)
+                    self.queue.add(deployment_id)
             except errors.ControllerError as exc:
                 log.warning("heartbeat_failed", error=exc.reason)
 
@@ -146,10 +208,14 @@ class Controller:
         while not self._stop.is_set():
             try:
                 await self.resync()
+                self.health.database_answered()
             except errors.ControllerError as exc:
+                if isinstance(exc, errors.StoreUnavailable):
+                    self.health.database_failed(exc.reason)
                 log.warning("resync_failed", error=exc.reason)
             except Exception:
                 log.exception("resync_crashed")
+            self.health.progressed()  # a failed pass is progress too: /livez means "not stuck"
             self._resync_now.clear()
             await self._wait_any(self._resync_now, self.settings.resync_seconds)
 
@@ -186,6 +252,8 @@ class Controller:
             await asyncio.gather(*(self._remove_stray(c.node_id, c.id, c.name) for c in strays))
         pruned = await self.store.prune_terminal_replicas(self.settings.keep_terminal_replicas)
         self.passes += 1
+        self._report(deployments)
+        self.metrics.resync_duration.observe(time.monotonic() - started)
         log.info(
             "resync_done",
             duration_ms=round((time.monotonic() - started) * 1000, 2),
@@ -196,6 +264,41 @@ class Controller:
             queue_depth=len(self.queue),
         )
         return enqueued
+
+    def _report(self, deployments: list[Deployment]) -> None:
+        """Gauges from what the pass loaded anyway, and a STATUS line for `systemctl status`."""
+        m = self.metrics
+        m.set_counts(
+            m.deployments,
+            Counter(d.status.value for d in deployments),
+            (s.value for s in DeploymentStatus if s is not DeploymentStatus.DELETED),
+        )
+        m.set_counts(
+            m.replicas,
+            Counter(r.status.value for d in deployments for r in d.replicas),
+            (s.value for s in _LOADED_REPLICA_STATUSES),
+        )
+        nodes = Counter(r.status.value for r in self.nodes.records.values())
+        m.set_counts(m.nodes, nodes, (s.value for s in NodeStatus))
+        self.notifier.status(
+            f"{self.health.role.value}: {len(deployments)} deployments, "
+            f"{nodes[NodeStatus.READY.value]}/{sum(nodes.values())} nodes ready, "
+            f"{len(self.queue)} queued"
+        )
+
+    async def _watchdog_loop(self, interval: float) -> None:
+        """WATCHDOG=1 every half watchdog period, only while /livez would answer 200: a stuck
+        loop withholds the pings (a blocked event loop cannot run this task at all), and
+        systemd restarts the service."""
+        withheld = False
+        while True:
+            ok, why = self.health.live()
+            if ok:
+                self.notifier.watchdog()
+            elif not withheld:
+                log.error("watchdog_withheld", reason=why)
+            withheld = not ok
+            await asyncio.sleep(interval)
 
     async def _remove_stray(self, node_id: uuid.UUID, container: str, name: str) -> None:
         record = self.nodes.records.get(node_id)

@@ -7,6 +7,7 @@ sees nothing else: no ORM objects, no Docker dicts, no clocks.
 from __future__ import annotations
 
 import enum
+import hashlib
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -37,6 +38,8 @@ LABEL_MANAGED_BY = "fog.managed-by"
 MANAGED_BY_VALUE = "fog-controller"
 LABEL_DEPLOYMENT = "fog.deployment-id"
 LABEL_REPLICA = "fog.replica-id"
+LABEL_SPEC = "fog.spec-hash"
+LABEL_EPOCH = "fog.epoch"
 CONTAINER_NAME_PREFIX = "fog-"
 
 
@@ -47,6 +50,19 @@ def container_name(replica_id: uuid.UUID) -> str:
 
 def short_id(value: uuid.UUID) -> str:
     return str(value)[:8]
+
+
+def spec_hash(image: str, resources: Resources | None) -> str:
+    """What a replica runs, in 12 hex digits: a change of image or resources is a rollout."""
+    fields = [image]
+    if resources is not None:
+        fields += [
+            f"{resources.cpu_cores:g}",
+            str(resources.memory_mb),
+            str(resources.gpu_units),
+            str(resources.storage_gb),
+        ]
+    return hashlib.sha256("\x1f".join(fields).encode()).hexdigest()[:12]
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +99,8 @@ class Node:
     unschedulable: bool = False
     draining: bool = False
     last_heartbeat_at: datetime | None = None
+    # Since when the engine has answered every probe (None: not answering, or not known).
+    up_since: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +113,8 @@ class Replica:
     created_at: datetime | None = None
     started_at: datetime | None = None
     stopped_at: datetime | None = None
+    # The spec it was started with (None: from before spec tracking; taken as current).
+    spec_hash: str | None = None
 
     @property
     def live(self) -> bool:
@@ -123,6 +143,13 @@ class Deployment:
     @property
     def deleting(self) -> bool:
         return self.deleted_at is not None
+
+    @property
+    def spec_hash(self) -> str:
+        return spec_hash(self.image, self.resources)
+
+    def outdated(self, r: Replica) -> bool:
+        return r.spec_hash is not None and r.spec_hash != self.spec_hash
 
 
 class ContainerState(enum.StrEnum):
@@ -158,6 +185,8 @@ class ObservedContainer:
     exit_code: int | None = None
     restart_count: int = 0
     oom_killed: bool = False
+    finished_at: datetime | None = None  # when it last exited (not running only)
+    health: str | None = None  # healthy | unhealthy | starting; None: no HEALTHCHECK
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,7 +229,9 @@ class EngineInfo:
     server_version: str = ""
 
 
-def resolve_node(record: NodeRecord, info: EngineInfo | None) -> Node:
+def resolve_node(
+    record: NodeRecord, info: EngineInfo | None, up_since: datetime | None = None
+) -> Node:
     """The schedulable view of a node: row capacity where set, the engine's figures elsewhere.
     A node never probed has no capacity to offer."""
     return Node(
@@ -219,4 +250,5 @@ def resolve_node(record: NodeRecord, info: EngineInfo | None) -> Node:
         unschedulable=record.unschedulable,
         draining=record.draining,
         last_heartbeat_at=record.last_heartbeat_at,
+        up_since=up_since,
     )

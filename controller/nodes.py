@@ -1,16 +1,22 @@
-"""Node heartbeat and readiness: probe each engine, record `last_heartbeat_at`, and move nodes
-between `unknown`, `ready` and `not_ready`.
+"""Node lifecycle: heartbeat, readiness, eviction, capacity detection.
 
 A node row becomes `ready` after its first successful probe; a ready node whose probes keep
-failing for `node_grace_seconds` becomes `not_ready` (no new placements, its replicas unknown).
-Capacity columns left NULL are filled in memory from the engine's `docker info`.
+failing for `node_grace_seconds` becomes `not_ready` (no new placements, its replicas unknown,
+never judged missing). After `eviction_seconds` more, its live replicas are marked failed
+("node lost") and replaced elsewhere, one node per `eviction_interval_seconds` at most, and not
+at all while more than `disruption_threshold` of the nodes look down: then the controller is
+probably the one cut off, and tearing down a healthy fog would be the worst reaction (this is
+Kubernetes' full-disruption mode). Capacity columns left NULL are filled in memory from the
+engine's `docker info`. Transitions are a log trail (`node_ready`, `node_not_ready`,
+`node_evicted`, `eviction_halted`), not a table: nodes keep no status history of their own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -25,6 +31,37 @@ from controller.store import Store
 log = structlog.get_logger(__name__)
 
 LOCAL_NODE_NAME = "local"
+
+
+@dataclass(frozen=True, slots=True)
+class EvictionDecision:
+    lost: tuple[NodeRecord, ...]
+    halted: bool
+    reason: str = ""
+
+
+def evictions(
+    nodes: Sequence[NodeRecord],
+    *,
+    now: datetime,
+    grace: timedelta,
+    eviction: timedelta,
+    threshold: float,
+) -> EvictionDecision:
+    """PURE: which not-ready nodes are lost for good, unless so many are down that eviction
+    must halt. Nodes never seen alive (`unknown`) count neither way."""
+    known = [n for n in nodes if n.status is not NodeStatus.UNKNOWN]
+    down = [n for n in known if n.status is NodeStatus.NOT_READY]
+    lost = tuple(
+        n
+        for n in down
+        if n.last_heartbeat_at is not None and now - n.last_heartbeat_at > grace + eviction
+    )
+    if known and len(down) / len(known) > threshold:
+        return EvictionDecision(
+            lost, True, f"{len(down)}/{len(known)} nodes not ready (> {threshold:.0%})"
+        )
+    return EvictionDecision(lost, False)
 
 
 def next_status(
@@ -50,13 +87,19 @@ class NodeMonitor:
         self._clock = clock
         self._records: dict[uuid.UUID, NodeRecord] = {}
         self._info: dict[uuid.UUID, EngineInfo] = {}
+        self._up_since: dict[uuid.UUID, datetime] = {}
+        self._last_eviction_at: datetime | None = None
+        self._halted = False
 
     @property
     def records(self) -> dict[uuid.UUID, NodeRecord]:
         return dict(self._records)
 
     def nodes(self) -> list[Node]:
-        return [resolve_node(r, self._info.get(r.id)) for r in self._records.values()]
+        return [
+            resolve_node(r, self._info.get(r.id), self._up_since.get(r.id))
+            for r in self._records.values()
+        ]
 
     def reachable(self) -> list[NodeRecord]:
         """Nodes worth listing: those not known to be down."""
@@ -109,7 +152,10 @@ class NodeMonitor:
             if ok:
                 assert info is not None
                 self._info[record.id] = info
+                self._up_since.setdefault(record.id, now)
                 values["last_heartbeat_at"] = now
+            else:
+                self._up_since.pop(record.id, None)
             if status is not record.status:
                 values["status"] = status.value
                 event = "node_ready" if status is NodeStatus.READY else "node_not_ready"
@@ -148,3 +194,43 @@ class NodeMonitor:
             return None, exc.reason
         except TimeoutError:
             return None, f"probe timed out after {timeout:g}s"
+
+    async def evict(self) -> dict[uuid.UUID, str]:
+        """Fail the live replicas of one lost node (rate-limited); returns the deployments
+        touched, each with the reason to show. Nothing while eviction is halted."""
+        s = self._settings
+        now = self._clock()
+        decision = evictions(
+            list(self._records.values()),
+            now=now,
+            grace=timedelta(seconds=s.node_grace_seconds),
+            eviction=timedelta(seconds=s.eviction_seconds),
+            threshold=s.disruption_threshold,
+        )
+        if decision.halted:
+            if not self._halted:
+                log.warning("eviction_halted", reason=decision.reason)
+            self._halted = True
+            return {}
+        if self._halted:
+            log.info("eviction_resumed")
+            self._halted = False
+        interval = timedelta(seconds=s.eviction_interval_seconds)
+        touched: dict[uuid.UUID, str] = {}
+        for node in decision.lost:
+            if self._last_eviction_at is not None and now - self._last_eviction_at < interval:
+                break
+            affected = await self._store.fail_replicas_on_node(node.id, now)
+            if not affected:
+                continue
+            self._last_eviction_at = now
+            reason = f"node {node.name} lost: replicas replaced elsewhere"
+            log.warning(
+                "node_evicted",
+                node=node.name,
+                replicas=sum(affected.values()),
+                deployments=len(affected),
+                last_heartbeat_at=str(node.last_heartbeat_at),
+            )
+            touched.update(dict.fromkeys(affected, reason))
+        return touched

@@ -12,6 +12,7 @@ Rules that matter for safety:
 
 from __future__ import annotations
 
+import math
 import re
 import uuid
 from collections import Counter
@@ -123,6 +124,17 @@ class Policy:
     burst: int = 500
     # A container the engine has restarted this many times while we watch is a crash loop.
     crash_loop_restarts: int = 3
+    # An exited container fails its replica only once its node has kept answering this long
+    # after the exit: an engine shutting down (a reboot, a partition) stops its containers
+    # moments before it stops answering, and brings them back when it returns.
+    exit_grace: timedelta = timedelta(seconds=5)
+    # Rolling updates, as a Kubernetes Deployment's defaults: fractions of the target.
+    max_surge: float = 0.25
+    max_unavailable: float = 0.25
+    min_ready: timedelta = timedelta(0)
+
+
+DEFAULT_POLICY = Policy()
 
 
 # --- observation helpers -------------------------------------------------------------------
@@ -138,13 +150,22 @@ class Observed:
     mine: tuple[ObservedContainer, ...] = ()
 
     @classmethod
-    def index(cls, deployment_id: uuid.UUID, views: Mapping[uuid.UUID, NodeView]) -> Observed:
-        mine = tuple(
-            c
-            for view in views.values()
-            for c in view.containers
-            if c.deployment_id == deployment_id
-        )
+    def index(
+        cls,
+        deployment_id: uuid.UUID,
+        views: Mapping[uuid.UUID, NodeView],
+        mine: Sequence[ObservedContainer] | None = None,
+    ) -> Observed:
+        """`mine`, when given, is this deployment's containers already picked out of `views`
+        (a resync pass groups them once instead of scanning every view per deployment)."""
+        if mine is None:
+            mine = [
+                c
+                for view in views.values()
+                for c in view.containers
+                if c.deployment_id == deployment_id
+            ]
+        mine = tuple(mine)
         placed = {(c.replica_id, c.node_id): c for c in mine if c.replica_id is not None}
         return cls(views, placed, mine)
 
@@ -169,17 +190,39 @@ def _exit_reason(c: ObservedContainer) -> str:
 # --- the planner ---------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class Fleet:
+    """The nodes, indexed once per pass rather than once per deployment."""
+
+    ids: frozenset[uuid.UUID]
+    up_since: Mapping[uuid.UUID, datetime | None]
+    draining: frozenset[uuid.UUID]
+
+    @classmethod
+    def of(cls, nodes: Sequence[Node] | Fleet) -> Fleet:
+        if isinstance(nodes, Fleet):
+            return nodes
+        return cls(
+            frozenset(n.id for n in nodes),
+            {n.id: n.up_since for n in nodes},
+            frozenset(n.id for n in nodes if n.draining),
+        )
+
+
 def plan(
     d: Deployment,
     views: Mapping[uuid.UUID, NodeView],
-    nodes: Sequence[Node],
+    nodes: Sequence[Node] | Fleet,
     *,
-    policy: Policy = Policy(),
+    policy: Policy = DEFAULT_POLICY,
+    mine: Sequence[ObservedContainer] | None = None,
+    now: datetime | None = None,
 ) -> Plan:
     """What to do next for deployment `d`. Repeated planning over the world it leads to converges
     to exactly `target_replicas` live replicas, never with two containers for one replica."""
-    node_ids = {n.id for n in nodes}
-    obs = Observed.index(d.id, views)
+    fleet = Fleet.of(nodes)
+    node_ids, up_since = fleet.ids, fleet.up_since
+    obs = Observed.index(d.id, views, mine)
     actions: list[Action] = []
     live: list[Replica] = []
 
@@ -216,6 +259,8 @@ def plan(
             continue
         if c.state in _ALIVE:
             live.append(r)
+        elif _exit_too_fresh(c, up_since.get(r.node_id), view.observed_at, policy.exit_grace):
+            live.append(r)  # its engine may be going down, or just back: look again later
         else:
             actions.append(MarkFailed(r, _exit_reason(c), c))
 
@@ -236,22 +281,105 @@ def plan(
             actions.append(RemoveContainer(c, "twin of a replica placed on another node"))
 
     target = 0 if d.deleting else d.target_replicas
-    doomed: set[uuid.UUID] = set()
-    if len(live) > target:
-        for victim in victims(live, len(live) - target):
-            doomed.add(victim.id)
-            actions.append(StopReplica(victim, obs.of(victim)))
+    # Keepers run the current spec off draining nodes; every other live replica is outgoing
+    # (a rollout's old replicas, a drained node's replicas). Outgoing replicas are replaced
+    # first and stop only while what is available stays above the floor: `target` for a
+    # drain (as `kubectl drain` with a disruption budget), `target - maxUnavailable` for a
+    # rollout (as a Deployment's RollingUpdate).
+    keepers = [r for r in live if r.node_id not in fleet.draining and not d.outdated(r)]
+    outgoing = [r for r in live if r.node_id in fleet.draining or d.outdated(r)]
+    rolling = any(d.outdated(r) for r in outgoing) and not d.deleting
+    surge, unavailable = rollout_bounds(target, policy) if rolling else (0, 0)
+    doomed = victims(keepers, max(0, len(keepers) - target))
+    if outgoing:
+        kept = [r for r in keepers if r not in doomed]
+        budget = (
+            _ready(kept, obs, now=now, min_ready=policy.min_ready)
+            + _ready(outgoing, obs)
+            - (target - unavailable)
+        )
+        for r in _unready_first(outgoing, obs):
+            if _is_ready(r, obs):
+                if budget <= 0:
+                    continue
+                budget -= 1
+            doomed.append(r)
+    for victim in doomed:
+        actions.append(StopReplica(victim, obs.of(victim)))
+    doomed_ids = {r.id for r in doomed}
     # Pending rows get a node from the scheduler; one that claims a node already (edited by
     # hand) is placed again, and a container left on its old node becomes a twin.
     actions.extend(
-        PlaceReplica(r) for r in live if r.status is ReplicaStatus.PENDING and r.id not in doomed
+        PlaceReplica(r)
+        for r in live
+        if r.status is ReplicaStatus.PENDING and r.id not in doomed_ids
     )
-    if len(live) < target:
+    if len(keepers) < target:
         unplaced = sum(1 for r in live if r.node_id is None)
-        count = min(target - len(live), max(0, policy.burst - unplaced))
+        count = min(target - len(keepers), max(0, policy.burst - unplaced))
+        if rolling:  # never more than target + maxSurge replicas at once
+            remaining = len(live) - len(doomed_ids)
+            count = min(count, max(0, target + surge - remaining))
         if count:
             actions.append(CreateReplicas(count))
     return Plan(tuple(actions))
+
+
+def rollout_bounds(target: int, policy: Policy) -> tuple[int, int]:
+    """(maxSurge, maxUnavailable) in replicas, rounded as Kubernetes does: surge up,
+    unavailable down, and never both zero, so a rollout can always make progress."""
+    surge = math.ceil(target * policy.max_surge)
+    unavailable = math.floor(target * policy.max_unavailable)
+    if surge == 0 and unavailable == 0:
+        unavailable = 1
+    return surge, unavailable
+
+
+def _unready_first(replicas: Sequence[Replica], obs: Observed) -> list[Replica]:
+    return sorted(replicas, key=lambda r: _is_ready(r, obs))
+
+
+def _exit_too_fresh(
+    c: ObservedContainer, node_up_since: datetime | None, seen_at: datetime, grace: timedelta
+) -> bool:
+    """An exit counts once the node has answered for `grace` past both the exit and its own
+    (re)start: a returning engine lists its containers exited until it restarts them."""
+    since = max((t for t in (c.finished_at, node_up_since) if t is not None), default=None)
+    return since is not None and seen_at - since < grace
+
+
+def _is_ready(
+    r: Replica,
+    obs: Observed,
+    *,
+    now: datetime | None = None,
+    min_ready: timedelta = timedelta(0),
+) -> bool:
+    """Serving now: a running row whose container the engine shows running and, when the image
+    has a HEALTHCHECK, healthy (an unknown node's replica is trusted as recorded). With `now`,
+    it must also have run for `min_ready` (a rollout's minReadySeconds)."""
+    if r.status is not ReplicaStatus.RUNNING:
+        return False
+    if now is not None and min_ready and (r.started_at is None or now - r.started_at < min_ready):
+        return False
+    if obs.known(r.node_id) is None:
+        return True
+    c = obs.of(r)
+    return (
+        c is not None
+        and c.state is ContainerState.RUNNING
+        and c.health in (None, "healthy")
+    )
+
+
+def _ready(
+    replicas: Sequence[Replica],
+    obs: Observed,
+    *,
+    now: datetime | None = None,
+    min_ready: timedelta = timedelta(0),
+) -> int:
+    return sum(1 for r in replicas if _is_ready(r, obs, now=now, min_ready=min_ready))
 
 
 def victims(live: Sequence[Replica], count: int) -> list[Replica]:
@@ -291,27 +419,25 @@ class StatusDecision:
     ready: int
 
 
-def ready_count(d: Deployment, views: Mapping[uuid.UUID, NodeView]) -> int:
+def ready_count(
+    d: Deployment,
+    views: Mapping[uuid.UUID, NodeView],
+    mine: Sequence[ObservedContainer] | None = None,
+) -> int:
     """Running replicas whose container the engine shows running (unknown nodes: trust the row)."""
-    obs = Observed.index(d.id, views)
-    n = 0
-    for r in d.replicas:
-        if r.status is not ReplicaStatus.RUNNING:
-            continue
-        view = obs.known(r.node_id)
-        c = obs.of(r)
-        if view is None or (c is not None and c.state is ContainerState.RUNNING):
-            n += 1
-    return n
+    return _ready(d.replicas, Observed.index(d.id, views, mine))
 
 
 def crash_loop(
-    d: Deployment, views: Mapping[uuid.UUID, NodeView], policy: Policy = Policy()
+    d: Deployment,
+    views: Mapping[uuid.UUID, NodeView],
+    policy: Policy = DEFAULT_POLICY,
+    mine: Sequence[ObservedContainer] | None = None,
 ) -> str | None:
     """`crash loop: replica 3f2a restarted 5 times, last exit code 3` for the worst offender."""
     worst: ObservedContainer | None = None
     live = {r.id for r in d.replicas if r.live}
-    for c in Observed.index(d.id, views).mine:
+    for c in Observed.index(d.id, views, mine).mine:
         if c.replica_id not in live or c.state is not ContainerState.RESTARTING:
             continue
         if c.restart_count >= policy.crash_loop_restarts and (
@@ -335,12 +461,13 @@ def derive_status(
     *,
     now: datetime,
     deadline: timedelta,
-    policy: Policy = Policy(),
+    policy: Policy = DEFAULT_POLICY,
+    mine: Sequence[ObservedContainer] | None = None,
 ) -> StatusDecision:
     """The deployment's status and reason from its replicas and what the engines show."""
     live = [r for r in d.replicas if r.live]
     stopping = [r for r in d.replicas if r.status is ReplicaStatus.STOPPING]
-    ready = ready_count(d, views)
+    ready = ready_count(d, views, mine)
     if d.deleting:
         if not live and not stopping:
             return StatusDecision(DeploymentStatus.DELETED, "deleted by operator", True, 0)
@@ -349,10 +476,18 @@ def derive_status(
     if target == 0 and not live and not stopping:
         return StatusDecision(DeploymentStatus.STOPPED, "scaled to 0 replicas", True, 0)
     progress_text = f"{ready}/{target} replicas running"
-    if ready == target and len(live) == target and not stopping:
+    outdated = sum(1 for r in live if d.outdated(r))
+    if ready == target and len(live) == target and not stopping and not outdated:
         return StatusDecision(DeploymentStatus.RUNNING, progress_text, True, ready)
 
-    problem = crash_loop(d, views, policy) or progress.problem
+    problem = crash_loop(d, views, policy, mine) or progress.problem
+    if outdated:
+        updated = sum(1 for r in live if not d.outdated(r))
+        problem = (
+            f"rollout halted: {problem}"
+            if problem
+            else f"rollout in progress ({updated}/{target} updated)"
+        )
     reason = f"{progress_text}; {problem}" if problem else progress_text
     stalled = now - progress.last_progress_at > deadline
     # Failed is sticky until the deployment converges or the operator changes it: a restarted
@@ -383,13 +518,16 @@ def history_needed(d: Deployment, decision: StatusDecision) -> bool:
 
 
 _RESTART_COUNT = re.compile(r"restarted \d+ times")
+_ROLLOUT_COUNT = re.compile(r"\(\d+/\d+ updated\)")
 
 
 def _problem_of(reason: str | None) -> str | None:
-    """The problem part of a reason, with a crash loop's rising restart count masked: a
-    container restarting again is the same problem, not a new history row per restart."""
+    """The problem part of a reason, with rising counts masked: a container restarting again
+    or a rollout one replica further is the same problem, not a new history row per step."""
     if not reason:
         return None
     text = reason.removeprefix("no progress: ")
     _, sep, problem = text.partition("; ")
-    return _RESTART_COUNT.sub("restarted N times", problem) if sep else None
+    if not sep:
+        return None
+    return _ROLLOUT_COUNT.sub("(N updated)", _RESTART_COUNT.sub("restarted N times", problem))

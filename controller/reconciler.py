@@ -44,6 +44,7 @@ from controller.nodes import NodeMonitor
 from controller.plan import (
     CreateReplicas,
     EnsureContainer,
+    Fleet,
     MarkFailed,
     MarkRunning,
     PlaceReplica,
@@ -116,7 +117,10 @@ class Reconciler:
         # Placement reads node usage and writes placements; serialising it means two
         # deployments reconciled at once can never both take a node's last free slot.
         self._placement_lock = asyncio.Lock()
-        self.policy = Policy(burst=settings.replica_burst)
+        self.policy = Policy(
+            burst=settings.replica_burst,
+            exit_grace=timedelta(seconds=settings.exit_grace_seconds),
+        )
 
     # --- observation -----------------------------------------------------------------------
 
@@ -141,12 +145,44 @@ class Reconciler:
             mem.last_progress_at = now
         return mem
 
+    def note_problem(self, deployment_id: uuid.UUID, reason: str) -> None:
+        """A problem found outside a reconcile (a node lost) for the deployment's reason."""
+        mem = self._memory.get(deployment_id)
+        if mem is not None:
+            mem.error = reason
+
     def forget(self, deployment_id: uuid.UUID) -> None:
         self._memory.pop(deployment_id, None)
 
-    def wants_work(self, d: Deployment, views: Mapping[uuid.UUID, NodeView]) -> bool:
-        """For the resync pass: would a reconcile of `d` do anything right now?"""
-        if not plan(d, views, self._nodes.nodes(), policy=self.policy).empty:
+    def triage(
+        self, deployments: Iterable[Deployment], views: Mapping[uuid.UUID, NodeView]
+    ) -> list[uuid.UUID]:
+        """For the resync pass: the deployments a reconcile would do something for now.
+
+        Nodes are indexed and containers grouped by deployment once for the whole pass, so a
+        pass over many deployments costs one plan each, not one scan of every node each."""
+        fleet = Fleet.of(self._nodes.nodes())
+        grouped: dict[uuid.UUID | None, list[ObservedContainer]] = {}
+        for view in views.values():
+            for c in view.containers:
+                grouped.setdefault(c.deployment_id, []).append(c)
+        return [
+            d.id
+            for d in deployments
+            if self.wants_work(d, views, fleet=fleet, mine=grouped.get(d.id, []))
+        ]
+
+    def wants_work(
+        self,
+        d: Deployment,
+        views: Mapping[uuid.UUID, NodeView],
+        *,
+        fleet: Fleet | None = None,
+        mine: list[ObservedContainer] | None = None,
+    ) -> bool:
+        """Would a reconcile of `d` do anything right now?"""
+        nodes = fleet or Fleet.of(self._nodes.nodes())
+        if not plan(d, views, nodes, policy=self.policy, mine=mine).empty:
             return True
         mem = self.memory(d)
         decision = derive_status(
@@ -156,6 +192,7 @@ class Reconciler:
             now=self._clock(),
             deadline=timedelta(seconds=self._settings.progress_deadline_seconds),
             policy=self.policy,
+            mine=mine,
         )
         return history_needed(d, decision)
 
@@ -215,6 +252,7 @@ class Reconciler:
                 log.info("replica_adopted", replica_id=str(a.replica.id), container=a.container_id)
             elif isinstance(a, MarkFailed) and a.replica.id in moved:
                 log.warning("replica_failed", replica_id=str(a.replica.id), reason=a.reason)
+                mem.error = f"replica {short_id(a.replica.id)} failed: {a.reason}"
             elif isinstance(a, StopReplica) and a.replica.id in moved:
                 log.info("replica_stopping", replica_id=str(a.replica.id))
         created: list[Replica] = []
@@ -222,6 +260,12 @@ class Reconciler:
             if isinstance(a, CreateReplicas):
                 created = await self._store.create_replicas(d.id, a.count, now)
                 log.info("replicas_created", count=len(created), target=d.target_replicas)
+        if created:
+            # Replicas are missing (failed, evicted, scaled up): record a degradation or a new
+            # problem now, before the replacements (maybe quick) make the deployment whole.
+            fresh = await self._store.load_deployment(d.id)
+            if fresh is not None:
+                await self._record_status(fresh, views, mem)
 
         # 2. Removals and stops run beside the starts.
         removals = [(a.container, a.why) for a in p.actions if isinstance(a, RemoveContainer)] + [

@@ -13,6 +13,10 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
+# Loopback only: prometheus_client's own server would bind every address.
+DEFAULT_METRICS_ADDR = "127.0.0.1:9464"
+# Settings whose empty value means "off" rather than "the default".
+_EMPTY_MEANS_OFF = frozenset({"metrics_addr"})
 
 
 def default_state_dir(env: Mapping[str, str]) -> Path:
@@ -44,6 +48,10 @@ class Settings:
     crash_backoff_max_seconds: float = 300.0
     node_heartbeat_seconds: float = 5.0
     node_grace_seconds: float = 40.0
+    exit_grace_seconds: float = 5.0  # an exited container counts once its node outlives it
+    eviction_seconds: float = 300.0  # after the grace, before a not-ready node's replicas move
+    eviction_interval_seconds: float = 10.0  # at most one node evicted per interval
+    disruption_threshold: float = 0.55  # above this fraction of nodes down, evict nothing
     shutdown_grace_seconds: float = 10.0
     container_network: str = ""  # empty: the engine's default network
     pids_limit: int = 1024  # per container
@@ -52,6 +60,7 @@ class Settings:
     local_docker_host: str = DEFAULT_DOCKER_HOST
     log_format: str = "auto"  # auto | json | console
     log_level: str = "info"
+    metrics_addr: str = DEFAULT_METRICS_ADDR  # host:port of /metrics, /livez, /readyz; "": off
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -59,7 +68,7 @@ class Settings:
         values: dict[str, Any] = {}
         for f in fields(cls):
             key = f"FOG_{f.name.upper()}"
-            if key not in env or env[key] == "":
+            if key not in env or (env[key] == "" and f.name not in _EMPTY_MEANS_OFF):
                 continue
             values[f.name] = _parse(key, env[key], f.type)
         if "database_url" not in values:
@@ -82,6 +91,25 @@ class Settings:
             raise SettingsError(f"FOG_REPLICA_BURST must be >= 1, got {self.replica_burst}")
         if self.log_format not in ("auto", "json", "console"):
             raise SettingsError(f"FOG_LOG_FORMAT must be auto, json or console: {self.log_format}")
+        if self.metrics_addr:
+            split_host_port("FOG_METRICS_ADDR", self.metrics_addr)
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        """FOG_METRICS_ADDR as (host, port), or None when it is empty (listener off)."""
+        if not self.metrics_addr:
+            return None
+        return split_host_port("FOG_METRICS_ADDR", self.metrics_addr)
+
+
+def split_host_port(key: str, addr: str) -> tuple[str, int]:
+    """`host:port`, `[v6]:port` -> (host, port); the host must be given (0.0.0.0 for all)."""
+    host, sep, port = addr.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise SettingsError(f"{key} must be host:port (e.g. {DEFAULT_METRICS_ADDR}): {addr!r}")
+    return host, int(port)
 
 
 def _parse(key: str, raw: str, annotation: Any) -> Any:

@@ -11,7 +11,8 @@ a bounded number of attempts, and then surface as `errors.StoreUnavailable`.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from functools import wraps
@@ -56,6 +57,7 @@ RESOURCES = cast(Table, tables.DeploymentResource.__table__)
 REPLICAS = cast(Table, tables.DeploymentReplica.__table__)
 HISTORY = cast(Table, tables.DeploymentStatusHistory.__table__)
 NODES = cast(Table, tables.Node.__table__)
+CONTROL_PLANE = cast(Table, tables.ControlPlane.__table__)
 
 _NOT_TERMINAL = [s.value for s in ReplicaStatus if s not in TERMINAL_REPLICA_STATUSES]
 _LIVE = [s.value for s in LIVE_REPLICA_STATUSES]
@@ -110,6 +112,38 @@ class Store:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
         self._writer = writer(engine)
+        # The leader's fencing epoch; None: not fenced (SQLite, whose file lock already
+        # guarantees a single controller, and tools).
+        self._epoch: int | None = None
+
+    def fence(self, epoch: int | None) -> None:
+        """Check every later write against `epoch` (see controller/leader.py)."""
+        self._epoch = epoch if self._engine.dialect.name == "postgresql" else None
+
+    @property
+    def epoch(self) -> int | None:
+        return self._epoch
+
+    @asynccontextmanager
+    async def _write(self) -> AsyncIterator[AsyncConnection]:
+        """One write transaction, refused once another leader's epoch is current.
+
+        The share lock on the control_plane row makes a successor's epoch bump wait for this
+        transaction, and every transaction after the bump sees the new epoch and fails."""
+        async with self._writer.begin() as conn:
+            if self._epoch is not None:
+                current = (
+                    await conn.execute(
+                        select(CONTROL_PLANE.c.epoch)
+                        .where(CONTROL_PLANE.c.id == 1)
+                        .with_for_update(read=True)
+                    )
+                ).scalar_one_or_none()
+                if current != self._epoch:
+                    raise errors.Deposed(
+                        f"fencing epoch {self._epoch} is stale (current: {current})"
+                    )
+            yield conn
 
     @property
     def engine(self) -> AsyncEngine:
@@ -275,7 +309,7 @@ class Store:
         ]
         if not new:
             return []
-        async with self._writer.begin() as conn:
+        async with self._write() as conn:
             await conn.execute(
                 insert(REPLICAS),
                 [
@@ -298,7 +332,7 @@ class Store:
         if not changes:
             return moved
         rep = REPLICAS
-        async with self._writer.begin() as conn:
+        async with self._write() as conn:
             for change in changes:
                 result = await conn.execute(
                     update(rep)
@@ -311,6 +345,33 @@ class Store:
                 if result.rowcount:
                     moved.add(change.replica_id)
         return moved
+
+    @_retrying
+    async def fail_replicas_on_node(
+        self, node_id: uuid.UUID, now: datetime
+    ) -> dict[uuid.UUID, int]:
+        """Eviction: live replicas on a lost node become failed, stopping ones stopped (their
+        container cannot be reached to stop). Returns the count per deployment touched."""
+        rep = REPLICAS
+        async with self._write() as conn:
+            rows = (
+                await conn.execute(
+                    select(rep.c.deployment_id, func.count())
+                    .where(rep.c.node_id == node_id, rep.c.status.in_(_NOT_TERMINAL))
+                    .group_by(rep.c.deployment_id)
+                )
+            ).all()
+            await conn.execute(
+                update(rep)
+                .where(rep.c.node_id == node_id, rep.c.status.in_(_LIVE))
+                .values(status=ReplicaStatus.FAILED.value, stopped_at=now)
+            )
+            await conn.execute(
+                update(rep)
+                .where(rep.c.node_id == node_id, rep.c.status == ReplicaStatus.STOPPING.value)
+                .values(status=ReplicaStatus.STOPPED.value, stopped_at=now)
+            )
+        return {row[0]: int(row[1]) for row in rows}
 
     @_retrying
     async def record_status(
@@ -332,7 +393,7 @@ class Store:
         # uses for operator edits, so a skewed controller clock cannot hide an edit. SQLite is
         # embedded: one host, one clock.
         stamp: Any = func.now() if self._engine.dialect.name == "postgresql" else now
-        async with self._writer.begin() as conn:
+        async with self._write() as conn:
             result = await conn.execute(
                 update(d)
                 .where(d.c.id == deployment_id, d.c.status == old.value)
@@ -373,7 +434,7 @@ class Store:
             .where(rep.c.status.in_([s.value for s in TERMINAL_REPLICA_STATUSES]))
             .subquery()
         )
-        async with self._writer.begin() as conn:
+        async with self._write() as conn:
             result = await conn.execute(
                 delete(rep).where(rep.c.id.in_(select(ranked.c.id).where(ranked.c.rn > keep)))
             )
@@ -385,7 +446,7 @@ class Store:
     ) -> bool:
         """The embedded default: the local engine becomes the first node, only in an empty table."""
         n = NODES
-        async with self._writer.begin() as conn:
+        async with self._write() as conn:
             count = (await conn.execute(select(func.count()).select_from(n))).scalar_one()
             if count:
                 return False
@@ -406,13 +467,13 @@ class Store:
         if not changes:
             return
         n = NODES
-        async with self._writer.begin() as conn:
+        async with self._write() as conn:
             for node_id, values in changes:
                 await conn.execute(update(n).where(n.c.id == node_id).values(**values))
 
     async def run(self, fn: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         """For tests and tools: run `fn` in one transaction on this store's engine."""
-        async with self._writer.begin() as conn:
+        async with self._write() as conn:
             return await fn(conn)
 
 

@@ -8,9 +8,10 @@ when the first finishes, so a reconcile never races with itself and no wake-up i
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Hashable
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 K = TypeVar("K", bound=Hashable)
 
@@ -19,9 +20,21 @@ BACKOFF_BASE_SECONDS = 0.005
 BACKOFF_MAX_SECONDS = 1000.0
 
 
+class QueueObserver(Protocol):
+    """Where the queue reports adds and waits (`metrics.QueueMetrics`); depth is read from
+    `len()` at scrape time instead."""
+
+    def added(self) -> None: ...
+
+    def waited(self, seconds: float) -> None: ...
+
+
 class WorkQueue(Generic[K]):
     def __init__(
-        self, base_delay: float = BACKOFF_BASE_SECONDS, max_delay: float = BACKOFF_MAX_SECONDS
+        self,
+        base_delay: float = BACKOFF_BASE_SECONDS,
+        max_delay: float = BACKOFF_MAX_SECONDS,
+        observer: QueueObserver | None = None,
     ) -> None:
         self._queue: deque[K] = deque()
         self._dirty: set[K] = set()
@@ -32,6 +45,10 @@ class WorkQueue(Generic[K]):
         self._shutdown = False
         self._base = base_delay
         self._max = max_delay
+        # As client-go's queue metrics: the wait runs from the add that made the key dirty to
+        # the get that hands it out (for a key re-added mid-reconcile, across the rest of it).
+        self._observer = observer
+        self._added_at: dict[K, float] = {}
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -44,6 +61,9 @@ class WorkQueue(Generic[K]):
         if self._shutdown or key in self._dirty:
             return
         self._dirty.add(key)
+        if self._observer is not None:
+            self._observer.added()
+            self._added_at[key] = time.monotonic()
         if key in self._processing:
             return  # re-queued by done()
         self._queue.append(key)
@@ -90,6 +110,9 @@ class WorkQueue(Generic[K]):
         key = self._queue.popleft()
         self._dirty.discard(key)
         self._processing.add(key)
+        added_at = self._added_at.pop(key, None)
+        if self._observer is not None and added_at is not None:
+            self._observer.waited(time.monotonic() - added_at)
         return key
 
     def done(self, key: K) -> None:
@@ -104,4 +127,5 @@ class WorkQueue(Generic[K]):
             timer.cancel()
         self._timers.clear()
         self._queue.clear()
+        self._added_at.clear()
         self._wakeup.set()

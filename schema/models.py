@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     CheckConstraint,
     DateTime,
@@ -246,7 +247,7 @@ class Deployment(Base):
     target_replicas: Mapped[int] = mapped_column(Integer, default=1, server_default=text("1"))
     created_at: Mapped[datetime] = mapped_column(default=_now, server_default=utc_now())
     updated_at: Mapped[datetime] = mapped_column(
-        default=_now, server_default=utc_now(), onupdate=_now
+        default=_now, server_default=utc_now(), onupdate=_now, index=True
     )
     deleted_at: Mapped[datetime | None] = mapped_column(index=True)
 
@@ -322,7 +323,7 @@ class DeploymentResource(Base):
     storage_gb: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(default=_now, server_default=utc_now())
     updated_at: Mapped[datetime] = mapped_column(
-        default=_now, server_default=utc_now(), onupdate=_now
+        default=_now, server_default=utc_now(), onupdate=_now, index=True
     )
 
     deployment: Mapped[Deployment] = relationship(back_populates="resources")
@@ -349,3 +350,41 @@ class DeploymentStatusHistory(Base):
 
 # Tables whose `updated_at` a trigger keeps moving on every UPDATE, raw SQL included.
 TABLES_WITH_UPDATED_AT = ("deployments", "deployment_resources", "nodes")
+
+
+class ControlPlane(Base):
+    """One row: the leader's fencing epoch. Controller-owned; operators never write it.
+
+    A controller that wins the election bumps `epoch` and stamps it on everything it does;
+    every write it makes first checks, under a share lock, that the epoch is still its own, so
+    a deposed leader (paused, partitioned) can write nothing once a successor has taken over.
+    """
+
+    __tablename__ = "control_plane"
+    __table_args__ = (CheckConstraint("id = 1", name="single_row"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    epoch: Mapped[int] = mapped_column(BigInteger, default=0, server_default=text("0"))
+    holder: Mapped[str | None] = mapped_column(String(255))
+    acquired_at: Mapped[datetime | None]
+
+
+# Tables whose changes wake the controller at once on PostgreSQL (NOTIFY on channel
+# `fog_changes`), each with the columns an operator owns: a change to any other column (the
+# controller's status writes, heartbeats) sends nothing.
+NOTIFY_CHANNEL = "fog_changes"
+NOTIFY_TABLES: dict[str, tuple[str, ...]] = {
+    "deployments": ("name", "container_image", "target_replicas", "deleted_at", "user_id"),
+    "deployment_resources": ("cpu_cores", "memory_mb", "gpu_units", "storage_gb"),
+    "nodes": (
+        "name",
+        "docker_url",
+        "cpu_cores",
+        "memory_mb",
+        "gpu_units",
+        "storage_gb",
+        "labels",
+        "unschedulable",
+        "draining",
+    ),
+}

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import socket
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +29,7 @@ import docker
 import docker.errors
 import requests.exceptions
 import structlog
+from docker.transport import unixconn
 from docker.types import DeviceRequest
 from docker.utils import parse_repository_tag
 from tenacity import (
@@ -38,6 +40,7 @@ from tenacity import (
 )
 
 from controller import errors
+from controller.metrics import Metrics
 from controller.model import (
     LABEL_DEPLOYMENT,
     LABEL_MANAGED_BY,
@@ -103,6 +106,42 @@ def translate(exc: BaseException, what: str) -> errors.ControllerError:
     return errors.TransientError(f"{what}: {type(exc).__name__}: {exc}")
 
 
+def _close_socket_on_failed_connect() -> None:
+    """Mend docker-py 7.x's unix transport, which leaks its socket when connect() fails (an
+    engine that is down): a heartbeat probing a lost node would leak one socket per probe.
+    Idempotent; affects only connections that fail."""
+    cls: Any = unixconn.UnixHTTPConnection
+    if getattr(cls.connect, "_fog_mended", False):
+        return
+
+    def connect(self: Any) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.unix_socket)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+
+    connect._fog_mended = True  # type: ignore[attr-defined]
+    cls.connect = connect
+
+
+def _timestamp(raw: object) -> datetime | None:
+    """Docker's RFC 3339 time with nanoseconds ("0001-01-01T00:00:00Z" means never)."""
+    if not isinstance(raw, str) or raw.startswith("0001-"):
+        return None
+    text = raw.rstrip("Z")
+    whole, _, fraction = text.partition(".")
+    try:
+        parsed = datetime.fromisoformat(whole).replace(tzinfo=UTC)
+    except ValueError:
+        return None
+    micros = int((fraction + "000000")[:6]) if fraction.isdigit() else 0
+    return parsed.replace(microsecond=micros)
+
+
 def _uuid(raw: str | None) -> uuid.UUID | None:
     try:
         return uuid.UUID(raw) if raw else None
@@ -113,8 +152,10 @@ def _uuid(raw: str | None) -> uuid.UUID | None:
 class DockerRuntime:
     """The runtime port over real Docker engines."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+        _close_socket_on_failed_connect()
         self._settings = settings
+        self._metrics = metrics
         self._clients: dict[str, docker.APIClient] = {}
         self._semaphores: dict[str, asyncio.Semaphore] = {}
         # Per engine URL: whether its storage driver accepts a size limit (None: not tried).
@@ -148,9 +189,18 @@ class DockerRuntime:
     async def _raw(self, node: NodeRecord, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         async with self._semaphore(node):
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(
-                self._executor, functools.partial(fn, *args, **kwargs)
-            )
+            try:
+                return await loop.run_in_executor(
+                    self._executor, functools.partial(fn, *args, **kwargs)
+                )
+            except docker.errors.NotFound:
+                raise  # an answer (gone, no such image), not a failing engine
+            except Exception:
+                # Every Docker call passes here, so this counts each failed attempt once; the
+                # operation label is docker-py's method name (a small, fixed set).
+                if self._metrics is not None:
+                    self._metrics.docker_error(node.name, getattr(fn, "__name__", "call"))
+                raise
 
     async def _call(
         self, node: NodeRecord, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any
@@ -200,7 +250,14 @@ class DockerRuntime:
             reason = translate(exc, "list").reason
             log.warning("node_list_failed", node=node.name, error=reason)
             return NodeView(node.id, complete=False, observed_at=observed_at, error=reason)
-        found = await asyncio.gather(*(self._observe(node, item) for item in raw))
+        try:
+            found = await asyncio.gather(*(self._observe(node, item) for item in raw))
+        except Exception as exc:
+            # An engine that lists but cannot inspect is going away or unwell: a half-read
+            # node is unknown, not a node whose containers died.
+            reason = translate(exc, "inspect").reason
+            log.warning("node_list_failed", node=node.name, error=reason)
+            return NodeView(node.id, complete=False, observed_at=observed_at, error=reason)
         containers = tuple(c for c in found if c is not None)
         return NodeView(node.id, complete=True, observed_at=observed_at, containers=containers)
 
@@ -223,8 +280,6 @@ class DockerRuntime:
             detail = await self._raw(node, self._client(node).inspect_container, container.id)
         except docker.errors.NotFound:
             return None  # removed between list and inspect
-        except Exception:
-            return container  # state known from the listing; details are a bonus
         st = detail.get("State") or {}
         return ObservedContainer(
             id=container.id,
@@ -237,6 +292,7 @@ class DockerRuntime:
             exit_code=st.get("ExitCode"),
             restart_count=int(detail.get("RestartCount") or 0),
             oom_killed=bool(st.get("OOMKilled")),
+            finished_at=_timestamp(st.get("FinishedAt")),
         )
 
     async def ensure(self, node: NodeRecord, spec: ContainerSpec) -> str:

@@ -79,3 +79,22 @@ async def engine(db_url: str) -> AsyncIterator[AsyncEngine]:
         yield created
     finally:
         await created.dispose()
+
+
+@pytest.fixture
+async def pg_url(template_databases: database.TemplateDatabases) -> AsyncIterator[str]:
+    """A migrated PostgreSQL database, for behaviour only PostgreSQL has (NOTIFY, election)."""
+    url = await template_databases.migrated_pg()
+    try:
+        yield url
+    finally:
+        await template_databases.drop(url)
+
+
+@pytest.fixture
+async def pg_engine(pg_url: str) -> AsyncIterator[AsyncEngine]:
+    created = engine_mod.create_engine(pg_url)
+    try:
+        yield created
+    finally:
+        await created.dispose()

@@ -23,7 +23,7 @@ from sqlalchemy.schema import CreateTable
 from schema import engine as engine_mod
 from schema import migrate, models
 
-HEAD = "0001_initial"
+HEAD = "0002_control_plane"
 TABLES = {
     "users",
     "nodes",
@@ -31,8 +31,12 @@ TABLES = {
     "deployment_resources",
     "deployment_replicas",
     "deployment_status_history",
+    "control_plane",
 }
 TRIGGERS = {f"trg_{table}_touch_updated_at" for table in models.TABLES_WITH_UPDATED_AT}
+# PostgreSQL only: NOTIFY on changes of operator-owned columns.
+NOTIFY_TRIGGERS = {f"trg_{table}_notify" for table in models.NOTIFY_TABLES}
+NOTIFY_FUNCTIONS = {f"fog_notify_{table}" for table in models.NOTIFY_TABLES}
 ENUM_TYPES = {"deployment_status", "replica_status", "node_status"}
 
 
@@ -111,10 +115,12 @@ async def test_upgrade_from_empty_matches_the_models(empty_db_url: str) -> None:
     assert await migrate.drift_async(empty_db_url) == []
     objects = await _run(empty_db_url, _objects)
     assert objects["tables"] == TABLES
-    assert objects["triggers"] == TRIGGERS
     if "enum_types" in objects:
+        assert objects["triggers"] == TRIGGERS | NOTIFY_TRIGGERS
         assert objects["enum_types"] == ENUM_TYPES
-        assert objects["functions"] == {"fog_touch_updated_at"}
+        assert objects["functions"] == {"fog_touch_updated_at"} | NOTIFY_FUNCTIONS
+    else:
+        assert objects["triggers"] == TRIGGERS
 
 
 async def test_check_constraints_carry_the_models_names(engine: AsyncEngine) -> None:

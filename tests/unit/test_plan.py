@@ -32,6 +32,7 @@ from controller.plan import (
     derive_status,
     history_needed,
     plan,
+    rollout_bounds,
     victims,
 )
 from tests.unit.factories import T0, container, deployment, node, replica, views
@@ -341,3 +342,148 @@ def test_deleted_when_nothing_left() -> None:
     assert _status(d, views((N1, []))).status is DeploymentStatus.DELETED
     d = deployment(0, status=DeploymentStatus.RUNNING)
     assert _status(d, views((N1, []))).status is DeploymentStatus.STOPPED
+
+
+# --- drain -------------------------------------------------------------------------------------
+
+
+def test_drain_replaces_before_stopping() -> None:
+    draining = replace(N1, draining=True, unschedulable=True)
+    nodes = [draining, N2, N3]
+    old = [replica(ReplicaStatus.RUNNING, draining, n=i, started=T0) for i in range(2)]
+    v = views((draining, [container(r, draining) for r in old]), (N2, []), (N3, []))
+    # Step 1: replacements first, nothing stopped while they do not serve.
+    assert plan(deployment(2, *old), v, nodes).actions == (CreateReplicas(2),)
+    # Step 2: one replacement serves: exactly one old replica may go.
+    new = [
+        replica(ReplicaStatus.RUNNING, N2, n=10, started=T0),
+        replica(ReplicaStatus.STARTING, N3, n=11),
+    ]
+    v = views(
+        (draining, [container(r, draining) for r in old]),
+        (N2, [container(new[0], N2)]),
+        (N3, []),
+    )
+    p = plan(deployment(2, *old, *new), v, nodes)
+    assert [a.replica for a in p.actions if isinstance(a, StopReplica)] == [old[0]]
+    # Step 3: both serve: the rest of the draining node empties.
+    v = views(
+        (draining, [container(old[1], draining)]),
+        (N2, [container(new[0], N2)]),
+        (N3, [container(new[1], N3)]),
+    )
+    running = [new[0], replace(new[1], status=ReplicaStatus.RUNNING, started_at=T0)]
+    p = plan(deployment(2, old[1], *running), v, nodes)
+    assert p.actions == (StopReplica(old[1], container(old[1], draining)),)
+
+
+def test_fresh_exit_waits_for_the_node_to_outlive_it() -> None:
+    """An engine going down stops its containers just before it stops answering."""
+    r = replica(ReplicaStatus.RUNNING, N1, started=T0)
+    listed = T0 + timedelta(hours=1)
+    c = container(
+        r, N1, ContainerState.EXITED, exit_code=0, finished_at=listed - timedelta(seconds=1)
+    )
+    assert plan(deployment(1, r), views((N1, [c]), at=listed), NODES).empty
+    old = replace(c, finished_at=listed - timedelta(seconds=30))
+    assert kinds(plan(deployment(1, r), views((N1, [old]), at=listed), NODES)) == [
+        "CreateReplicas",
+        "MarkFailed",
+    ]
+
+
+# --- rolling updates ---------------------------------------------------------------------------
+
+
+def _rollout_world(target: int):  # type: ignore[no-untyped-def]
+    old_d = deployment(target, image="app:1")
+    olds = [
+        replace(
+            replica(ReplicaStatus.RUNNING, NODES[i % 3], n=i, started=T0), spec_hash=old_d.spec_hash
+        )
+        for i in range(target)
+    ]
+    return deployment(target, *olds, image="app:2"), olds
+
+
+def test_rollout_bounds_round_like_kubernetes() -> None:
+    assert rollout_bounds(4, Policy()) == (1, 1)
+    assert rollout_bounds(1, Policy()) == (1, 0)
+    assert rollout_bounds(10, Policy()) == (3, 2)
+    assert rollout_bounds(1, Policy(max_surge=0, max_unavailable=0)) == (0, 1)
+
+
+def test_rollout_surges_then_replaces_within_unavailability() -> None:
+    d, olds = _rollout_world(4)
+    v = views(*[(n, [container(r, n) for r in olds if r.node_id == n.id]) for n in NODES])
+    p = plan(d, v, NODES)
+    # maxSurge 1, maxUnavailable 1: one old replica may go at once (3 still serve), and two
+    # new ones fill up to target + surge = 5 live replicas.
+    assert len(p.of(StopReplica)) == 1
+    assert p.of(CreateReplicas) == [CreateReplicas(2)]
+
+
+def test_rollout_never_stops_old_while_new_ones_fail() -> None:
+    """A halted rollout: the new replica never becomes ready, old ones keep serving."""
+    d, olds = _rollout_world(2)  # surge 1, unavailable 0
+    failing_new = replica(ReplicaStatus.RUNNING, N3, n=50, started=T0)
+    failing_new = replace(failing_new, spec_hash=d.spec_hash)
+    c = container(failing_new, N3, ContainerState.RESTARTING, exit_code=1, restart_count=4)
+    v = views((N1, [container(olds[0], N1)]), (N2, [container(olds[1], N2)]), (N3, [c]))
+    p = plan(replace(d, replicas=(*olds, failing_new)), v, NODES)
+    assert p.of(StopReplica) == []
+    assert p.of(CreateReplicas) == []
+    decision = _status(replace(d, replicas=(*olds, failing_new)), v)
+    assert "rollout halted: crash loop" in decision.reason
+
+
+def test_unhealthy_container_is_not_ready() -> None:
+    r = replica(ReplicaStatus.RUNNING, N1, started=T0)
+    sick = container(r, N1, health="unhealthy")
+    d = deployment(1, r)
+    assert _status(d, views((N1, [sick]))).status is not DeploymentStatus.RUNNING
+    assert _status(d, views((N1, [replace(sick, health="healthy")]))).status is (
+        DeploymentStatus.RUNNING
+    )
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(1, 8), st.floats(0, 1), st.floats(0, 1))
+def test_rollout_converges_and_keeps_availability(
+    target: int, max_surge: float, max_unavailable: float
+) -> None:
+    policy = Policy(max_surge=max_surge, max_unavailable=max_unavailable)
+    surge, unavailable = rollout_bounds(target, policy)
+    d, olds = _rollout_world(target)
+    world = {r.id: r for r in olds}
+    running: dict[uuid.UUID, ObservedContainer] = {}
+    for r in olds:
+        n = next(x for x in NODES if x.id == r.node_id)
+        running[r.id] = container(r, n)
+    serial = 0
+    for _ in range(40):
+        live = [r for r in world.values() if r.status is ReplicaStatus.RUNNING]
+        v = views(*[(n, [c for c in running.values() if c.node_id == n.id]) for n in NODES])
+        p = plan(replace(d, replicas=tuple(live)), v, NODES, policy=policy)
+        if p.empty:
+            break
+        for a in p.of(StopReplica):
+            world.pop(a.replica.id)
+            running.pop(a.replica.id, None)
+        # Availability floor holds after the stops, before the new ones arrive.
+        assert len(running) >= target - unavailable
+        for a in p.of(CreateReplicas):
+            for _ in range(a.count):
+                serial += 1
+                n = NODES[serial % 3]
+                r = replace(
+                    replica(ReplicaStatus.RUNNING, n, n=500 + serial, started=T0),
+                    spec_hash=d.spec_hash,
+                )
+                world[r.id] = r
+                running[r.id] = container(r, n)
+        assert len(world) <= target + max(surge, 0)
+    else:
+        pytest.fail("rollout did not converge")
+    assert len(world) == target
+    assert all(not d.outdated(r) for r in world.values())

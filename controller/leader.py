@@ -1,0 +1,163 @@
+"""Leader election and the fencing epoch.
+
+PostgreSQL: many controllers may run against one database; the one holding a session-level
+advisory lock acts, the others stand by and retry every `retry_seconds`. The lock lives on a
+dedicated asyncpg connection outside any pool (a pool resets returned connections and would
+drop it). When that connection dies the server releases the lock, so a standby takes over
+within one retry period of the leader's death.
+
+A lock alone cannot stop a leader that has lost it without noticing (a paused process, a
+partition): client-go's own docs say as much of leases. So on winning, the leader bumps
+`control_plane.epoch` and keeps the value; every write it makes first reads the epoch under a
+share lock in the same transaction (`Store`), and a successor's bump, which needs an exclusive
+row lock, waits for in-flight writes and then makes every later write of the old leader fail
+with `errors.Deposed`. Containers carry the epoch in a label, so a stale leader's container is
+recognisable, and intent-before-action keeps a deposed leader's Docker calls harmless: it can
+only create containers for replicas already committed as `starting`, under their fixed names.
+
+SQLite: one controller per database file, enforced with an exclusive `flock` on a lock file
+beside it; a second controller refuses to start with a clear message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import asyncpg
+import structlog
+from sqlalchemy.engine import make_url
+
+from controller import errors
+
+log = structlog.get_logger(__name__)
+
+# pg_advisory_lock key: any constant works if every controller uses the same one.
+ADVISORY_LOCK_KEY = 0x0F0C_0417
+# Kubernetes' leader election retries every 2 s; our lock is held by a live session, so the
+# retry period bounds takeover time.
+RETRY_SECONDS = 2.0
+CHECK_SECONDS = 2.0
+CHECK_TIMEOUT_SECONDS = 5.0
+
+
+class AlreadyRunning(errors.PermanentError):
+    """Another controller owns this SQLite database."""
+
+
+def identity() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def asyncpg_dsn(url: str) -> str:
+    """A SQLAlchemy `postgresql+asyncpg://` URL as the DSN asyncpg itself takes."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@dataclass
+class Lease:
+    """Leadership as held: the epoch to fence writes with, and an event set when it is lost."""
+
+    epoch: int
+    lost: asyncio.Event = field(default_factory=asyncio.Event)
+    _monitor: asyncio.Task[None] | None = None
+    _conn: Any = None
+    _lockfile: IO[bytes] | None = None
+
+    async def release(self) -> None:
+        if self._monitor is not None:
+            self._monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._monitor
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._conn.close(), CHECK_TIMEOUT_SECONDS)
+        if self._lockfile is not None:
+            fcntl.flock(self._lockfile, fcntl.LOCK_UN)
+            self._lockfile.close()
+            self._lockfile = None
+
+
+class PgElector:
+    def __init__(
+        self,
+        url: str,
+        holder: str | None = None,
+        *,
+        retry_seconds: float = RETRY_SECONDS,
+        check_seconds: float = CHECK_SECONDS,
+    ) -> None:
+        self._dsn = asyncpg_dsn(url)
+        self._holder = holder or identity()
+        self._retry = retry_seconds
+        self._check = check_seconds
+
+    async def acquire(self, stop: asyncio.Event) -> Lease | None:
+        """Stand by until this process leads (a Lease) or `stop` is set (None)."""
+        announced = False
+        while not stop.is_set():
+            conn = None
+            try:
+                conn = await asyncio.wait_for(asyncpg.connect(self._dsn), CHECK_TIMEOUT_SECONDS)
+                if await conn.fetchval("SELECT pg_try_advisory_lock($1)", ADVISORY_LOCK_KEY):
+                    epoch = await conn.fetchval(
+                        "UPDATE control_plane SET epoch = epoch + 1, holder = $1, "
+                        "acquired_at = now() WHERE id = 1 RETURNING epoch",
+                        self._holder,
+                    )
+                    lease = Lease(epoch=int(epoch), _conn=conn)
+                    lease._monitor = asyncio.create_task(self._watch(lease))
+                    log.info("leader_elected", epoch=lease.epoch, holder=self._holder)
+                    return lease
+                if not announced:
+                    log.info("leader_standby", holder=self._holder)
+                    announced = True
+            except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+                log.warning("leader_election_failed", error=str(exc) or type(exc).__name__)
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await conn.close()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self._retry)
+        return None
+
+    async def _watch(self, lease: Lease) -> None:
+        """asyncpg notices a silently dead connection only when it next uses it: probe it."""
+        conn = lease._conn
+        try:
+            while True:
+                await asyncio.sleep(self._check)
+                await asyncio.wait_for(conn.fetchval("SELECT 1"), CHECK_TIMEOUT_SECONDS)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.error("leader_lost", epoch=lease.epoch, error=str(exc) or type(exc).__name__)
+            lease.lost.set()
+            with contextlib.suppress(Exception):
+                conn.terminate()
+
+
+class SqliteLock:
+    """The SQLite stand-in for election: exclusive, or refuse to start."""
+
+    def __init__(self, database_path: Path) -> None:
+        self.path = database_path.with_name(database_path.name + ".lock")
+
+    async def acquire(self, stop: asyncio.Event) -> Lease:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = self.path.open("ab")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise AlreadyRunning(
+                f"another fog-controller is running on this SQLite database (lock {self.path}); "
+                "SQLite supports one controller per database file: use PostgreSQL for several"
+            ) from None
+        return Lease(epoch=0, _lockfile=handle)

@@ -1,0 +1,1 @@
+"""End-to-end tests: `fog-controller run` as a separate process, driven with plain SQL."""

@@ -1,0 +1,97 @@
+"""Wake-ups: PostgreSQL NOTIFY from the migration's triggers, and the SQLite updated_at poll."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from controller.store import NODES, RESOURCES
+from controller.watch import PgListener, SqlitePoller, parse
+from schema import engine as engine_mod
+from schema import migrate
+from tests.harness.fleet import Operator, eventually
+
+
+def _collector() -> tuple[
+    list[uuid.UUID], list[int], Callable[[uuid.UUID], None], Callable[[], None]
+]:
+    keys: list[uuid.UUID] = []
+    resyncs: list[int] = []
+    return keys, resyncs, keys.append, lambda: resyncs.append(1)
+
+
+async def test_notify_on_operator_edits_only(pg_url: str, pg_engine: AsyncEngine) -> None:
+    op = Operator(pg_engine)
+    keys, resyncs, on_key, on_resync = _collector()
+    stop = asyncio.Event()
+    listener = PgListener(pg_url, on_key, on_resync, probe_seconds=0.2)
+    task = asyncio.create_task(listener.run(stop))
+    try:
+        user = await op.add_user()
+        await asyncio.sleep(0.5)  # the listener connects
+        d = await op.add_deployment(user, "notified")
+        await eventually(lambda: _has(keys, d), within=5)
+        keys.clear()
+        await op.scale(d, 3)
+        await eventually(lambda: _has(keys, d), within=5)
+        async with pg_engine.begin() as conn:
+            await conn.execute(
+                update(RESOURCES).where(RESOURCES.c.deployment_id == d).values(memory_mb=1024)
+            )
+        keys.clear()
+        await eventually(lambda: _has(keys, d), within=5)
+        # The controller's own status writes and node heartbeats wake nobody.
+        keys.clear()
+        await op.update(d, status="running")
+        node = await op.add_node("n1", "unix:///nowhere.sock")
+        await eventually(lambda: _count(resyncs, 1), within=5)
+        async with pg_engine.begin() as conn:
+            await conn.execute(update(NODES).where(NODES.c.id == node).values(status="ready"))
+        await asyncio.sleep(0.5)
+        assert keys == []
+        assert len(resyncs) == 1
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+async def _has(keys: list[uuid.UUID], key: uuid.UUID) -> bool:
+    return key in keys
+
+
+async def _count(items: list[int], n: int) -> bool:
+    return len(items) >= n
+
+
+async def test_sqlite_poll_finds_edits_since_last_look(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path}/fog.db"
+    await migrate.upgrade_async(url)
+    engine = engine_mod.create_engine(url)
+    try:
+        op = Operator(engine)
+        user = await op.add_user()
+        before = await op.add_deployment(user, "old")
+        keys: list[uuid.UUID] = []
+        poller = SqlitePoller(engine, keys.append)
+        assert await poller.poll() == 0  # the first look only sets the mark
+        d = await op.add_deployment(user, "new")
+        assert await poller.poll() == 1
+        assert keys == [d]
+        await op.scale(before, 5)
+        assert await poller.poll() == 1
+        assert keys == [d, before]
+        assert await poller.poll() == 0
+    finally:
+        await engine.dispose()
+
+
+def test_payload_parsing() -> None:
+    d = uuid.uuid4()
+    assert parse(f'{{"table": "deployments", "deployment_id": "{d}"}}') == ("deployments", d)
+    assert parse('{"table": "nodes", "deployment_id": null}') == ("nodes", None)
+    assert parse("garbage") == ("", None)
