@@ -21,6 +21,7 @@ import structlog
 
 from controller import __version__, sdnotify
 from controller import log as logsetup
+from controller.leader import AlreadyRunning
 from controller.loop import Controller
 from controller.metrics import Health, Metrics, MetricsServer, stall_seconds
 from controller.runtime.docker import DockerRuntime
@@ -69,9 +70,8 @@ async def _run(settings: Settings) -> int:
         log.info("metrics_listening", address=settings.metrics_addr)
     notifier = sdnotify.Notifier.from_env(os.environ)
     try:
-        if settings.auto_migrate:
-            await migrate.upgrade_async(settings.database_url)
-            log.info("schema_ready", database=mask_url(settings.database_url))
+        # Signal handlers first: a SIGTERM while waiting for the database or migrating must
+        # still be a graceful stop (the controller migrates once the database answers).
         store = Store(create_engine(settings.database_url))
         runtime = DockerRuntime(settings, metrics)
         controller = Controller(
@@ -82,6 +82,9 @@ async def _run(settings: Settings) -> int:
             loop.add_signal_handler(sig, controller.stop)
         try:
             await controller.run()
+        except AlreadyRunning as exc:
+            log.error("controller_refused", reason=exc.reason)
+            return 1
         finally:
             await runtime.close()
             await store.close()

@@ -15,10 +15,14 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 
 import structlog
+from sqlalchemy.exc import SQLAlchemyError
 
 from controller import errors, sdnotify
+from controller.events import EventWatcher
+from controller.leader import Lease, PgElector, SqliteLock
 from controller.metrics import Health, Metrics, ReconcileResult, Role, stall_seconds
 from controller.model import (
     LIVE_REPLICA_STATUSES,
@@ -32,7 +36,10 @@ from controller.reconciler import Reconciler
 from controller.runtime import Runtime
 from controller.settings import Settings
 from controller.store import Store
+from controller.watch import PgListener, SqlitePoller
 from controller.workqueue import WorkQueue
+from schema import migrate
+from schema.engine import is_sqlite, mask_url, sqlite_path
 
 log = structlog.get_logger(__name__)
 
@@ -72,6 +79,8 @@ class Controller:
         self.queue: WorkQueue[uuid.UUID] = WorkQueue(observer=self.metrics.workqueue)
         self.metrics.watch_queue(lambda: len(self.queue), lambda: self.queue.processing)
         self._stop = asyncio.Event()
+        self._deposed = asyncio.Event()
+        self._ended = asyncio.Event()
         self._resync_now = asyncio.Event()
         self.passes = 0
 
@@ -107,33 +116,94 @@ class Controller:
         )
         self.notifier.status("starting: connecting to the database")
         await self._wait_for_store()
-        if self._stop.is_set():
-            return
+        elector = self._elector()
+        announced = False
+        while not self._stop.is_set():
+            if not announced:
+                # A standby is healthy and ready to take over: READY=1 now, not on election.
+                self.health.set_role(Role.STANDBY)
+                self.notifier.ready("standing by: waiting to lead")
+                announced = True
+            lease = await elector.acquire(self._stop)
+            if lease is None:
+                break
+            try:
+                await self._lead(lease)
+            finally:
+                await lease.release()
+                self.store.fence(None)
+            if not self._stop.is_set():
+                log.warning("leader_stepped_down", epoch=lease.epoch)
+                self.health.set_role(Role.STANDBY)
+                self.metrics.leader.set(0)
+
+    def _elector(self) -> PgElector | SqliteLock:
+        url = self.settings.database_url
+        path = sqlite_path(url)
+        if is_sqlite(url):
+            return SqliteLock(path if path is not None else Path("fog-memory.db"))
+        return PgElector(url, retry_seconds=self.settings.leader_retry_seconds)
+
+    async def _lead(self, lease: Lease) -> None:
+        """Act as the leader until stopped or deposed; then stop acting before returning."""
+        s = self.settings
+        self.store.fence(lease.epoch if lease.epoch else None)
+        self._deposed = asyncio.Event()
+        self._ended = asyncio.Event()  # this term as leader is over (stop, loss, deposal)
+        # Docker event streams: a container that dies, is OOM-killed, removed or turns
+        # unhealthy gets its deployment reconciled within a second, not at the next resync.
+        self._events = EventWatcher(
+            lambda: self.nodes.records.values(),
+            lambda deployment_id, _event: self.queue.add(deployment_id),
+            lambda _node_id: self.resync_now(),
+        )
+        self.queue = WorkQueue(observer=self.metrics.workqueue)
         await self.nodes.register_local()
         await self.nodes.refresh()
         workers = [asyncio.create_task(self._worker(i)) for i in range(s.workers)]
         timers = [
             asyncio.create_task(self._resync_loop()),
             asyncio.create_task(self._heartbeat_loop()),
+            asyncio.create_task(self._watch_loop()),
+            asyncio.create_task(self._events.run(self._ended)),
         ]
-        log.info("controller_started", nodes=len(self.nodes.records))
-        if not self._stop.is_set():
-            # The leader-election hook: today the only controller leads once it has started.
-            self.health.set_role(Role.LEADER)
-            self.metrics.leader.set(1)
-            self.notifier.ready(f"running: leader, {len(self.nodes.records)} nodes")
-        await self._stop.wait()
-        log.info("controller_stopping", in_flight=self.queue.processing)
-        # Timers and workers see the stop event and finish what they are doing; only what is
-        # still running after the grace period is cancelled (its replica stays `starting` or
-        # `stopping`, which the next start picks up).
+        log.info("controller_started", nodes=len(self.nodes.records), epoch=lease.epoch)
+        self.health.set_role(Role.LEADER)
+        self.metrics.leader.set(1)
+        self.notifier.status(f"running: leader, {len(self.nodes.records)} nodes")
+        ends = [
+            asyncio.ensure_future(self._stop.wait()),
+            asyncio.ensure_future(lease.lost.wait()),
+            asyncio.ensure_future(self._deposed.wait()),
+        ]
+        await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
+        self._ended.set()
+        for e in ends:
+            e.cancel()
+        deposed = not self._stop.is_set()
+        log.info("controller_stopping", in_flight=self.queue.processing, deposed=deposed)
+        # Timers and workers see the stop and finish what they are doing; whatever still runs
+        # after the grace period (at once when deposed: a successor may be acting) is
+        # cancelled, its replica left `starting` or `stopping` for the next leader.
         self.queue.shutdown()
         tasks = [*timers, *workers]
+        if deposed:
+            for t in tasks:
+                t.cancel()
         _, pending = await asyncio.wait(tasks, timeout=s.shutdown_grace_seconds)
         for t in pending:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         log.info("controller_stopped", abandoned=len(pending))
+
+    async def _watch_loop(self) -> None:
+        """Instant wake-ups: NOTIFY on PostgreSQL, the updated_at poll on SQLite."""
+        if self.store.engine.dialect.name == "postgresql":
+            await PgListener(self.settings.database_url, self.queue.add, self.resync_now).run(
+                self._ended
+            )
+        else:
+            await SqlitePoller(self.store.engine, self.queue.add).run(self._ended)
 
     async def _wait_for_store(self) -> None:
         """The database may be down at boot: wait for it rather than exiting."""
@@ -141,6 +211,8 @@ class Controller:
         while not self._stop.is_set():
             try:
                 await self.store.ping()
+                if self.settings.auto_migrate:
+                    await self._migrate()
                 self.health.database_answered()
                 return
             except errors.StoreUnavailable as exc:
@@ -155,6 +227,14 @@ class Controller:
             finally:
                 self.health.progressed()
 
+    async def _migrate(self) -> None:
+        url = self.settings.database_url
+        try:
+            await migrate.upgrade_async(url)
+        except (OSError, SQLAlchemyError) as exc:
+            raise errors.StoreUnavailable(f"schema upgrade failed: {exc}") from exc
+        log.info("schema_ready", database=mask_url(url))
+
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stop.wait(), seconds)
@@ -168,6 +248,9 @@ class Controller:
             started = time.perf_counter()
             try:
                 result = await self.reconciler.reconcile(key)
+            except errors.Deposed as exc:
+                log.error("leader_deposed", error=exc.reason)
+                self._deposed.set()
             except errors.ControllerError as exc:
                 delay = self.queue.add_rate_limited(key)
                 log.warning(
@@ -194,7 +277,7 @@ class Controller:
     async def _heartbeat_loop(self) -> None:
         while True:
             await self._sleep(self.settings.node_heartbeat_seconds)
-            if self._stop.is_set():
+            if self._ended.is_set():
                 return
             try:
                 await self.nodes.refresh()
@@ -205,10 +288,15 @@ class Controller:
                 log.warning("heartbeat_failed", error=exc.reason)
 
     async def _resync_loop(self) -> None:
-        while not self._stop.is_set():
+        while not self._ended.is_set():
+            # Cleared before the pass: a kick that arrives during it asks for another one.
+            self._resync_now.clear()
             try:
                 await self.resync()
                 self.health.database_answered()
+            except errors.Deposed as exc:
+                log.error("leader_deposed", error=exc.reason)
+                self._deposed.set()
             except errors.ControllerError as exc:
                 if isinstance(exc, errors.StoreUnavailable):
                     self.health.database_failed(exc.reason)
@@ -216,12 +304,11 @@ class Controller:
             except Exception:
                 log.exception("resync_crashed")
             self.health.progressed()  # a failed pass is progress too: /livez means "not stuck"
-            self._resync_now.clear()
             await self._wait_any(self._resync_now, self.settings.resync_seconds)
 
     async def _wait_any(self, event: asyncio.Event, seconds: float) -> None:
-        """Sleep up to `seconds`, waking early on `event` or on stop."""
-        waiters = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(self._stop.wait())]
+        """Sleep up to `seconds`, waking early on `event` or when this term as leader ends."""
+        waiters = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(self._ended.wait())]
         try:
             await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -237,10 +324,9 @@ class Controller:
         deployments = await self.store.load_deployments()
         known = {d.id for d in deployments}
         enqueued = 0
-        for d in deployments:
-            if self.reconciler.wants_work(d, views):
-                self.queue.add(d.id)
-                enqueued += 1
+        for deployment_id in self.reconciler.triage(deployments, views):
+            self.queue.add(deployment_id)
+            enqueued += 1
         strays = [
             c
             for v in views.values()

@@ -115,6 +115,10 @@ class Replica:
     stopped_at: datetime | None = None
     # The spec it was started with (None: from before spec tracking; taken as current).
     spec_hash: str | None = None
+    # What the engine reported as it restarted the container in place.
+    restart_count: int = 0
+    last_exit_code: int | None = None
+    oom_killed: bool = False
 
     @property
     def live(self) -> bool:
@@ -187,6 +191,8 @@ class ObservedContainer:
     oom_killed: bool = False
     finished_at: datetime | None = None  # when it last exited (not running only)
     health: str | None = None  # healthy | unhealthy | starting; None: no HEALTHCHECK
+    spec_hash: str | None = None  # from the container's label
+    inspected: bool = False  # restart_count, exit_code, oom_killed, finished_at are known
 
 
 @dataclass(frozen=True, slots=True)

@@ -65,6 +65,16 @@ class MarkFailed:
 
 
 @dataclass(frozen=True, slots=True)
+class RecordCrash:
+    """The engine restarted a replica's container in place: record count, exit code, OOM."""
+
+    replica: Replica
+    restart_count: int
+    exit_code: int | None
+    oom_killed: bool
+
+
+@dataclass(frozen=True, slots=True)
 class PlaceReplica:
     """A pending replica: the reconciler asks the scheduler for a node."""
 
@@ -97,6 +107,7 @@ class RemoveContainer:
 
 Action = (
     CreateReplicas
+    | RecordCrash
     | MarkRunning
     | MarkFailed
     | PlaceReplica
@@ -132,6 +143,8 @@ class Policy:
     max_surge: float = 0.25
     max_unavailable: float = 0.25
     min_ready: timedelta = timedelta(0)
+    # A container its HEALTHCHECK calls unhealthy for this long gets its replica replaced.
+    unhealthy_grace: timedelta = timedelta(seconds=30)
 
 
 DEFAULT_POLICY = Policy()
@@ -217,6 +230,7 @@ def plan(
     policy: Policy = DEFAULT_POLICY,
     mine: Sequence[ObservedContainer] | None = None,
     now: datetime | None = None,
+    unhealthy_since: Mapping[str, datetime] | None = None,
 ) -> Plan:
     """What to do next for deployment `d`. Repeated planning over the world it leads to converges
     to exactly `target_replicas` live replicas, never with two containers for one replica."""
@@ -257,8 +271,18 @@ def plan(
             else:
                 actions.append(MarkFailed(r, "container is gone"))
             continue
-        if c.state in _ALIVE:
+        sick = (unhealthy_since or {}).get(c.id) if c.health == "unhealthy" else None
+        if sick is not None and now is not None and now - sick >= policy.unhealthy_grace:
+            seconds = int((now - sick).total_seconds())
+            actions.append(MarkFailed(r, f"container unhealthy for {seconds}s", c))
+        elif c.state in _ALIVE:
             live.append(r)
+            if c.inspected and (
+                c.restart_count > r.restart_count
+                or c.exit_code != r.last_exit_code
+                or c.oom_killed != r.oom_killed
+            ):
+                actions.append(RecordCrash(r, c.restart_count, c.exit_code, c.oom_killed))
         elif _exit_too_fresh(c, up_since.get(r.node_id), view.observed_at, policy.exit_grace):
             live.append(r)  # its engine may be going down, or just back: look again later
         else:
@@ -365,11 +389,7 @@ def _is_ready(
     if obs.known(r.node_id) is None:
         return True
     c = obs.of(r)
-    return (
-        c is not None
-        and c.state is ContainerState.RUNNING
-        and c.health in (None, "healthy")
-    )
+    return c is not None and c.state is ContainerState.RUNNING and c.health in (None, "healthy")
 
 
 def _ready(

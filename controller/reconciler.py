@@ -48,8 +48,10 @@ from controller.plan import (
     MarkFailed,
     MarkRunning,
     PlaceReplica,
+    Plan,
     Policy,
     Progress,
+    RecordCrash,
     RemoveContainer,
     StopReplica,
     derive_status,
@@ -120,7 +122,13 @@ class Reconciler:
         self.policy = Policy(
             burst=settings.replica_burst,
             exit_grace=timedelta(seconds=settings.exit_grace_seconds),
+            max_surge=settings.max_surge,
+            max_unavailable=settings.max_unavailable,
+            min_ready=timedelta(seconds=settings.min_ready_seconds),
+            unhealthy_grace=timedelta(seconds=settings.unhealthy_seconds),
         )
+        # When each container was first seen unhealthy (in memory, as kubelet's probe state).
+        self._unhealthy: dict[str, datetime] = {}
 
     # --- observation -----------------------------------------------------------------------
 
@@ -128,6 +136,13 @@ class Reconciler:
         """List every reachable node at once; the rest are absent from the map (unknown)."""
         reachable = list(records)
         views = await asyncio.gather(*(self._runtime.list(r) for r in reachable))
+        now = self._clock()
+        for view in views:
+            for c in view.containers:
+                if c.health == "unhealthy":
+                    self._unhealthy.setdefault(c.id, now)
+                else:
+                    self._unhealthy.pop(c.id, None)
         return {v.node_id: v for v in views}
 
     def memory(self, d: Deployment) -> DeploymentMemory:
@@ -144,6 +159,23 @@ class Reconciler:
             mem.reset()
             mem.last_progress_at = now
         return mem
+
+    def _plan(
+        self,
+        d: Deployment,
+        views: Mapping[uuid.UUID, NodeView],
+        nodes: Fleet,
+        mine: list[ObservedContainer] | None = None,
+    ) -> Plan:
+        return plan(
+            d,
+            views,
+            nodes,
+            policy=self.policy,
+            mine=mine,
+            now=self._clock(),
+            unhealthy_since=self._unhealthy,
+        )
 
     def note_problem(self, deployment_id: uuid.UUID, reason: str) -> None:
         """A problem found outside a reconcile (a node lost) for the deployment's reason."""
@@ -182,7 +214,7 @@ class Reconciler:
     ) -> bool:
         """Would a reconcile of `d` do anything right now?"""
         nodes = fleet or Fleet.of(self._nodes.nodes())
-        if not plan(d, views, nodes, policy=self.policy, mine=mine).empty:
+        if not self._plan(d, views, nodes, mine).empty:
             return True
         mem = self.memory(d)
         decision = derive_status(
@@ -217,7 +249,7 @@ class Reconciler:
         records = self._nodes.records
         views = await self.observe(self._nodes.reachable())
         mem = self.memory(d)
-        p = plan(d, views, self._nodes.nodes(), policy=self.policy)
+        p = self._plan(d, views, Fleet.of(self._nodes.nodes()))
         now = self._clock()
         transient = False
 
@@ -230,7 +262,24 @@ class Reconciler:
                         a.replica.id,
                         (ReplicaStatus.STARTING,),
                         ReplicaStatus.RUNNING,
-                        (("container_id", a.container_id), ("started_at", now)),
+                        (
+                            ("container_id", a.container_id),
+                            ("started_at", now),
+                            ("spec_hash", d.spec_hash),
+                        ),
+                    )
+                )
+            elif isinstance(a, RecordCrash):
+                transitions.append(
+                    Transition(
+                        a.replica.id,
+                        (ReplicaStatus.RUNNING,),
+                        ReplicaStatus.RUNNING,
+                        (
+                            ("restart_count", a.restart_count),
+                            ("last_exit_code", a.exit_code),
+                            ("oom_killed", a.oom_killed),
+                        ),
                     )
                 )
             elif isinstance(a, MarkFailed):
@@ -250,6 +299,14 @@ class Reconciler:
         for a in p.actions:
             if isinstance(a, MarkRunning) and a.replica.id in moved:
                 log.info("replica_adopted", replica_id=str(a.replica.id), container=a.container_id)
+            elif isinstance(a, RecordCrash) and a.replica.id in moved:
+                log.warning(
+                    "replica_restarted",
+                    replica_id=str(a.replica.id),
+                    restart_count=a.restart_count,
+                    exit_code=a.exit_code,
+                    oom_killed=a.oom_killed,
+                )
             elif isinstance(a, MarkFailed) and a.replica.id in moved:
                 log.warning("replica_failed", replica_id=str(a.replica.id), reason=a.reason)
                 mem.error = f"replica {short_id(a.replica.id)} failed: {a.reason}"
@@ -265,7 +322,7 @@ class Reconciler:
             # problem now, before the replacements (maybe quick) make the deployment whole.
             fresh = await self._store.load_deployment(d.id)
             if fresh is not None:
-                await self._record_status(fresh, views, mem)
+                d = replace(d, status=await self._record_status(fresh, views, mem))
 
         # 2. Removals and stops run beside the starts.
         removals = [(a.container, a.why) for a in p.actions if isinstance(a, RemoveContainer)] + [
@@ -347,8 +404,7 @@ class Reconciler:
                     # recorded before the slow part (pulls, creates) begins.
                     fresh = await self._store.load_deployment(d.id)
                     if fresh is not None:
-                        await self._record_status(fresh, views, mem)
-                        d = replace(d, status=fresh.status)
+                        d = replace(d, status=await self._record_status(fresh, views, mem))
                 mem.unschedulable = refusal
                 if refusal:
                     queue = []  # nothing else fits either
@@ -402,7 +458,7 @@ class Reconciler:
                     p.replica_id,
                     (ReplicaStatus.PENDING,),
                     ReplicaStatus.STARTING,
-                    (("node_id", p.node_id),),
+                    (("node_id", p.node_id), ("spec_hash", d.spec_hash)),
                 )
                 for p in result.placements
             )
@@ -422,7 +478,7 @@ class Reconciler:
         record = records.get(r.node_id) if r.node_id else None
         if record is None:
             return errors.TransientError("node unknown")
-        spec = ContainerSpec(r.id, d.id, d.image, d.resources)
+        spec = ContainerSpec(r.id, d.id, d.image, d.resources, d.spec_hash, self._store.epoch)
         try:
             container_id = await self._runtime.ensure(record, spec)
         except errors.PermanentError as exc:
@@ -451,7 +507,11 @@ class Reconciler:
                     r.id,
                     (ReplicaStatus.STARTING,),
                     ReplicaStatus.RUNNING,
-                    (("container_id", container_id), ("started_at", self._clock())),
+                    (
+                        ("container_id", container_id),
+                        ("started_at", self._clock()),
+                        ("spec_hash", d.spec_hash),
+                    ),
                 )
             ]
         )
@@ -507,7 +567,8 @@ class Reconciler:
 
     async def _record_status(
         self, d: Deployment, views: Mapping[uuid.UUID, NodeView], mem: DeploymentMemory
-    ) -> None:
+    ) -> DeploymentStatus:
+        """Derive and, if it changed, record the status; returns the status now stored."""
         now = self._clock()
         decision = derive_status(
             d,
@@ -523,12 +584,16 @@ class Reconciler:
             mem.reset()
         mem.last_ready = decision.ready
         if not history_needed(d, decision):
-            return
-        if await self._store.record_status(d.id, d.status, decision.status, decision.reason, now):
-            mem.spec_seen_at = max(mem.spec_seen_at, now)
-            log.info(
-                "deployment_status_changed",
-                old_status=d.status.value,
-                new_status=decision.status.value,
-                reason=decision.reason,
-            )
+            return d.status
+        if not await self._store.record_status(
+            d.id, d.status, decision.status, decision.reason, now
+        ):
+            return d.status
+        mem.spec_seen_at = max(mem.spec_seen_at, now)
+        log.info(
+            "deployment_status_changed",
+            old_status=d.status.value,
+            new_status=decision.status.value,
+            reason=decision.reason,
+        )
+        return decision.status

@@ -49,6 +49,10 @@ class Settings:
     node_heartbeat_seconds: float = 5.0
     node_grace_seconds: float = 40.0
     exit_grace_seconds: float = 5.0  # an exited container counts once its node outlives it
+    max_surge: float = 0.25  # rolling update: extra replicas, as a fraction of the target
+    max_unavailable: float = 0.25  # rolling update: replicas that may be unavailable
+    min_ready_seconds: float = 0.0  # a new replica counts as available after running this long
+    unhealthy_seconds: float = 30.0  # unhealthy this long: the replica is replaced
     eviction_seconds: float = 300.0  # after the grace, before a not-ready node's replicas move
     eviction_interval_seconds: float = 10.0  # at most one node evicted per interval
     disruption_threshold: float = 0.55  # above this fraction of nodes down, evict nothing
@@ -57,6 +61,7 @@ class Settings:
     pids_limit: int = 1024  # per container
     register_local_node: bool = True
     auto_migrate: bool = True  # upgrade the schema to head at start
+    leader_retry_seconds: float = 2.0  # how often a standby tries to take the lead
     local_docker_host: str = DEFAULT_DOCKER_HOST
     log_format: str = "auto"  # auto | json | console
     log_level: str = "info"

@@ -487,6 +487,10 @@ def _replica(row: Any) -> Replica:
         created_at=row.created_at,
         started_at=row.started_at,
         stopped_at=row.stopped_at,
+        spec_hash=row.spec_hash,
+        restart_count=row.restart_count,
+        last_exit_code=row.last_exit_code,
+        oom_killed=bool(row.oom_killed),
     )
 
 

@@ -289,6 +289,12 @@ class DeploymentReplica(Base):
     container_id: Mapped[str | None] = mapped_column(String(255))
     started_at: Mapped[datetime | None]
     stopped_at: Mapped[datetime | None]
+    # Beyond the seed (migration 0003): the spec the replica runs, and the engine's crash
+    # reports for its container (restarts happen in place; the controller records them).
+    spec_hash: Mapped[str | None] = mapped_column(String(64))
+    restart_count: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    last_exit_code: Mapped[int | None] = mapped_column(Integer)
+    oom_killed: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     created_at: Mapped[datetime] = mapped_column(default=_now, server_default=utc_now())
 
     deployment: Mapped[Deployment] = relationship(back_populates="replicas")

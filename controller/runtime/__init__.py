@@ -12,8 +12,10 @@ from typing import Protocol
 
 from controller.model import (
     LABEL_DEPLOYMENT,
+    LABEL_EPOCH,
     LABEL_MANAGED_BY,
     LABEL_REPLICA,
+    LABEL_SPEC,
     MANAGED_BY_VALUE,
     EngineInfo,
     NodeRecord,
@@ -29,6 +31,8 @@ class ContainerSpec:
     deployment_id: uuid.UUID
     image: str
     resources: Resources | None
+    spec_hash: str = ""
+    epoch: int | None = None
 
     @property
     def name(self) -> str:
@@ -36,11 +40,16 @@ class ContainerSpec:
 
     @property
     def labels(self) -> dict[str, str]:
-        return {
+        labels = {
             LABEL_MANAGED_BY: MANAGED_BY_VALUE,
             LABEL_DEPLOYMENT: str(self.deployment_id),
             LABEL_REPLICA: str(self.replica_id),
         }
+        if self.spec_hash:
+            labels[LABEL_SPEC] = self.spec_hash
+        if self.epoch is not None:
+            labels[LABEL_EPOCH] = str(self.epoch)
+        return labels
 
 
 class Runtime(Protocol):

@@ -22,6 +22,7 @@ import socket
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -45,6 +46,7 @@ from controller.model import (
     LABEL_DEPLOYMENT,
     LABEL_MANAGED_BY,
     LABEL_REPLICA,
+    LABEL_SPEC,
     MANAGED_BY_VALUE,
     ContainerState,
     EngineInfo,
@@ -106,7 +108,7 @@ def translate(exc: BaseException, what: str) -> errors.ControllerError:
     return errors.TransientError(f"{what}: {type(exc).__name__}: {exc}")
 
 
-def _close_socket_on_failed_connect() -> None:
+def close_socket_on_failed_connect() -> None:
     """Mend docker-py 7.x's unix transport, which leaks its socket when connect() fails (an
     engine that is down): a heartbeat probing a lost node would leak one socket per probe.
     Idempotent; affects only connections that fail."""
@@ -126,6 +128,18 @@ def _close_socket_on_failed_connect() -> None:
 
     connect._fog_mended = True  # type: ignore[attr-defined]
     cls.connect = connect
+
+
+def _health(status: str) -> str | None:
+    """The health the list API writes into its Status text: "Up 3 minutes (healthy)",
+    "(unhealthy)", "(health: starting)"; None for an image without HEALTHCHECK."""
+    if "(healthy)" in status:
+        return "healthy"
+    if "(unhealthy)" in status:
+        return "unhealthy"
+    if "(health: starting)" in status:
+        return "starting"
+    return None
 
 
 def _timestamp(raw: object) -> datetime | None:
@@ -153,7 +167,7 @@ class DockerRuntime:
     """The runtime port over real Docker engines."""
 
     def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
-        _close_socket_on_failed_connect()
+        close_socket_on_failed_connect()
         self._settings = settings
         self._metrics = metrics
         self._clients: dict[str, docker.APIClient] = {}
@@ -173,7 +187,7 @@ class DockerRuntime:
                 base_url=node.docker_url,
                 version=DOCKER_API_VERSION,
                 timeout=int(self._settings.docker_timeout_seconds),
-                max_pool_size=self._settings.node_concurrency,
+                max_pool_size=self._settings.node_concurrency + 1,
             )
             self._clients[node.docker_url] = client
         return client
@@ -188,19 +202,26 @@ class DockerRuntime:
 
     async def _raw(self, node: NodeRecord, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         async with self._semaphore(node):
-            loop = asyncio.get_running_loop()
-            try:
-                return await loop.run_in_executor(
-                    self._executor, functools.partial(fn, *args, **kwargs)
-                )
-            except docker.errors.NotFound:
-                raise  # an answer (gone, no such image), not a failing engine
-            except Exception:
-                # Every Docker call passes here, so this counts each failed attempt once; the
-                # operation label is docker-py's method name (a small, fixed set).
-                if self._metrics is not None:
-                    self._metrics.docker_error(node.name, getattr(fn, "__name__", "call"))
-                raise
+            return await self._unlimited(node, fn, *args, **kwargs)
+
+    async def _unlimited(
+        self, node: NodeRecord, fn: Callable[..., T], *args: Any, **kwargs: Any
+    ) -> T:
+        """A call outside the per-node limit: heartbeat probes must not queue behind a
+        rollout's creates, or a busy node would look dead (its pool has one spare slot)."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(
+                self._executor, functools.partial(fn, *args, **kwargs)
+            )
+        except docker.errors.NotFound:
+            raise  # an answer (gone, no such image), not a failing engine
+        except Exception:
+            # Every Docker call passes here, so this counts each failed attempt once; the
+            # operation label is docker-py's method name (a small, fixed set).
+            if self._metrics is not None:
+                self._metrics.docker_error(node.name, getattr(fn, "__name__", "call"))
+            raise
 
     async def _call(
         self, node: NodeRecord, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any
@@ -231,7 +252,7 @@ class DockerRuntime:
 
     async def info(self, node: NodeRecord) -> EngineInfo:
         try:
-            raw = await self._raw(node, self._client(node).info)
+            raw = await self._unlimited(node, self._client(node).info)
         except Exception as exc:
             raise translate(exc, "probe") from exc
         return EngineInfo(
@@ -273,6 +294,8 @@ class DockerRuntime:
             deployment_id=_uuid(labels.get(LABEL_DEPLOYMENT)),
             replica_id=_uuid(labels.get(LABEL_REPLICA)),
             image=str(item.get("Image", "")),
+            health=_health(str(item.get("Status", ""))),
+            spec_hash=labels.get(LABEL_SPEC),
         )
         if state is ContainerState.RUNNING:
             return container
@@ -281,14 +304,9 @@ class DockerRuntime:
         except docker.errors.NotFound:
             return None  # removed between list and inspect
         st = detail.get("State") or {}
-        return ObservedContainer(
-            id=container.id,
-            name=container.name,
-            node_id=node.id,
-            state=container.state,
-            deployment_id=container.deployment_id,
-            replica_id=container.replica_id,
-            image=container.image,
+        return replace(
+            container,
+            inspected=True,
             exit_code=st.get("ExitCode"),
             restart_count=int(detail.get("RestartCount") or 0),
             oom_killed=bool(st.get("OOMKilled")),

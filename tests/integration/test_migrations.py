@@ -23,7 +23,7 @@ from sqlalchemy.schema import CreateTable
 from schema import engine as engine_mod
 from schema import migrate, models
 
-HEAD = "0002_control_plane"
+HEAD = "0003_replica_observations"
 TABLES = {
     "users",
     "nodes",

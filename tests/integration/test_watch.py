@@ -39,11 +39,11 @@ async def test_notify_on_operator_edits_only(pg_url: str, pg_engine: AsyncEngine
         keys.clear()
         await op.scale(d, 3)
         await eventually(lambda: _has(keys, d), within=5)
+        keys.clear()
         async with pg_engine.begin() as conn:
             await conn.execute(
                 update(RESOURCES).where(RESOURCES.c.deployment_id == d).values(memory_mb=1024)
             )
-        keys.clear()
         await eventually(lambda: _has(keys, d), within=5)
         # The controller's own status writes and node heartbeats wake nobody.
         keys.clear()

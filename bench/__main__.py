@@ -1,0 +1,229 @@
+"""``python -m bench`` (``make bench``): the convergence benchmark, end to end.
+
+Starts one private Docker engine (``tests.harness.engines.Cluster``; or uses the first engine
+named in ``FOG_TEST_DOCKER_URLS``), imports the test image into it, makes throwaway databases
+(``tests.harness.database``; PostgreSQL at ``FOG_TEST_DATABASE_URL``), runs the interleaved
+rounds of `bench.convergence`, prints the table and writes the figures to
+``bench/results/convergence-<UTC timestamp>.json`` (the controller's log goes next to it).
+
+Everything it started is stopped and removed on the way out, on error and on Ctrl-C alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import docker
+
+from bench.convergence import PG, VARIANTS, Config, ConvergenceBench, setting_default
+from bench.events import EventRecorder
+from bench.logs import ControllerLog
+from bench.report import (
+    RESULTS_DIR,
+    aim_lines,
+    document,
+    profile_lines,
+    reaction_lines,
+    summarize,
+    table,
+    write_json,
+)
+from tests.harness.database import TemplateDatabases, admin_url_from_env
+from tests.harness.engines import (
+    API_VERSION,
+    Cluster,
+    Engine,
+    build_test_image,
+    ensure_docker_installed,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _parser() -> argparse.ArgumentParser:
+    defaults = Config()
+    p = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Convergence benchmark: the controller against raw Docker SDK calls.",
+    )
+    p.add_argument("--rounds", type=int, default=defaults.rounds, help="rounds (default 3)")
+    p.add_argument("--replicas", type=int, default=defaults.replicas, help="default 50")
+    p.add_argument(
+        "--threads", type=int, default=defaults.threads, help="raw baseline threads (default 8)"
+    )
+    p.add_argument(
+        "--variants",
+        default=",".join(defaults.variants),
+        help=f"comma-separated subset of {','.join(VARIANTS)}",
+    )
+    p.add_argument(
+        "--no-kick",
+        action="store_true",
+        help="do not call resync_now() after the UPDATE: the edit waits for the periodic resync",
+    )
+    p.add_argument(
+        "--resync-seconds",
+        type=float,
+        default=setting_default("resync_seconds"),
+        help="FOG_RESYNC_SECONDS of the controller (default: the production default)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=defaults.phase_timeout,
+        help="longest wait for one phase to converge, seconds (default 120)",
+    )
+    return p
+
+
+def _config(args: argparse.Namespace) -> Config:
+    variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown or not variants:
+        raise SystemExit(f"--variants: unknown {unknown}; choose from {', '.join(VARIANTS)}")
+    if args.rounds < 1 or args.replicas < 1 or args.threads < 1:
+        raise SystemExit("--rounds, --replicas and --threads must be at least 1")
+    return replace(
+        Config(),
+        rounds=args.rounds,
+        replicas=args.replicas,
+        threads=args.threads,
+        variants=variants,
+        kick=not args.no_kick,
+        resync_seconds=args.resync_seconds,
+        phase_timeout=args.timeout,
+    )
+
+
+def _git() -> dict[str, Any]:
+    def run(*cmd: str) -> str:
+        result = subprocess.run(
+            ["git", *cmd], cwd=REPO, capture_output=True, text=True, check=False, timeout=10
+        )
+        return result.stdout.strip()
+
+    try:
+        return {"commit": run("rev-parse", "HEAD"), "dirty": bool(run("status", "--porcelain"))}
+    except (OSError, subprocess.SubprocessError):
+        return {}
+
+
+def _host(engine: Engine) -> dict[str, Any]:
+    client = docker.APIClient(base_url=engine.url, version=API_VERSION, timeout=30)
+    try:
+        version = client.version()
+        info = client.info()
+    finally:
+        client.close()
+    return {
+        "cpus": os.cpu_count(),
+        "loadavg_before": [round(x, 2) for x in os.getloadavg()],
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "dockerd": version.get("Version"),
+        "storage_driver": info.get("Driver"),
+        "cgroup": f"{info.get('CgroupVersion')}/{info.get('CgroupDriver')}",
+        "engine_external": engine.external,
+        "git": _git(),
+    }
+
+
+def _say(line: str = "") -> None:
+    print(line, flush=True)
+
+
+async def _run(config: Config, engine: Engine, workdir: Path, command: str) -> int:
+    started = datetime.now(UTC)
+    log_path = RESULTS_DIR / f"convergence-{started:%Y%m%dT%H%M%SZ}.controller.log"
+    log = ControllerLog(log_path)
+    log.open()
+    templates = TemplateDatabases(admin_url_from_env(), workdir)
+    recorder = EventRecorder(engine.url)
+    try:
+        await asyncio.to_thread(recorder.start)
+        if PG in config.variants:
+            await templates.pg_template()  # fail now, not after the first raw round
+        host = await asyncio.to_thread(_host, engine)
+        trigger = (
+            "operator UPDATE, then controller.resync_now() at once (what a NOTIFY wake-up does; "
+            f"without it an edit may wait for the next resync, every {config.resync_seconds:g} s;"
+            " --no-kick measures the controller's own wake-up)"
+            if config.kick
+            else "operator UPDATE only: the controller must notice it by itself (a NOTIFY or "
+            f"poll wake-up if it has one, else its next resync, every {config.resync_seconds:g} s"
+            "); each edit waits a random 0-resync pause first"
+        )
+        _say(
+            f"convergence: {config.replicas} replicas on 1 engine (dockerd {host['dockerd']}, "
+            f"{host['storage_driver']}), {config.rounds} rounds, {host['cpus']} CPUs, "
+            f"load {host['loadavg_before']}"
+        )
+        _say(f"trigger: {trigger}")
+        _say(
+            f"controller: production settings (resync {config.resync_seconds:g} s, node "
+            f"concurrency {setting_default('node_concurrency')}, heartbeat "
+            f"{setting_default('node_heartbeat_seconds'):g}"
+            f" s), stop timeout {config.stop_timeout_seconds} s; raw: {config.threads} threads"
+        )
+        bench = ConvergenceBench(config, engine, recorder, templates, workdir, log, _say)
+        samples = await bench.run()
+    finally:
+        await asyncio.to_thread(recorder.close)
+        await templates.close()
+        log.close()
+    host["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
+    summary = summarize(samples)
+    _say()
+    for line in table(summary):
+        _say(line)
+    _say()
+    for line in [*aim_lines(summary, samples), *reaction_lines(summary, samples)]:
+        _say(line)
+    _say()
+    concurrency = int(setting_default("node_concurrency"))
+    for line in profile_lines(summary, samples, config.replicas, concurrency):
+        _say(line)
+    path = write_json(
+        document(config, samples, summary, host, started, datetime.now(UTC), command), started
+    )
+    _say()
+    _say(f"figures: {path.relative_to(REPO)}   controller log: {log_path.relative_to(REPO)}")
+    return 1 if any(s.error for s in samples) else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    config = _config(args)
+    command = shlex.join(["python", "-m", "bench", *(sys.argv[1:] if argv is None else argv)])
+    ensure_docker_installed()
+    workdir = Path(tempfile.mkdtemp(prefix="fogbench-"))
+    cluster: Cluster | None = None
+    try:
+        _say("starting a private Docker engine and importing the test image ...")
+        # Under our own directory, so that our dockerd is told apart from the test suite's.
+        cluster = Cluster.start(1, base_dir=workdir)
+        build_test_image(cluster.engines[0])
+        return asyncio.run(_run(config, cluster.engines[0], workdir, command))
+    except KeyboardInterrupt:
+        print("\ninterrupted: stopping the engine and dropping the databases", file=sys.stderr)
+        return 130
+    finally:
+        if cluster is not None:
+            cluster.stop_all()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,306 @@
+"""What fogctl says when something is wrong, and the exit code that goes with it.
+
+Operators and scripts act on two things: the exit code (2 = fix your input, 1 = the command
+could not do its job: not found, database down, rollout failed) and one line naming what to fix.
+Two sources of "your input is wrong" must read alike: Pydantic's validation errors (checked
+before any SQL runs) and the database's own constraint violations (an operator's hand-written
+SQL, a race between two fogctl runs, or a rule the Pydantic layer does not know). Both become
+`field: rule, got value`; a traceback never reaches the terminal.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
+
+from schema import models
+from schema.api import INTEGER_MAX
+from schema.enums import DeploymentStatus, NodeStatus, ReplicaStatus
+
+EXIT_FAILURE = 1  # the command could not do its job (not found, unreachable, rollout failed)
+EXIT_USAGE = 2  # the input is wrong; the same exit code click gives a bad option
+
+
+class FogctlError(Exception):
+    """An error with the one line the operator reads and the exit code scripts see."""
+
+    exit_code = EXIT_FAILURE
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InputError(FogctlError):
+    """Bad input: a file, an option or a name that cannot be used as given."""
+
+    exit_code = EXIT_USAGE
+
+
+class NotFound(FogctlError):
+    """The named object does not exist (for this user)."""
+
+
+class Unavailable(FogctlError):
+    """The database could not be reached, or holds no fog-controller schema."""
+
+
+# --- allowed values, in the operator's words ---------------------------------------------------
+
+
+def _n(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def _choices(values: Sequence[str]) -> str:
+    return "one of " + ", ".join(values)
+
+
+_RESOURCE_RANGES = {
+    "cpu_cores": f"{_n(models.CPU_CORES_MIN)} to {_n(models.CPU_CORES_MAX)} cores",
+    "memory_mb": f"{models.MEMORY_MB_MIN} to {models.MEMORY_MB_MAX} MB",
+    "gpu_units": f"{models.GPU_UNITS_MIN} to {models.GPU_UNITS_MAX} units",
+    "storage_gb": f"{models.STORAGE_GB_MIN} to {models.STORAGE_GB_MAX} GB",
+}
+_NAME_RANGE = f"1 to {models.NAME_MAX_LENGTH} characters, no control characters"
+_IMAGE_RANGE = f"1 to {models.IMAGE_MAX_LENGTH} characters, no whitespace"
+
+# Allowed values per model and field path, added to Pydantic's built-in messages (type errors,
+# missing fields) which, unlike our own validators' messages, name neither range nor value.
+ALLOWED: dict[str, dict[str, str]] = {
+    "DeploymentCreate": {
+        "name": _NAME_RANGE,
+        "container_image": _IMAGE_RANGE,
+        "target_replicas": f"an integer from 0 to {INTEGER_MAX}",
+        **{f"resources.{k}": v for k, v in _RESOURCE_RANGES.items()},
+        "resources": "a mapping with cpu_cores, memory_mb, gpu_units (optional) and storage_gb",
+    },
+    "DeploymentScale": {"target_replicas": f"an integer from 0 to {INTEGER_MAX}"},
+    "NodeCreate": {
+        "name": _NAME_RANGE,
+        "docker_url": "a URL such as unix:///var/run/docker.sock or tcp://10.0.0.5:2375",
+        "cpu_cores": "a number greater than 0",
+        "memory_mb": f"an integer from 1 to {INTEGER_MAX}",
+        "gpu_units": f"an integer from 0 to {INTEGER_MAX}",
+        "storage_gb": f"an integer from 1 to {INTEGER_MAX}",
+    },
+    "UserCreate": {"username": _NAME_RANGE},
+}
+
+# Errors raised by schema/api.py's own validators: their text already names field and value.
+_SELF_EXPLAINED = frozenset(
+    {
+        "out_of_range",
+        "number_type",
+        "length",
+        "whitespace",
+        "control_character",
+        "docker_url_scheme",
+        "null",
+    }
+)
+
+
+def _path(loc: Sequence[str | int]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def validation_messages(
+    exc: ValidationError,
+    model: type[BaseModel],
+    *,
+    options: Mapping[str, str] | None = None,
+) -> list[str]:
+    """One `field: what is wrong` line per error; `options` renames fields given as CLI flags
+    (`cpu_cores` -> `--cpu`), so the message names what the operator typed."""
+    allowed = ALLOWED.get(model.__name__, {})
+    fields = list(model.model_fields)
+    lines = []
+    for error in exc.errors():
+        path = _path(error["loc"])
+        kind = error["type"]
+        label = options.get(path, path) if options else path
+        if kind in _SELF_EXPLAINED:
+            text = error["msg"]
+        elif kind == "extra_forbidden":
+            parent = error["loc"][:-1]
+            known = fields if not parent else _nested_fields(model, parent)
+            text = f"unknown field (allowed: {', '.join(known)})"
+        elif kind == "missing":
+            text = "required field is missing"
+            if path in allowed:
+                text += f" (allowed: {allowed[path]})"
+        elif kind == "model_type" or kind == "dict_type":
+            text = f"expected a mapping of fields, got {_shown(error['input'])}"
+        else:
+            text = error["msg"][0].lower() + error["msg"][1:]
+            if path in allowed:
+                text += f" (allowed: {allowed[path]})"
+            text += f", got {_shown(error['input'])}"
+        lines.append(f"{label}: {text}" if label else text)
+    return lines
+
+
+def _nested_fields(model: type[BaseModel], parent: Sequence[str | int]) -> list[str]:
+    current: Any = model
+    for part in parent:
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        current = field.annotation
+        # `X | None` and friends: take the model out of the union.
+        for arg in getattr(current, "__args__", ()):
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                current = arg
+    return list(getattr(current, "model_fields", {}))
+
+
+# --- database constraint violations --------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """What a named database constraint protects: the field and the rule, in words."""
+
+    field: str
+    rule: str
+
+
+def _status_rule(values: Sequence[str]) -> str:
+    return f"must be {_choices(values)}"
+
+
+CONSTRAINTS: dict[str, Rule] = {
+    **{
+        f"ck_deployment_resources_{k}_range": Rule(f"resources.{k}", f"must be {v}")
+        for k, v in _RESOURCE_RANGES.items()
+    },
+    "ck_deployments_target_replicas_non_negative": Rule("target_replicas", "must be 0 or more"),
+    "ck_deployments_name_not_empty": Rule("name", "must not be empty"),
+    "ck_deployments_container_image_not_empty": Rule("container_image", "must not be empty"),
+    "ck_deployments_deployment_status": Rule(
+        "status", _status_rule([s.value for s in DeploymentStatus])
+    ),
+    "ck_deployment_replicas_replica_status": Rule(
+        "status", _status_rule([s.value for s in ReplicaStatus])
+    ),
+    "ck_nodes_node_status": Rule("status", _status_rule([s.value for s in NodeStatus])),
+    "ck_nodes_name_not_empty": Rule("name", "must not be empty"),
+    "ck_nodes_docker_url_not_empty": Rule("docker_url", "must not be empty"),
+    "ck_nodes_cpu_cores_positive": Rule("cpu_cores", "must be greater than 0"),
+    "ck_nodes_memory_mb_positive": Rule("memory_mb", "must be greater than 0"),
+    "ck_nodes_gpu_units_non_negative": Rule("gpu_units", "must be 0 or more"),
+    "ck_nodes_storage_gb_positive": Rule("storage_gb", "must be greater than 0"),
+    "ck_users_username_not_empty": Rule("username", "must not be empty"),
+    "ck_control_plane_single_row": Rule(
+        "control_plane.id", "must be 1 (one row, the controller's fencing epoch)"
+    ),
+    "uq_users_username": Rule("username", "is taken: a user with this name already exists"),
+    "uq_nodes_name": Rule("name", "is taken: a node with this name already exists"),
+    "idx_deployments_user_name_unique": Rule(
+        "name", "is taken: this user already has a deployment with this name"
+    ),
+    "uq_deployment_resources_deployment_id": Rule(
+        "resources", "is already set for this deployment (one resources row per deployment)"
+    ),
+    "fk_deployments_user_id_users": Rule("user", "does not exist (deleted meanwhile?)"),
+    "fk_deployment_resources_deployment_id_deployments": Rule(
+        "deployment", "does not exist (deleted meanwhile?)"
+    ),
+}
+
+# SQLite names only the columns of a violated UNIQUE constraint, not the constraint.
+_SQLITE_UNIQUE = {
+    "users.username": "uq_users_username",
+    "nodes.name": "uq_nodes_name",
+    "deployments.user_id, deployments.name": "idx_deployments_user_name_unique",
+    "deployment_resources.deployment_id": "uq_deployment_resources_deployment_id",
+}
+_PG_NAME = re.compile(r'constraint "([^"]+)"')
+_SQLITE_CHECK = re.compile(r"CHECK constraint failed: (\w+)")
+_SQLITE_UNIQUE_COLUMNS = re.compile(r"UNIQUE constraint failed: (.+)$", re.MULTILINE)
+_NOT_NULL = re.compile(r'NOT NULL constraint failed: \w+\.(\w+)|column "(\w+)".*not-null')
+
+
+def constraint_name(exc: DBAPIError) -> str | None:
+    """The violated constraint's name, from asyncpg's attribute or either backend's message."""
+    orig = exc.orig
+    for candidate in (orig, getattr(orig, "__cause__", None)):
+        name = getattr(candidate, "constraint_name", None)
+        if isinstance(name, str) and name:
+            return name
+    text = str(orig)
+    if found := _PG_NAME.search(text):
+        return found.group(1)
+    if found := _SQLITE_CHECK.search(text):
+        return found.group(1)
+    if found := _SQLITE_UNIQUE_COLUMNS.search(text):
+        return _SQLITE_UNIQUE.get(found.group(1).strip())
+    return None
+
+
+def constraint_message(exc: DBAPIError, values: Mapping[str, object] | None = None) -> str:
+    """`resources.cpu_cores must be 0.5 to 32 cores, got 64 (database constraint ck_...)`.
+
+    `values` maps field paths to what the command tried to write, so the message can show the
+    offending value; the database itself reports it in a different shape on each backend.
+    """
+    values = values or {}
+    name = constraint_name(exc)
+    rule = CONSTRAINTS.get(name or "")
+    if rule is not None:
+        got = f", got {_shown(values[rule.field])}" if rule.field in values else ""
+        return f"{rule.field}: {rule.rule}{got} (database constraint {name})"
+    if found := _NOT_NULL.search(str(exc.orig)):
+        field = found.group(1) or found.group(2)
+        return f"{field}: a value is required (the database refused NULL)"
+    detail = first_line(str(exc.orig))
+    suffix = f" (database constraint {name})" if name else ""
+    return f"the database refused the change: {detail}{suffix}"
+
+
+# --- unreachable databases ---------------------------------------------------------------------
+
+
+def first_line(text: str) -> str:
+    for line in text.splitlines():
+        line = line.strip()
+        # asyncpg and the SQLAlchemy wrapper prefix the driver's class: keep the words only.
+        line = re.sub(r"^<class '[\w.]+'>: ", "", line)
+        if line:
+            return line
+    return text.strip() or "unknown error"
+
+
+def scrub(text: str, url: str) -> str:
+    """`text` with the URL's password removed wherever a driver may have echoed it."""
+    try:
+        password = make_url(url).password
+    except Exception:  # an unparsable URL has no password we could find either
+        return text
+    if password:
+        text = text.replace(str(password), "***")
+    return text
+
+
+def reason_of(exc: BaseException) -> str:
+    """The driver's words for a failure, without SQLAlchemy's wrapping and links."""
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        return first_line(str(exc.orig))
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return first_line(str(exc)) if str(exc) else type(exc).__name__

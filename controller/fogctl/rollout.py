@@ -1,0 +1,178 @@
+"""`fogctl rollout status`: wait until a deployment is running with every replica up, or fails.
+
+`judge` is PURE (one snapshot in, a verdict out) so its rules are tested with plain values;
+`wait` polls the database and draws progress. fogctl reads only what the controller recorded
+(the deployment's status, its replica rows, the newest history row); it never guesses from the
+engines itself.
+
+A status written *before* the operator's last change may be stale, and kubectl's answer
+(observedGeneration) has no column here, so the rule is the controller's own: it keeps failed
+sticky only while `updated_at <=` the newest history row's `changed_at` (see
+`controller.plan.derive_status`). An older `failed` is waited out, as the controller will
+decide again; an older `running` is trusted only after a short settle time (see `judge`).
+Without these, `fogctl apply -f new.yaml && fogctl rollout status ...` would report the old
+failure, or the old success, at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
+
+from controller.fogctl import views
+from controller.fogctl.errors import FogctlError, NotFound
+from schema.enums import DeploymentStatus
+
+# How long an edit may go without a status from the controller before a `running` status
+# from before it is trusted (see `judge`): two resync periods, a wake-up missed included.
+DEFAULT_SETTLE_SECONDS = 10.0
+
+
+class Verdict(enum.Enum):
+    DONE = "done"
+    FAILED = "failed"
+    WAITING = "waiting"
+
+
+@dataclass(frozen=True, slots=True)
+class Judgement:
+    verdict: Verdict
+    message: str
+
+
+def _counts(d: views.DeploymentRow) -> str:
+    return f"{d.running_replicas}/{d.target_replicas} replicas running"
+
+
+def changed_since_status(d: views.DeploymentRow) -> bool:
+    """The operator changed the deployment after the controller last recorded its status."""
+    return d.status_changed_at is not None and d.updated_at > d.status_changed_at
+
+
+def judge(
+    d: views.DeploymentRow,
+    *,
+    now: datetime | None = None,
+    watched_seconds: float = float("inf"),
+    settle_seconds: float = 0.0,
+) -> Judgement:
+    """The verdict on one snapshot.
+
+    `running` with every replica up right after an edit the controller has not yet recorded
+    a status for may be the *old* spec: a new image keeps the old replicas running until the
+    controller starts its rolling update. That running status is trusted only once the edit
+    is `settle_seconds` old (by the wall clock, or by how long this command has watched it,
+    whichever comes first, so a skewed clock cannot stall it): by then the controller, woken
+    by NOTIFY or its poll, has either created the new replicas (and the counts no longer
+    match) or needed no new status at all (a scale-down ends `running` without a history row).
+    """
+    name = d.name
+    if d.deleted_at is not None or d.status is DeploymentStatus.DELETED:
+        return Judgement(Verdict.FAILED, f"deployment {name!r} was deleted")
+    settled = d.live_replicas == d.target_replicas and d.stopping_replicas == 0
+    if d.status is DeploymentStatus.RUNNING and d.running_replicas == d.target_replicas and settled:
+        age = ((now or datetime.now(UTC)) - d.updated_at).total_seconds()
+        if not changed_since_status(d) or max(age, watched_seconds) >= settle_seconds:
+            return Judgement(
+                Verdict.DONE, f"deployment {name!r} successfully rolled out: {_counts(d)}"
+            )
+        return Judgement(
+            Verdict.WAITING,
+            f"waiting for deployment {name!r}: {_counts(d)}, status running "
+            "(changed since; waiting for the controller to act on the change)",
+        )
+    if d.status is DeploymentStatus.STOPPED and d.target_replicas == 0 and settled:
+        return Judgement(Verdict.DONE, f"deployment {name!r} scaled to 0 replicas")
+    if d.status is DeploymentStatus.FAILED and not changed_since_status(d):
+        reason = d.reason or "no reason recorded"
+        return Judgement(Verdict.FAILED, f"deployment {name!r} failed: {reason}")
+    waiting = f"waiting for deployment {name!r}: {_counts(d)}, status {d.status.value}"
+    if d.status is DeploymentStatus.FAILED:
+        waiting += " (changed since it failed; waiting for the controller)"
+    elif d.reason:
+        waiting += f": {d.reason}"
+    return Judgement(Verdict.WAITING, waiting)
+
+
+class RolloutFailed(FogctlError):
+    """The deployment failed, was deleted, or the timeout passed (exit 1)."""
+
+
+async def wait(
+    load: Callable[[], Awaitable[views.DeploymentRow | None]],
+    *,
+    name: str,
+    timeout_seconds: float,
+    interval_seconds: float,
+    settle_seconds: float = DEFAULT_SETTLE_SECONDS,
+    out: Console,
+    echo: Callable[[str], None],
+) -> str:
+    """Poll until done (returns the final words) or failed/timed out (raises RolloutFailed).
+
+    On a terminal a rich progress bar shows running/target; elsewhere one plain line is
+    printed each time what there is to say changes, so a CI log does not fill with repeats.
+    """
+    deadline = time.monotonic() + timeout_seconds if timeout_seconds > 0 else None
+    progress = (
+        Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"),
+            console=out,
+            transient=True,
+        )
+        if out.is_terminal
+        else None
+    )
+    said = ""
+    task = None
+    # When this command first saw each version of the deployment (its updated_at).
+    first_seen: dict[datetime, float] = {}
+    if progress is not None:
+        progress.start()
+        task = progress.add_task(name, total=None, status="")
+    try:
+        while True:
+            d = await load()
+            if d is None:
+                raise NotFound(f"deployment {name!r} not found")
+            seen = first_seen.setdefault(d.updated_at, time.monotonic())
+            j = judge(
+                d,
+                watched_seconds=time.monotonic() - seen,
+                settle_seconds=settle_seconds,
+            )
+            if j.verdict is Verdict.DONE:
+                return j.message
+            if j.verdict is Verdict.FAILED:
+                raise RolloutFailed(j.message)
+            if progress is not None and task is not None:
+                progress.update(
+                    task,
+                    total=max(d.target_replicas, 1),
+                    completed=min(d.running_replicas, d.target_replicas),
+                    status=d.status.value + (f": {d.reason}" if d.reason else ""),
+                )
+            elif j.message != said:
+                echo(j.message)
+                said = j.message
+            if deadline is not None and time.monotonic() >= deadline:
+                what = j.message.removeprefix("waiting for ")
+                raise RolloutFailed(f"timed out after {timeout_seconds:g}s: {what}")
+            pause = interval_seconds
+            if deadline is not None:
+                pause = max(0.0, min(pause, deadline - time.monotonic()))
+            await asyncio.sleep(pause)
+    finally:
+        if progress is not None:
+            progress.stop()

@@ -1,0 +1,76 @@
+"""What fogctl shows: the response schemas of `schema.api`, widened with the joined values an
+operator wants beside them (user and node names, counts, the current reason, allocation).
+
+These models are the `-o json` / `-o yaml` contract for scripts: field order is the class's,
+timestamps are ISO 8601 UTC, and a field is only ever added, never renamed or removed. Tables
+are drawn from the same values, so a table and its JSON never disagree.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schema import api
+
+
+class Resources(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    cpu_cores: float
+    memory_mb: int
+    gpu_units: int
+    storage_gb: int
+
+
+class DeploymentRow(api.DeploymentListResponse):
+    """One deployment; `reason` and `status_changed_at` are the newest history row's."""
+
+    user: str
+    live_replicas: int  # pending + starting + running
+    stopping_replicas: int
+    resources: Resources | None
+    reason: str | None
+    status_changed_at: datetime | None
+    deleted_at: datetime | None
+
+
+class ReplicaRow(api.DeploymentReplicaResponse):
+    deployment: str
+    user: str
+    node: str | None
+
+
+class HistoryRow(api.DeploymentStatusHistoryResponse):
+    changed_by_user: str | None
+
+
+class DeploymentDetail(DeploymentRow):
+    replicas: list[ReplicaRow] = Field(default_factory=list)
+    history: list[HistoryRow] = Field(default_factory=list)
+    history_total: int = 0
+
+
+class NodeRow(api.NodeResponse):
+    """A node with what live replicas (pending, starting, running) hold on it."""
+
+    live_replicas: int
+    allocated: Resources
+
+
+class UserRow(api.UserResponse):
+    pass
+
+
+class Outcome(BaseModel):
+    """What a write did, one per object: `deployment/web created`."""
+
+    kind: str
+    name: str
+    result: str
+    detail: str = ""
+
+    def line(self) -> str:
+        tail = f" ({self.detail})" if self.detail else ""
+        return f"{self.kind}/{self.name} {self.result}{tail}"
