@@ -1,4 +1,7 @@
-"""``python -m bench`` (``make bench``): the convergence benchmark, end to end.
+"""``python -m bench [all|convergence|latency]`` (``make bench``: all): the convergence
+benchmark, then the reaction-latency benchmark (`bench.latency`), end to end.
+``python -m bench scale [--scale small|full]``: the scale benchmark on hollow nodes
+(`bench.scale`; no Docker engine needed, PostgreSQL only).
 
 Starts one private Docker engine (``tests.harness.engines.Cluster``; or uses the first engine
 named in ``FOG_TEST_DOCKER_URLS``), imports the test image into it, makes throwaway databases
@@ -29,6 +32,7 @@ import docker
 
 from bench.convergence import PG, VARIANTS, Config, ConvergenceBench, setting_default
 from bench.events import EventRecorder
+from bench.latency import BACKENDS, LatencyConfig, run_latency
 from bench.logs import ControllerLog
 from bench.report import (
     RESULTS_DIR,
@@ -56,7 +60,32 @@ def _parser() -> argparse.ArgumentParser:
     defaults = Config()
     p = argparse.ArgumentParser(
         prog="python -m bench",
-        description="Convergence benchmark: the controller against raw Docker SDK calls.",
+        description="Convergence benchmark (the controller against raw Docker SDK calls) and "
+        "reaction-latency benchmark (UPDATE commit to the controller's first Docker call).",
+    )
+    p.add_argument(
+        "suite",
+        nargs="?",
+        default="all",
+        choices=("all", "convergence", "latency"),
+        help="which benchmark to run (default: both)",
+    )
+    p.add_argument(
+        "--edits",
+        type=int,
+        default=LatencyConfig().edits,
+        help="latency: edits on PostgreSQL, alternating 0->1 and 1->0 (default 100)",
+    )
+    p.add_argument(
+        "--sqlite-edits",
+        type=int,
+        default=LatencyConfig().sqlite_edits,
+        help="latency: edits on SQLite (default 50: each waits for the 1 s poll)",
+    )
+    p.add_argument(
+        "--backends",
+        default=",".join(BACKENDS),
+        help=f"latency: comma-separated subset of {','.join(BACKENDS)}",
     )
     p.add_argument("--rounds", type=int, default=defaults.rounds, help="rounds (default 3)")
     p.add_argument("--replicas", type=int, default=defaults.replicas, help="default 50")
@@ -84,6 +113,11 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=defaults.phase_timeout,
         help="longest wait for one phase to converge, seconds (default 120)",
+    )
+    p.add_argument(
+        "--swarm",
+        action="store_true",
+        help="instead: the side-by-side with Docker Swarm mode (bench.swarm; N=10 and 50)",
     )
     return p
 
@@ -203,11 +237,40 @@ async def _run(config: Config, engine: Engine, workdir: Path, command: str) -> i
     return 1 if any(s.error for s in samples) else 0
 
 
+async def _suites(
+    args: argparse.Namespace, config: Config, engine: Engine, workdir: Path, command: str
+) -> int:
+    code = 0
+    if args.suite in ("all", "convergence"):
+        code = await _run(config, engine, workdir, command)
+    if args.suite in ("all", "latency"):
+        backends = tuple(b.strip() for b in args.backends.split(",") if b.strip())
+        if not backends or set(backends) - set(BACKENDS) or min(args.edits, args.sqlite_edits) < 2:
+            raise SystemExit(f"--backends: choose from {', '.join(BACKENDS)}; edits >= 2")
+        latency = replace(
+            LatencyConfig(), edits=args.edits, sqlite_edits=args.sqlite_edits, backends=backends
+        )
+        if args.suite == "all":
+            _say()
+        host = await asyncio.to_thread(_host, engine)
+        code = max(code, await run_latency(latency, engine, workdir, host, command, _say))
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["scale"]:
+        from bench import scale  # imported here: the convergence run needs none of it
+
+        return scale.main(argv[1:])
     args = _parser().parse_args(argv)
     config = _config(args)
-    command = shlex.join(["python", "-m", "bench", *(sys.argv[1:] if argv is None else argv)])
+    command = shlex.join(["python", "-m", "bench", *argv])
     ensure_docker_installed()
+    if args.swarm:
+        from bench import swarm  # imported here: only this suite needs Swarm and matplotlib
+
+        return swarm.main(config, command)
     workdir = Path(tempfile.mkdtemp(prefix="fogbench-"))
     cluster: Cluster | None = None
     try:
@@ -215,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         # Under our own directory, so that our dockerd is told apart from the test suite's.
         cluster = Cluster.start(1, base_dir=workdir)
         build_test_image(cluster.engines[0])
-        return asyncio.run(_run(config, cluster.engines[0], workdir, command))
+        return asyncio.run(_suites(args, config, cluster.engines[0], workdir, command))
     except KeyboardInterrupt:
         print("\ninterrupted: stopping the engine and dropping the databases", file=sys.stderr)
         return 130

@@ -108,6 +108,23 @@ def parse(raw: Mapping[str, Any]) -> tuple[uuid.UUID, str] | None:
     return deployment_id, action.strip()
 
 
+def exit_of(raw: Mapping[str, Any]) -> tuple[str, int] | None:
+    """PURE: (container id, exit code) of a `die` event, or None."""
+    action = raw.get("Action") or raw.get("status")
+    actor = raw.get("Actor")
+    if action != "die" or not isinstance(actor, Mapping):
+        return None
+    attributes = actor.get("Attributes")
+    container_id = actor.get("ID") or raw.get("id")
+    raw_code = attributes.get("exitCode") if isinstance(attributes, Mapping) else None
+    if raw_code is None or not container_id:
+        return None
+    try:
+        return str(container_id), int(str(raw_code))
+    except ValueError:
+        return None
+
+
 @dataclass(eq=False)
 class _Stream:
     """One node's stream: a thread, its stop flag, and the open response to shut down."""
@@ -155,8 +172,12 @@ class EventWatcher:
         backoff_initial_seconds: float = BACKOFF_INITIAL_SECONDS,
         backoff_max_seconds: float = BACKOFF_MAX_SECONDS,
         close_timeout_seconds: float = CLOSE_TIMEOUT_SECONDS,
+        on_exit: Callable[[str, int], None] | None = None,
     ) -> None:
         docker_runtime.close_socket_on_failed_connect()  # a down engine must not leak sockets
+        # (container id, exit code) of each `die`: the one record of the exit code once the
+        # engine has restarted the container (inspect then reads 0).
+        self._on_exit = on_exit
         self._nodes = nodes
         self._on_deployment = on_deployment
         self._on_resync = on_resync
@@ -290,6 +311,14 @@ class EventWatcher:
         except Exception:
             log.exception("event_callback_failed", node=stream.name, action=action)
 
+    def _exited(self, stream: _Stream, container_id: str, code: int) -> None:
+        if stream.stop.is_set() or self._on_exit is None:
+            return
+        try:
+            self._on_exit(container_id, code)
+        except Exception:
+            log.exception("event_callback_failed", node=stream.name, action="die")
+
     def _resync(self, stream: _Stream) -> None:
         if stream.stop.is_set():
             return
@@ -336,7 +365,12 @@ class EventWatcher:
                     return
                 for raw in response:
                     found = parse(raw) if isinstance(raw, Mapping) else None
-                    if found is not None and not _post(loop, self._deliver, stream, *found):
+                    if found is None:
+                        continue
+                    died = exit_of(raw) if self._on_exit is not None else None
+                    if died is not None and not _post(loop, self._exited, stream, *died):
+                        return
+                    if not _post(loop, self._deliver, stream, *found):
                         return
             except Exception as exc:
                 error = docker_runtime.translate(exc, "events").reason

@@ -45,6 +45,8 @@ ADVISORY_LOCK_KEY = 0x0F0C_0417
 RETRY_SECONDS = 2.0
 CHECK_SECONDS = 2.0
 CHECK_TIMEOUT_SECONDS = 5.0
+# The server drops the lock session after this much silence (at least; see _connect).
+IDLE_SESSION_FLOOR_SECONDS = 10.0
 
 
 class AlreadyRunning(errors.PermanentError):
@@ -104,7 +106,7 @@ class PgElector:
         while not stop.is_set():
             conn = None
             try:
-                conn = await asyncio.wait_for(asyncpg.connect(self._dsn), CHECK_TIMEOUT_SECONDS)
+                conn = await asyncio.wait_for(self._connect(), CHECK_TIMEOUT_SECONDS)
                 if await conn.fetchval("SELECT pg_try_advisory_lock($1)", ADVISORY_LOCK_KEY):
                     epoch = await conn.fetchval(
                         "UPDATE control_plane SET epoch = epoch + 1, holder = $1, "
@@ -126,6 +128,22 @@ class PgElector:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self._retry)
         return None
+
+    async def _connect(self) -> Any:
+        """The lock's connection, which the server drops once it goes quiet: a leader whose
+        host vanishes sends no FIN, and without this the server would keep its session (and
+        the lock) until TCP keepalive gives up, two hours by default. The leader probes every
+        `check_seconds`, so a live leader is never idle that long (PostgreSQL 14+; older
+        servers refuse the setting and get TCP keepalives only)."""
+        idle_ms = str(int(max(self._check * 5, IDLE_SESSION_FLOOR_SECONDS) * 1000))
+        try:
+            return await asyncpg.connect(
+                self._dsn, server_settings={"idle_session_timeout": idle_ms}
+            )
+        except asyncpg.PostgresError as exc:
+            if "idle_session_timeout" not in str(exc):
+                raise
+            return await asyncpg.connect(self._dsn)
 
     async def _watch(self, lease: Lease) -> None:
         """asyncpg notices a silently dead connection only when it next uses it: probe it."""

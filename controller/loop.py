@@ -114,9 +114,17 @@ class Controller:
             workers=s.workers,
             stop_timeout_seconds=s.stop_timeout_seconds,
         )
-        self.notifier.status("starting: connecting to the database")
-        await self._wait_for_store()
         elector = self._elector()
+        # On SQLite the file lock is taken before anything touches the file, migrations
+        # included: a second controller must refuse before it can change the schema.
+        held = await elector.acquire(self._stop) if isinstance(elector, SqliteLock) else None
+        try:
+            self.notifier.status("starting: connecting to the database")
+            await self._wait_for_store()
+        except BaseException:
+            if held is not None:
+                await held.release()
+            raise
         announced = False
         while not self._stop.is_set():
             if not announced:
@@ -124,11 +132,16 @@ class Controller:
                 self.health.set_role(Role.STANDBY)
                 self.notifier.ready("standing by: waiting to lead")
                 announced = True
-            lease = await elector.acquire(self._stop)
+            lease, held = held or await elector.acquire(self._stop), None
             if lease is None:
                 break
             try:
                 await self._lead(lease)
+            except errors.ControllerError as exc:
+                # The database went away (or a successor took over) as the term began: stand
+                # down and take part in the next election instead of dying.
+                log.warning("leader_term_failed", epoch=lease.epoch, error=exc.reason)
+                await self._sleep(self.settings.leader_retry_seconds)
             finally:
                 await lease.release()
                 self.store.fence(None)
@@ -156,6 +169,7 @@ class Controller:
             lambda: self.nodes.records.values(),
             lambda deployment_id, _event: self.queue.add(deployment_id),
             lambda _node_id: self.resync_now(),
+            on_exit=self.reconciler.note_exit,
         )
         self.queue = WorkQueue(observer=self.metrics.workqueue)
         await self.nodes.register_local()

@@ -192,6 +192,7 @@ class ObservedContainer:
     finished_at: datetime | None = None  # when it last exited (not running only)
     health: str | None = None  # healthy | unhealthy | starting; None: no HEALTHCHECK
     spec_hash: str | None = None  # from the container's label
+    uptime_seconds: float | None = None  # since its last (re)start, when running
     inspected: bool = False  # restart_count, exit_code, oom_killed, finished_at are known
 
 

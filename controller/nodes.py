@@ -47,15 +47,24 @@ def evictions(
     grace: timedelta,
     eviction: timedelta,
     threshold: float,
+    clock_reset_at: datetime | None = None,
 ) -> EvictionDecision:
     """PURE: which not-ready nodes are lost for good, unless so many are down that eviction
-    must halt. Nodes never seen alive (`unknown`) count neither way."""
+    must halt. Nodes never seen alive (`unknown`) count neither way. `clock_reset_at`: when a
+    full disruption ended; every node's eviction clock restarts then (as Kubernetes' node
+    lifecycle controller does), so nodes still coming back are not evicted at once."""
     known = [n for n in nodes if n.status is not NodeStatus.UNKNOWN]
     down = [n for n in known if n.status is NodeStatus.NOT_READY]
+
+    def silent_since(n: NodeRecord) -> datetime | None:
+        if n.last_heartbeat_at is None:
+            return None
+        if clock_reset_at is not None:
+            return max(n.last_heartbeat_at, clock_reset_at)
+        return n.last_heartbeat_at
+
     lost = tuple(
-        n
-        for n in down
-        if n.last_heartbeat_at is not None and now - n.last_heartbeat_at > grace + eviction
+        n for n in down if (since := silent_since(n)) is not None and now - since > grace + eviction
     )
     if known and len(down) / len(known) > threshold:
         return EvictionDecision(
@@ -88,18 +97,25 @@ class NodeMonitor:
         self._records: dict[uuid.UUID, NodeRecord] = {}
         self._info: dict[uuid.UUID, EngineInfo] = {}
         self._up_since: dict[uuid.UUID, datetime] = {}
+        # `nodes()` as of the last refresh: every reconcile and placement asks for it, and
+        # rebuilding a thousand Node values each time was a hot spot at fog scale. Only
+        # `refresh()` changes what it is made of, and it drops this.
+        self._nodes: tuple[Node, ...] | None = None
         self._last_eviction_at: datetime | None = None
         self._halted = False
+        self._clock_reset_at: datetime | None = None
 
     @property
     def records(self) -> dict[uuid.UUID, NodeRecord]:
         return dict(self._records)
 
     def nodes(self) -> list[Node]:
-        return [
-            resolve_node(r, self._info.get(r.id), self._up_since.get(r.id))
-            for r in self._records.values()
-        ]
+        if self._nodes is None:
+            self._nodes = tuple(
+                resolve_node(r, self._info.get(r.id), self._up_since.get(r.id))
+                for r in self._records.values()
+            )
+        return list(self._nodes)
 
     def reachable(self) -> list[NodeRecord]:
         """Nodes worth listing: those not known to be down."""
@@ -182,8 +198,10 @@ class NodeMonitor:
                 last_heartbeat_at=now if ok else record.last_heartbeat_at,
                 labels=record.labels,
             )
+        self._nodes = None  # probes changed `_info` and `_up_since`
         await self._store.update_nodes(changes)
         self._records = fresh
+        self._nodes = None
 
     async def _probe(self, record: NodeRecord) -> tuple[EngineInfo | None, str | None]:
         # A black-holed engine must not hold up the heartbeat of every other node.
@@ -206,6 +224,7 @@ class NodeMonitor:
             grace=timedelta(seconds=s.node_grace_seconds),
             eviction=timedelta(seconds=s.eviction_seconds),
             threshold=s.disruption_threshold,
+            clock_reset_at=self._clock_reset_at,
         )
         if decision.halted:
             if not self._halted:
@@ -213,8 +232,10 @@ class NodeMonitor:
             self._halted = True
             return {}
         if self._halted:
-            log.info("eviction_resumed")
+            log.info("eviction_resumed", detail="eviction clocks restart now")
             self._halted = False
+            self._clock_reset_at = now
+            return {}
         interval = timedelta(seconds=s.eviction_interval_seconds)
         touched: dict[uuid.UUID, str] = {}
         for node in decision.lost:

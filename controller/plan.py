@@ -317,12 +317,22 @@ def plan(
     doomed = victims(keepers, max(0, len(keepers) - target))
     if outgoing:
         kept = [r for r in keepers if r not in doomed]
-        budget = (
-            _ready(kept, obs, now=now, min_ready=policy.min_ready)
-            + _ready(outgoing, obs)
-            - (target - unavailable)
-        )
-        for r in _unready_first(outgoing, obs):
+
+        # What counts toward the floor: keepers once available (up for min_ready), outgoing
+        # replicas while serving and not just restarted (a crash-looping container shows
+        # "running" for a moment after each restart). Stopping a serving outgoing replica
+        # spends the budget; one not serving at all may go freely.
+        def counts(r: Replica, keeper: bool) -> bool:
+            if keeper:
+                return _is_ready(r, obs, now=now, min_ready=policy.min_ready)
+            c = obs.of(r)
+            settled = c is None or c.uptime_seconds is None or c.uptime_seconds >= 1.0
+            return settled and _is_ready(r, obs)
+
+        floor = target - unavailable
+        budget = sum(counts(r, True) for r in kept) + sum(counts(r, False) for r in outgoing)
+        budget -= floor
+        for r in sorted(outgoing, key=lambda r: _is_ready(r, obs)):
             if _is_ready(r, obs):
                 if budget <= 0:
                     continue
@@ -359,10 +369,6 @@ def rollout_bounds(target: int, policy: Policy) -> tuple[int, int]:
     return surge, unavailable
 
 
-def _unready_first(replicas: Sequence[Replica], obs: Observed) -> list[Replica]:
-    return sorted(replicas, key=lambda r: _is_ready(r, obs))
-
-
 def _exit_too_fresh(
     c: ObservedContainer, node_up_since: datetime | None, seen_at: datetime, grace: timedelta
 ) -> bool:
@@ -389,7 +395,13 @@ def _is_ready(
     if obs.known(r.node_id) is None:
         return True
     c = obs.of(r)
-    return c is not None and c.state is ContainerState.RUNNING and c.health in (None, "healthy")
+    if c is None or c.state is not ContainerState.RUNNING or c.health not in (None, "healthy"):
+        return False
+    # With min_ready, the container itself must also have stayed up that long: a crash-looping
+    # container shows "running" for a moment after each restart.
+    if now is not None and min_ready and c.uptime_seconds is not None:
+        return c.uptime_seconds >= min_ready.total_seconds()
+    return True
 
 
 def _ready(

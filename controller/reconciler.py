@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -29,6 +29,7 @@ import structlog
 from controller import errors, scheduler
 from controller.model import (
     ZERO,
+    ContainerState,
     Deployment,
     DeploymentStatus,
     NodeRecord,
@@ -72,6 +73,12 @@ _LIVE_OR_STOPPING = (
 )
 # How soon to look again after a transient failure (engine briefly unreachable, say).
 TRANSIENT_RETRY_SECONDS = 1.0
+# Exit codes remembered from `die` events (oldest dropped first).
+EXITS_REMEMBERED = 10_000
+# Statuses from which the first placement is recorded as a change (-> scheduled).
+_NOT_YET_PLACED = (DeploymentStatus.PENDING, DeploymentStatus.STOPPED)
+# Crash backoff resets after this long converged without a break (as kubelet's does).
+STABLE_RESET = timedelta(minutes=10)
 
 
 @dataclass
@@ -86,6 +93,7 @@ class DeploymentMemory:
     error: str | None = None  # the latest start failure
     unschedulable: str | None = None  # the latest "0/N nodes fit: ..."
     last_ready: int = 0
+    stable_since: datetime | None = None  # converged without a break since
 
     @property
     def problem(self) -> str | None:
@@ -129,14 +137,36 @@ class Reconciler:
         )
         # When each container was first seen unhealthy (in memory, as kubelet's probe state).
         self._unhealthy: dict[str, datetime] = {}
+        # Exit codes from `die` events: a container restarted in place no longer shows its.
+        self._exits: dict[str, int] = {}
 
     # --- observation -----------------------------------------------------------------------
 
-    async def observe(self, records: Iterable[NodeRecord]) -> dict[uuid.UUID, NodeView]:
-        """List every reachable node at once; the rest are absent from the map (unknown)."""
+    async def observe(
+        self, records: Iterable[NodeRecord], deployment_id: uuid.UUID | None = None
+    ) -> dict[uuid.UUID, NodeView]:
+        """List every reachable node at once; the rest are absent from the map (unknown).
+
+        A reconcile passes its `deployment_id`: the planner only ever looks at that
+        deployment's containers (`plan.Observed.index`), so listing the others would cost a
+        scan of the whole fog per reconcile (and, on Docker, an inspect of every container of
+        every other deployment that is not running) for nothing."""
         reachable = list(records)
-        views = await asyncio.gather(*(self._runtime.list(r) for r in reachable))
+        views = await asyncio.gather(*(self._runtime.list(r, deployment_id) for r in reachable))
         now = self._clock()
+        if self._exits:
+            views = [
+                replace(
+                    v,
+                    containers=tuple(
+                        replace(c, exit_code=self._exits[c.id])
+                        if c.exit_code is None and c.id in self._exits
+                        else c
+                        for c in v.containers
+                    ),
+                )
+                for v in views
+            ]
         for view in views:
             for c in view.containers:
                 if c.health == "unhealthy":
@@ -176,6 +206,12 @@ class Reconciler:
             now=self._clock(),
             unhealthy_since=self._unhealthy,
         )
+
+    def note_exit(self, container_id: str, code: int) -> None:
+        """A container's last exit code, from its `die` event (bounded memory)."""
+        self._exits[container_id] = code
+        if len(self._exits) > EXITS_REMEMBERED:
+            self._exits.pop(next(iter(self._exits)))
 
     def note_problem(self, deployment_id: uuid.UUID, reason: str) -> None:
         """A problem found outside a reconcile (a node lost) for the deployment's reason."""
@@ -247,7 +283,7 @@ class Reconciler:
             return Result()
         structlog.contextvars.bind_contextvars(deployment=d.name)
         records = self._nodes.records
-        views = await self.observe(self._nodes.reachable())
+        views = await self.observe(self._nodes.reachable(), d.id)
         mem = self.memory(d)
         p = self._plan(d, views, Fleet.of(self._nodes.nodes()))
         now = self._clock()
@@ -310,6 +346,7 @@ class Reconciler:
             elif isinstance(a, MarkFailed) and a.replica.id in moved:
                 log.warning("replica_failed", replica_id=str(a.replica.id), reason=a.reason)
                 mem.error = f"replica {short_id(a.replica.id)} failed: {a.reason}"
+                self._count_crash(mem)
             elif isinstance(a, StopReplica) and a.replica.id in moved:
                 log.info("replica_stopping", replica_id=str(a.replica.id))
         created: list[Replica] = []
@@ -317,9 +354,10 @@ class Reconciler:
             if isinstance(a, CreateReplicas):
                 created = await self._store.create_replicas(d.id, a.count, now)
                 log.info("replicas_created", count=len(created), target=d.target_replicas)
-        if created:
+        if created and d.status not in (DeploymentStatus.PENDING, DeploymentStatus.STOPPED):
             # Replicas are missing (failed, evicted, scaled up): record a degradation or a new
             # problem now, before the replacements (maybe quick) make the deployment whole.
+            # (From pending or stopped, the first placement records the next status instead.)
             fresh = await self._store.load_deployment(d.id)
             if fresh is not None:
                 d = replace(d, status=await self._record_status(fresh, views, mem))
@@ -356,9 +394,14 @@ class Reconciler:
             if fresh is None:
                 return Result()
             d = fresh
-            views = await self.observe(self._nodes.reachable())
+            views = await self.observe(self._nodes.reachable(), d.id)
         await self._record_status(d, views, mem)
 
+        # Look again when a time-based threshold passes even if no event comes: the backoff
+        # ends, a container has been unhealthy long enough, a fresh exit has aged.
+        wake = self._next_look(d, views, mem)
+        if wake is not None:
+            requeue = wake if requeue is None else min(requeue, wake)
         if transient:
             requeue = min(requeue or TRANSIENT_RETRY_SECONDS, TRANSIENT_RETRY_SECONDS)
         elif d.status is not DeploymentStatus.RUNNING and requeue is None:
@@ -377,6 +420,45 @@ class Reconciler:
         )
         return Result(requeue_after=requeue, actions=len(p.actions))
 
+    def _next_look(
+        self, d: Deployment, views: Mapping[uuid.UUID, NodeView], mem: DeploymentMemory
+    ) -> float | None:
+        """Seconds until the earliest time-based decision for `d` changes, if any."""
+        now = self._clock()
+        moments: list[datetime] = []
+        if mem.retry_at is not None and mem.retry_at > now:
+            moments.append(mem.retry_at)
+        for view in views.values():
+            for c in view.containers:
+                if c.deployment_id != d.id:
+                    continue
+                sick = self._unhealthy.get(c.id) if c.health == "unhealthy" else None
+                if sick is not None:
+                    moments.append(sick + self.policy.unhealthy_grace)
+                if c.finished_at is not None and c.state not in (
+                    ContainerState.RUNNING,
+                    ContainerState.RESTARTING,
+                ):
+                    moments.append(c.finished_at + self.policy.exit_grace)
+        future = [m for m in moments if m > now]
+        if not future:
+            return None
+        return (min(future) - now).total_seconds() + 0.05
+
+    def _count_crash(self, mem: DeploymentMemory) -> None:
+        """A replica lost after it ran (container gone, exited, unhealthy): the first
+        replacement is immediate, the next ones back off (10 s doubling to 5 min by default),
+        until the deployment has run stable for STABLE_RESET (kubelet's CrashLoopBackOff)."""
+        mem.failures += 1
+        if mem.failures < 2:
+            return
+        delay = min(
+            self._settings.crash_backoff_initial_seconds * 2 ** (mem.failures - 2),
+            self._settings.crash_backoff_max_seconds,
+        )
+        mem.retry_at = self._clock() + timedelta(seconds=delay)
+        log.warning("deployment_backoff", failures=mem.failures, retry_in_seconds=delay)
+
     async def _start(
         self,
         d: Deployment,
@@ -386,55 +468,88 @@ class Reconciler:
         records: Mapping[uuid.UUID, NodeRecord],
         views: Mapping[uuid.UUID, NodeView],
     ) -> bool:
-        """Place and start replicas in growing batches; returns True on a transient failure."""
+        """Place and start replicas under slow start; returns True on a transient failure.
+
+        Slow start as a window rather than batches: at most `window` starts in flight, one
+        more allowed per success (so the allowance doubles per round trip, 1, 2, 4, 8 ... as
+        Kubernetes' ReplicaSet batches), and no new start after the first permanent failure.
+        Unlike fixed batches there is no barrier waiting for a batch's slowest start, which
+        on a busy engine left it idle between batches. Placement runs ahead of the launches
+        in chunks of the current window, so it costs a handful of transactions, not one per
+        replica."""
         request = d.resources or ZERO
         spread = Counter(r.node_id for r in d.replicas if r.live and r.node_id is not None)
-        queue: list[Replica] = [*ensure, *pending]
-        batch = 1
+        placed: deque[Replica] = deque(r for r in ensure if r.node_id is not None)
+        unplaced: deque[Replica] = deque(pending)
+        in_flight: set[asyncio.Task[errors.ControllerError | None]] = set()
+        window = 1
+        failed: errors.PermanentError | None = None
         transient = False
-        while queue:
-            take, queue = queue[:batch], queue[batch:]
-            unplaced = [r for r in take if r.status is ReplicaStatus.PENDING]
-            ready = [r for r in take if r.status is not ReplicaStatus.PENDING]
-            if unplaced:
-                placed, refusal = await self._place(d, unplaced, request, spread)
-                ready.extend(placed)
-                if placed and d.status is DeploymentStatus.PENDING:
-                    # The first placement is a status change of its own (pending -> scheduled),
-                    # recorded before the slow part (pulls, creates) begins.
-                    fresh = await self._store.load_deployment(d.id)
-                    if fresh is not None:
-                        d = replace(d, status=await self._record_status(fresh, views, mem))
-                mem.unschedulable = refusal
-                if refusal:
-                    queue = []  # nothing else fits either
-                    log.info(
-                        "replicas_unschedulable",
-                        count=len(unplaced) - len(placed),
-                        reason=refusal,
-                    )
-            outcomes = await asyncio.gather(*(self._ensure(d, r, records) for r in ready))
-            failures = [o for o in outcomes if isinstance(o, errors.PermanentError)]
-            transient = transient or any(isinstance(o, errors.TransientError) for o in outcomes)
-            if failures:
-                mem.failures += 1
-                delay = min(
-                    self._settings.crash_backoff_initial_seconds * 2 ** (mem.failures - 1),
-                    self._settings.crash_backoff_max_seconds,
-                )
-                mem.retry_at = self._clock() + timedelta(seconds=delay)
-                mem.error = failures[0].reason
-                log.warning(
-                    "deployment_backoff",
-                    failures=mem.failures,
-                    retry_in_seconds=delay,
-                    reason=failures[0].reason,
-                )
+        first_status: asyncio.Task[None] | None = None
+        while True:
+            while failed is None and len(in_flight) < window and (placed or unplaced):
+                if not placed:
+                    chunk = [unplaced.popleft() for _ in range(min(window, len(unplaced)))]
+                    got, refusal = await self._place(d, chunk, request, spread)
+                    placed.extend(got)
+                    mem.unschedulable = refusal
+                    if refusal:
+                        unplaced.clear()  # nothing else fits either
+                        log.info(
+                            "replicas_unschedulable",
+                            count=len(chunk) - len(got),
+                            reason=refusal,
+                        )
+                    if got and first_status is None and d.status in _NOT_YET_PLACED:
+                        # The first placement is a status change of its own (-> scheduled),
+                        # recorded beside the first creates, not in front of them.
+                        first_status = asyncio.create_task(self._record_placed(d, views, mem))
+                    if not got:
+                        break
+                r = placed.popleft()
+                in_flight.add(asyncio.create_task(self._ensure(d, r, records)))
+            if not in_flight:
                 break
-            if any(o is None for o in outcomes):
-                mem.failures, mem.retry_at, mem.error = 0, None, None
-            batch *= 2
+            done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                in_flight.discard(task)
+                outcome = task.result()
+                if outcome is None:
+                    window += 1
+                    if failed is None:
+                        mem.error = None  # backoff itself resets only after stable running
+                elif isinstance(outcome, errors.PermanentError):
+                    if failed is None:
+                        failed = outcome
+                        self._back_off(mem, outcome)
+                else:
+                    transient = True
+        if first_status is not None:
+            await first_status
         return transient
+
+    async def _record_placed(
+        self, d: Deployment, views: Mapping[uuid.UUID, NodeView], mem: DeploymentMemory
+    ) -> None:
+        fresh = await self._store.load_deployment(d.id)
+        if fresh is not None:
+            await self._record_status(fresh, views, mem)
+
+    def _back_off(self, mem: DeploymentMemory, failure: errors.PermanentError) -> None:
+        """Crash backoff after a failed start: 10 s doubling to 5 min by default."""
+        mem.failures += 1
+        delay = min(
+            self._settings.crash_backoff_initial_seconds * 2 ** (mem.failures - 1),
+            self._settings.crash_backoff_max_seconds,
+        )
+        mem.retry_at = self._clock() + timedelta(seconds=delay)
+        mem.error = failure.reason
+        log.warning(
+            "deployment_backoff",
+            failures=mem.failures,
+            retry_in_seconds=delay,
+            reason=failure.reason,
+        )
 
     async def _place(
         self,
@@ -581,7 +696,13 @@ class Reconciler:
         if decision.converged or decision.ready > mem.last_ready:
             mem.last_progress_at = now
         if decision.converged:
-            mem.reset()
+            mem.error, mem.unschedulable = None, None
+            if mem.stable_since is None:
+                mem.stable_since = now
+            elif now - mem.stable_since >= STABLE_RESET:
+                mem.failures, mem.retry_at = 0, None
+        else:
+            mem.stable_since = None
         mem.last_ready = decision.ready
         if not history_needed(d, decision):
             return d.status

@@ -51,7 +51,7 @@ class Settings:
     exit_grace_seconds: float = 5.0  # an exited container counts once its node outlives it
     max_surge: float = 0.25  # rolling update: extra replicas, as a fraction of the target
     max_unavailable: float = 0.25  # rolling update: replicas that may be unavailable
-    min_ready_seconds: float = 0.0  # a new replica counts as available after running this long
+    min_ready_seconds: float = 5.0  # in a rollout, a new replica counts once up this long
     unhealthy_seconds: float = 30.0  # unhealthy this long: the replica is replaced
     eviction_seconds: float = 300.0  # after the grace, before a not-ready node's replicas move
     eviction_interval_seconds: float = 10.0  # at most one node evicted per interval

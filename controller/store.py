@@ -62,6 +62,8 @@ CONTROL_PLANE = cast(Table, tables.ControlPlane.__table__)
 _NOT_TERMINAL = [s.value for s in ReplicaStatus if s not in TERMINAL_REPLICA_STATUSES]
 _LIVE = [s.value for s in LIVE_REPLICA_STATUSES]
 DB_RETRY_ATTEMPTS = 5
+# Most ids in one IN list (well under SQLite's bound-parameter limit).
+_IN_CHUNK = 500
 
 
 def _transient(exc: BaseException) -> bool:
@@ -463,13 +465,21 @@ class Store:
 
     @_retrying
     async def update_nodes(self, changes: Sequence[tuple[uuid.UUID, dict[str, Any]]]) -> None:
-        """Heartbeats and status changes for several nodes in one transaction."""
+        """Heartbeats and status changes for several nodes in one transaction.
+
+        Nodes given the same values (every heartbeat of one probe round shares its time) share
+        one UPDATE: a thousand nodes cost a handful of statements per heartbeat, not 1,000."""
         if not changes:
             return
         n = NODES
+        groups: dict[tuple[tuple[str, Any], ...], list[uuid.UUID]] = {}
+        for node_id, values in changes:
+            groups.setdefault(tuple(sorted(values.items())), []).append(node_id)
         async with self._write() as conn:
-            for node_id, values in changes:
-                await conn.execute(update(n).where(n.c.id == node_id).values(**values))
+            for values_key, ids in groups.items():
+                for start in range(0, len(ids), _IN_CHUNK):
+                    chunk = ids[start : start + _IN_CHUNK]
+                    await conn.execute(update(n).where(n.c.id.in_(chunk)).values(dict(values_key)))
 
     async def run(self, fn: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         """For tests and tools: run `fn` in one transaction on this store's engine."""

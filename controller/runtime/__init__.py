@@ -56,8 +56,10 @@ class Runtime(Protocol):
     async def info(self, node: NodeRecord) -> EngineInfo:
         """Probe the engine; raises errors.TransientError when it cannot be reached."""
 
-    async def list(self, node: NodeRecord) -> NodeView:
-        """Our containers on `node`; never raises: a failed listing is `complete=False`."""
+    async def list(self, node: NodeRecord, deployment_id: uuid.UUID | None = None) -> NodeView:
+        """Our containers on `node` (only `deployment_id`'s when given: a reconcile needs no
+        other, and the engine filters them out cheaper than we do); never raises: a failed
+        listing is `complete=False`."""
 
     async def ensure(self, node: NodeRecord, spec: ContainerSpec) -> str:
         """Create (or find by name) and start the replica's container; returns its id."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import re
 import socket
 import uuid
 from collections.abc import Callable
@@ -64,6 +65,8 @@ T = TypeVar("T")
 # Oldest API that has everything we use (device requests, nano_cpus); Docker 20.10 speaks it.
 DOCKER_API_VERSION = "1.41"
 DOCKER_CALL_ATTEMPTS = 3
+# A running container that (re)started this recently is inspected for its restart count.
+RECENT_START_SECONDS = 60.0
 _MANAGED_FILTER = {"label": f"{LABEL_MANAGED_BY}={MANAGED_BY_VALUE}"}
 # Substrings of engine errors meaning "this storage driver cannot cap a container's disk".
 _STORAGE_OPT_UNSUPPORTED = ("storage-opt", "storage opt", "quota", "storage_opt")
@@ -128,6 +131,32 @@ def close_socket_on_failed_connect() -> None:
 
     connect._fog_mended = True  # type: ignore[attr-defined]
     cls.connect = connect
+
+
+_UPTIME = re.compile(
+    r"^Up (Less than a second|About an? (minute|hour)|(\d+) (second|minute|hour|day|week)s?)"
+)
+_EXIT = re.compile(r"^(Exited|Restarting) \((-?\d+)\)")
+_UNIT_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400, "week": 604800}
+
+
+def _uptime(status: str) -> float | None:
+    """Seconds since the container (re)started, from the list's "Up 3 seconds" text; rough
+    past a minute, which is all the readiness checks need."""
+    m = _UPTIME.match(status)
+    if m is None:
+        return None
+    if m.group(1) == "Less than a second":
+        return 0.0
+    if m.group(2):
+        return float(_UNIT_SECONDS[m.group(2)])
+    return float(int(m.group(3)) * _UNIT_SECONDS[m.group(4)])
+
+
+def _status_exit_code(status: str) -> int | None:
+    """The exit code in "Exited (137) 2 seconds ago" / "Restarting (1) 1 second ago"."""
+    m = _EXIT.match(status)
+    return int(m.group(2)) if m else None
 
 
 def _health(status: str) -> str | None:
@@ -262,11 +291,15 @@ class DockerRuntime:
             server_version=str(raw.get("ServerVersion") or ""),
         )
 
-    async def list(self, node: NodeRecord) -> NodeView:
+    async def list(self, node: NodeRecord, deployment_id: uuid.UUID | None = None) -> NodeView:
         observed_at = datetime.now(UTC)
         client = self._client(node)
+        filters: dict[str, Any] = _MANAGED_FILTER
+        if deployment_id is not None:
+            # Several label filters must all match: ours, and of this deployment.
+            filters = {"label": [_MANAGED_FILTER["label"], f"{LABEL_DEPLOYMENT}={deployment_id}"]}
         try:
-            raw = await self._raw(node, client.containers, all=True, filters=_MANAGED_FILTER)
+            raw = await self._raw(node, client.containers, all=True, filters=filters)
         except Exception as exc:
             reason = translate(exc, "list").reason
             log.warning("node_list_failed", node=node.name, error=reason)
@@ -286,6 +319,8 @@ class DockerRuntime:
         labels = item.get("Labels") or {}
         state = ContainerState.parse(str(item.get("State", "")))
         names = item.get("Names") or ["/"]
+        status = str(item.get("Status", ""))
+        uptime = _uptime(status) if state is ContainerState.RUNNING else None
         container = ObservedContainer(
             id=str(item["Id"]),
             name=str(names[0]).lstrip("/"),
@@ -294,20 +329,30 @@ class DockerRuntime:
             deployment_id=_uuid(labels.get(LABEL_DEPLOYMENT)),
             replica_id=_uuid(labels.get(LABEL_REPLICA)),
             image=str(item.get("Image", "")),
-            health=_health(str(item.get("Status", ""))),
+            health=_health(status),
             spec_hash=labels.get(LABEL_SPEC),
+            uptime_seconds=uptime,
+            exit_code=_status_exit_code(status),
         )
-        if state is ContainerState.RUNNING:
+        # Inspect what the listing cannot tell: restart counts and OOM kills of containers
+        # that are not running, or that (re)started within the last minute (a restart the
+        # engine made between two of our looks). Long-running containers cost no inspect.
+        if state is ContainerState.RUNNING and (uptime is None or uptime >= RECENT_START_SECONDS):
             return container
         try:
             detail = await self._raw(node, self._client(node).inspect_container, container.id)
         except docker.errors.NotFound:
             return None  # removed between list and inspect
         st = detail.get("State") or {}
+        # The listing's "Exited (137)" is the exit that matters; inspect's ExitCode is read
+        # later and is back to 0 once the engine has restarted the container.
+        exit_code = container.exit_code
+        if exit_code is None and not st.get("Running"):
+            exit_code = st.get("ExitCode")
         return replace(
             container,
             inspected=True,
-            exit_code=st.get("ExitCode"),
+            exit_code=exit_code,
             restart_count=int(detail.get("RestartCount") or 0),
             oom_killed=bool(st.get("OOMKilled")),
             finished_at=_timestamp(st.get("FinishedAt")),

@@ -454,3 +454,158 @@ class Sql:
 
     async def live_replicas(self, deployment: uuid.UUID) -> list[dict[str, Any]]:
         return await self.replicas(deployment, "pending", "starting", "running")
+
+
+# --- the fault suite's invariants (tests/e2e/test_faults.py) ----------------------------------
+
+# The controller's container labels, spelt out here because these helpers import nothing from
+# `controller` (a renamed label must break these tests, not silently follow).
+LABEL_MANAGED = "fog.managed-by=fog-controller"
+LABEL_DEPLOYMENT = "fog.deployment-id"
+LABEL_REPLICA = "fog.replica-id"
+LIVE_STATUSES = ("pending", "starting", "running")
+
+
+@dataclass(frozen=True)
+class Box:
+    """One container carrying our managed-by label, as an engine lists it."""
+
+    engine_url: str
+    id: str
+    state: str
+    deployment_id: str
+    replica_id: str
+
+
+def labelled_containers(urls: Iterable[str]) -> list[Box]:
+    """Every container (any state) with our managed-by label on these engines."""
+    import docker  # the daemon helpers above need no Docker client
+
+    found: list[Box] = []
+    for url in urls:
+        client = docker.APIClient(base_url=url, version="1.41", timeout=30)
+        try:
+            for c in client.containers(all=True, filters={"label": [LABEL_MANAGED]}):
+                labels = c.get("Labels") or {}
+                found.append(
+                    Box(
+                        engine_url=url,
+                        id=c["Id"],
+                        state=c["State"],
+                        deployment_id=labels.get(LABEL_DEPLOYMENT, ""),
+                        replica_id=labels.get(LABEL_REPLICA, ""),
+                    )
+                )
+        finally:
+            client.close()
+    return found
+
+
+async def assert_invariants(
+    sql: Sql, urls: Iterable[str], *, skip: Iterable[uuid.UUID] = ()
+) -> None:
+    """The system at rest, checked from the database and the engines alone:
+
+    - per deployment, exactly `target_replicas` live rows (0 once soft-deleted), all running,
+      each with exactly one running container on its own node whose id the row records;
+    - no managed container without a live row (orphans, twins, strays, stopped leftovers);
+    - no row stuck in `stopping`;
+    - every status change has a history row: the history chains (each row's old status is the
+      previous row's new one, the first starts from `pending`) and ends at `deployments.status`
+      (a deployment without history is still `pending`).
+
+    `skip` leaves deployments out of the per-deployment counts (their containers still must
+    belong to live rows of theirs)."""
+    urls = list(urls)
+    skipped = {str(as_uuid(s)) for s in skip}
+    deployments = await sql.rows(
+        "SELECT id, name, target_replicas, status, deleted_at FROM deployments"
+    )
+    replicas = await sql.rows(
+        "SELECT r.id, r.deployment_id, r.status, r.node_id, r.container_id, n.docker_url "
+        "FROM deployment_replicas r LEFT JOIN nodes n ON n.id = r.node_id"
+    )
+    history = await sql.rows(
+        "SELECT deployment_id, old_status, new_status, reason FROM deployment_status_history "
+        "ORDER BY changed_at, id"
+    )
+    boxes = await asyncio.to_thread(labelled_containers, urls)
+
+    live: dict[str, dict[str, Any]] = {}
+    per_deployment: dict[str, list[dict[str, Any]]] = {}
+    problems: list[str] = []
+    for r in replicas:
+        did, rid = str(as_uuid(r["deployment_id"])), str(as_uuid(r["id"]))
+        if r["status"] == "stopping":
+            problems.append(f"replica {rid} of {did} still stopping")
+        if r["status"] in LIVE_STATUSES:
+            live[rid] = r
+            per_deployment.setdefault(did, []).append(r)
+
+    by_replica: dict[str, list[Box]] = {}
+    for box in boxes:
+        by_replica.setdefault(box.replica_id, []).append(box)
+        if box.replica_id not in live:
+            problems.append(f"container without a live row: {box}")
+        elif str(as_uuid(live[box.replica_id]["deployment_id"])) != box.deployment_id:
+            problems.append(f"container labelled for another deployment than its row: {box}")
+
+    chains: dict[str, list[dict[str, Any]]] = {}
+    for h in history:
+        chains.setdefault(str(as_uuid(h["deployment_id"])), []).append(h)
+
+    for d in deployments:
+        did = str(as_uuid(d["id"]))
+        chain = chains.get(did, [])
+        previous = "pending"
+        for h in chain:
+            if h["old_status"] != previous:
+                problems.append(f"{d['name']}: history jumps {previous} -> {h}: {chain}")
+            previous = h["new_status"]
+        if d["status"] != previous:
+            problems.append(f"{d['name']}: status {d['status']}, history ends at {previous}")
+        if did in skipped:
+            continue
+        want = 0 if d["deleted_at"] is not None else int(d["target_replicas"])
+        rows = per_deployment.get(did, [])
+        if len(rows) != want:
+            problems.append(f"{d['name']}: {len(rows)} live rows, want {want}")
+        for r in rows:
+            rid = str(as_uuid(r["id"]))
+            mine = by_replica.get(rid, [])
+            if r["status"] != "running":
+                problems.append(f"{d['name']}: replica {rid} is {r['status']}")
+            if len(mine) != 1:
+                problems.append(f"{d['name']}: replica {rid} has {len(mine)} containers")
+                continue
+            (box,) = mine
+            if box.state != "running":
+                problems.append(f"{d['name']}: container of {rid} is {box.state}")
+            if box.engine_url != r["docker_url"] or box.id != r["container_id"]:
+                problems.append(f"{d['name']}: row {rid} and its container disagree: {r} {box}")
+        if d["deleted_at"] is not None and d["status"] != "deleted":
+            problems.append(f"{d['name']}: soft-deleted but status {d['status']}")
+        if d["deleted_at"] is None and want == 0 and d["status"] != "stopped":
+            problems.append(f"{d['name']}: target 0 but status {d['status']}")
+        if d["deleted_at"] is None and want > 0 and d["status"] != "running":
+            problems.append(f"{d['name']}: status {d['status']} at {want} replicas")
+    assert not problems, "invariants broken:\n  " + "\n  ".join(problems[:30])
+
+
+async def settle(
+    daemon: Daemon,
+    sql: Sql,
+    urls: Iterable[str],
+    *,
+    within: float = 45.0,
+    skip: Iterable[uuid.UUID] = (),
+    what: str = "",
+) -> None:
+    """Wait (the daemon alive throughout) until `assert_invariants` holds."""
+    urls, skip = list(urls), list(skip)
+
+    async def holds() -> bool:
+        await assert_invariants(sql, urls, skip=skip)
+        return True
+
+    await daemon.until(holds, within=within, what=what or "invariants")

@@ -8,20 +8,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import docker
+import docker.errors
 from sqlalchemy import RowMapping, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from controller.loop import Controller
-from controller.model import LABEL_DEPLOYMENT, LABEL_MANAGED_BY, LABEL_REPLICA, MANAGED_BY_VALUE
+from controller.model import (
+    LABEL_DEPLOYMENT,
+    LABEL_MANAGED_BY,
+    LABEL_REPLICA,
+    LABEL_SPEC,
+    MANAGED_BY_VALUE,
+)
 from controller.runtime.docker import DockerRuntime
 from controller.settings import Settings
 from controller.store import DEPLOYMENTS, HISTORY, NODES, REPLICAS, RESOURCES, Store
@@ -252,3 +260,99 @@ async def converged(op: Operator, urls: list[str], deployment_id: uuid.UUID, tar
         == sorted(str(r["id"]) for r in running)
         and len(seen) == target
     )
+
+
+# --- rollout and crash helpers (tests/integration/test_rollout.py, test_crashes.py) ---------
+
+
+@dataclass(frozen=True)
+class Detail:
+    """One managed container as `inspect` shows it: what it runs and how it last ended."""
+
+    engine_url: str
+    id: str
+    replica_id: str
+    image: str
+    spec_hash: str
+    running: bool
+    status: str
+    pid: int
+    restart_count: int
+    exit_code: int
+    oom_killed: bool
+    health: str | None  # None: the image has no HEALTHCHECK
+
+
+def container_details(urls: list[str], deployment_id: uuid.UUID) -> list[Detail]:
+    """`managed_containers` plus an inspect of each (containers removed meanwhile are skipped)."""
+    out = []
+    for seen in managed_containers(urls, deployment_id):
+        client = docker.APIClient(base_url=seen.engine_url, version=API_VERSION, timeout=30)
+        try:
+            info = client.inspect_container(seen.id)
+        except docker.errors.NotFound:
+            continue
+        finally:
+            client.close()
+        state = info["State"]
+        out.append(
+            Detail(
+                engine_url=seen.engine_url,
+                id=seen.id,
+                replica_id=seen.replica_id,
+                image=str(info["Config"]["Image"]),
+                spec_hash=str((info["Config"].get("Labels") or {}).get(LABEL_SPEC, "")),
+                running=state["Status"] == "running",  # State.Running is true while restarting
+                status=str(state["Status"]),
+                pid=int(state.get("Pid") or 0),
+                restart_count=int(info.get("RestartCount") or 0),
+                exit_code=int(state.get("ExitCode") or 0),
+                oom_killed=bool(state.get("OOMKilled")),
+                health=(state.get("Health") or {}).get("Status"),
+            )
+        )
+    return out
+
+
+class ContainerSampler:
+    """Lists a deployment's containers every `interval` seconds, in a thread, while the
+    controller works (an outage too short for a status row still shows in a sample)."""
+
+    def __init__(self, urls: list[str], deployment_id: uuid.UUID, interval: float = 0.1) -> None:
+        self.urls = urls
+        self.deployment_id = deployment_id
+        self.interval = interval
+        self.samples: list[tuple[float, list[Seen]]] = []  # (monotonic time, containers)
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="container-sampler", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                seen = managed_containers(self.urls, self.deployment_id)
+                self.samples.append((time.monotonic(), seen))
+                self._stop.wait(self.interval)
+        except BaseException as exc:  # re-raised by stop(), in the test's thread
+            self._error = exc
+
+    def __enter__(self) -> ContainerSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+        if self._error is not None:
+            raise self._error
+
+    def running(self, *, excluding: Collection[str] = ()) -> list[int]:
+        """Per sample, the containers in state `running`, leaving out those of the replicas
+        `excluding` (crash-looping ones, say, which run for an instant between restarts)."""
+        return [
+            sum(1 for s in seen if s.state == "running" and s.replica_id not in excluding)
+            for _, seen in self.samples
+        ]

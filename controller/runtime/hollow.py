@@ -1,0 +1,201 @@
+"""Hollow nodes: the runtime port in memory, for benchmarks and scale tests ONLY.
+
+We cannot start a thousand Docker engines on one machine, so, as Kubernetes does with kubemark,
+a scale benchmark gives the real controller (real store, planner, scheduler, work queue) a
+runtime whose nodes exist only in this process: `info` reports the capacity a node was given,
+`ensure` makes a container that is "running" at once, `list` returns it as an
+`ObservedContainer`, `stop` removes it. Engine cost is therefore zero, so what a benchmark
+measures is the controller's own cost.
+
+Nothing in the daemon selects this class: `controller.cli` builds `DockerRuntime` and only
+`DockerRuntime`, whatever a node's URL says. Hollow nodes are addressed as `hollow://<name>`
+(see `hollow_url`), a scheme no Docker client accepts, so a hollow node row reaching a real
+controller fails loudly instead of pretending to work.
+
+It keeps the contract the reconciler relies on: `ensure` is idempotent by container name (the
+name derives from the replica id), a name held by another replica is a conflict, `stop` of a
+container already gone is success, and a node marked down (`set_down`) raises
+`TransientError` from `info`/`ensure`/`stop` and lists as `complete=False`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import uuid
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from controller import errors
+from controller.model import (
+    ContainerState,
+    EngineInfo,
+    NodeRecord,
+    NodeView,
+    ObservedContainer,
+)
+from controller.runtime import ContainerSpec
+
+HOLLOW_SCHEME = "hollow://"
+
+
+def hollow_url(name: str) -> str:
+    """The engine URL of hollow node `name` (e.g. `hollow://node-0001`)."""
+    return f"{HOLLOW_SCHEME}{name}"
+
+
+@dataclass(frozen=True, slots=True)
+class HollowNode:
+    """What a hollow engine says about itself in `info()`."""
+
+    cpu_cores: float = 8.0
+    memory_mb: int = 32768
+    storage_driver: str = "hollow"
+    server_version: str = "hollow"
+
+
+class _Engine:
+    """One hollow engine's containers, indexed by name, id and deployment."""
+
+    __slots__ = ("by_deployment", "by_id", "by_name", "down", "listing", "spec")
+
+    def __init__(self, spec: HollowNode) -> None:
+        self.spec = spec
+        self.down = False
+        self.by_name: dict[str, ObservedContainer] = {}
+        self.by_id: dict[str, str] = {}  # container id -> name
+        self.by_deployment: dict[uuid.UUID | None, dict[str, ObservedContainer]] = {}
+        # The last full listing, kept until the next change: a thousand nodes are listed on
+        # every pass, and rebuilding an unchanged tuple would charge the engine's cost to us.
+        self.listing: tuple[ObservedContainer, ...] | None = None
+
+    def add(self, c: ObservedContainer) -> None:
+        self.by_name[c.name] = c
+        self.by_id[c.id] = c.name
+        self.by_deployment.setdefault(c.deployment_id, {})[c.name] = c
+        self.listing = None
+
+    def remove(self, ref: str) -> bool:
+        name = self.by_id.get(ref, ref)
+        c = self.by_name.pop(name, None)
+        if c is None:
+            return False
+        del self.by_id[c.id]
+        mine = self.by_deployment.get(c.deployment_id)
+        if mine is not None:
+            mine.pop(name, None)
+            if not mine:
+                del self.by_deployment[c.deployment_id]
+        self.listing = None
+        return True
+
+
+class HollowRuntime:
+    """The runtime port over in-memory nodes (benchmarks and scale tests only).
+
+    `latency_seconds` adds a sleep to every call, to model an engine's round trip; with the
+    default (0) a call completes without yielding, so a benchmark charges the engine nothing.
+    """
+
+    def __init__(
+        self,
+        nodes: Mapping[str, HollowNode] | None = None,
+        *,
+        latency_seconds: float = 0.0,
+    ) -> None:
+        self._engines: dict[str, _Engine] = {}
+        self._latency = latency_seconds
+        self.calls: Counter[str] = Counter()  # port method name -> calls, for reports
+        for url, spec in (nodes or {}).items():
+            self.add_node(url, spec)
+
+    # --- the simulated fog ---------------------------------------------------------------
+
+    def add_node(self, docker_url: str, spec: HollowNode | None = None) -> None:
+        if not docker_url.startswith(HOLLOW_SCHEME):
+            raise ValueError(f"hollow nodes are addressed {HOLLOW_SCHEME}<name>: {docker_url!r}")
+        self._engines[docker_url] = _Engine(spec or HollowNode())
+
+    def set_down(self, docker_url: str, down: bool = True) -> None:
+        """Make a node unreachable (or reachable again); its containers are kept."""
+        self._engine_of(docker_url).down = down
+
+    def containers(self, docker_url: str | None = None) -> list[ObservedContainer]:
+        """Every container on one node, or on all of them."""
+        engines = [self._engine_of(docker_url)] if docker_url else self._engines.values()
+        return [c for e in engines for c in e.by_name.values()]
+
+    def count(self) -> int:
+        return sum(len(e.by_name) for e in self._engines.values())
+
+    def _engine_of(self, docker_url: str) -> _Engine:
+        engine = self._engines.get(docker_url)
+        if engine is None:
+            raise KeyError(f"no hollow node at {docker_url!r}")
+        return engine
+
+    async def _reach(self, node: NodeRecord, what: str) -> _Engine:
+        self.calls[what] += 1
+        if self._latency > 0:
+            await asyncio.sleep(self._latency)
+        engine = self._engines.get(node.docker_url)
+        if engine is None or engine.down:
+            raise errors.TransientError(f"{what}: engine unreachable: hollow node {node.name}")
+        return engine
+
+    # --- the port --------------------------------------------------------------------------
+
+    async def info(self, node: NodeRecord) -> EngineInfo:
+        spec = (await self._reach(node, "info")).spec
+        return EngineInfo(
+            cpu_cores=spec.cpu_cores,
+            memory_mb=spec.memory_mb,
+            storage_driver=spec.storage_driver,
+            server_version=spec.server_version,
+        )
+
+    async def list(self, node: NodeRecord, deployment_id: uuid.UUID | None = None) -> NodeView:
+        observed_at = datetime.now(UTC)
+        try:
+            engine = await self._reach(node, "list")
+        except errors.TransientError as exc:
+            return NodeView(node.id, complete=False, observed_at=observed_at, error=exc.reason)
+        if deployment_id is not None:
+            mine = engine.by_deployment.get(deployment_id)
+            found = tuple(mine.values()) if mine else ()
+        else:
+            if engine.listing is None:
+                engine.listing = tuple(engine.by_name.values())
+            found = engine.listing
+        return NodeView(node.id, complete=True, observed_at=observed_at, containers=found)
+
+    async def ensure(self, node: NodeRecord, spec: ContainerSpec) -> str:
+        engine = await self._reach(node, "ensure")
+        existing = engine.by_name.get(spec.name)
+        if existing is not None:
+            if existing.replica_id != spec.replica_id:
+                raise errors.ConflictError(
+                    f"a container named {spec.name} exists without our labels; not adopting it"
+                )
+            return existing.id
+        container = ObservedContainer(
+            id=secrets.token_hex(32),
+            name=spec.name,
+            node_id=node.id,
+            state=ContainerState.RUNNING,
+            deployment_id=spec.deployment_id,
+            replica_id=spec.replica_id,
+            image=spec.image,
+            spec_hash=spec.spec_hash or None,
+        )
+        engine.add(container)
+        return container.id
+
+    async def stop(self, node: NodeRecord, container: str, timeout_seconds: float) -> None:
+        engine = await self._reach(node, "stop")
+        engine.remove(container)
+
+    async def close(self) -> None:
+        """Nothing to release; the fog stays readable for the benchmark's checks."""
