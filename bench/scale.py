@@ -3,19 +3,25 @@
 Why this shape:
 - We cannot start a thousand Docker engines, so, as Kubernetes does with kubemark, the nodes
   are hollow (`controller.runtime.hollow.HollowRuntime`): engine calls cost nothing and what
-  is measured is the controller itself: the real `Controller` (leader election, heartbeats,
-  resync timer, work queue, workers, reconciler, planner, scheduler) against a fresh migrated
-  PostgreSQL database, with production settings except the ones printed as tuned.
-- Three figures, each with the issue's aim: (a) placement throughput, 0 to all replicas
-  `running` in the database *and* their containers in the hollow runtime, from the moment the
-  controller starts (it has to win the election, probe the nodes and make the replica rows
-  first: that is part of "end to end"); (b) the duration of a no-op `resync()` pass over the
-  converged deployments, called directly once the controller is stopped (so no timer or
-  worker runs beside it), with the SQL statements it executes counted on the store's engine
-  (`before_cursor_execute`); (c) the resident memory of the process.
-- Each size runs in a child process of its own, so that its resident memory is not the
-  previous size's high-water mark; the parent prints the table and writes the JSON. Two sizes
-  per run, so that the statement count per resync pass can be compared between them.
+  is measured is the controller itself: the real `Controller` (leader election and fencing,
+  heartbeats, resync timer, work queue, workers, reconciler, planner, scheduler) against a
+  fresh migrated PostgreSQL database, with production settings except those printed as tuned.
+- Three figures, each with the issue's aim. (a) Placement throughput ("place" phase): from
+  the moment the controller starts (it must win the election, probe the nodes and write the
+  replica rows first: that is "end to end") until every replica is `running` in the database
+  *and* its container exists in the hollow runtime. (b) A no-op `resync()` pass ("resync"
+  phase) over a converged fog written directly into the database and the hollow runtime (the
+  state placement ends in, reached in seconds at any size; the pass itself must then enqueue
+  nothing, which checks that the state is converged by the controller's own judgement),
+  called directly with no timer or worker running beside it, its SQL statements counted on
+  the store's engine (`before_cursor_execute`). When placement converges, the same passes are
+  timed again on the state the controller made. (c) The resident memory of the process.
+- Each (size, phase) runs in a child process, so that no figure carries the high-water mark
+  of another; the parent prints the table and writes the JSON. Two sizes a factor of ten
+  apart per run, so that the statement count per pass can be compared.
+- Where the time goes: per-step unit costs on the converged fog (a listing of every node, a
+  one-deployment load, the node usage query, one scheduling decision), and `--profile` for
+  cProfile text of the placement and of one pass.
 - Node rows leave capacity NULL: the controller detects it from `info()`, as for a real engine.
   Nodes are large enough that nothing is refused: the benchmark is about speed, not refusals.
 - The in-process controller gets no Docker event streams: hollow nodes have none, and the real
