@@ -209,6 +209,7 @@ def profiled(path: Path | None) -> Iterator[None]:
         yield
     finally:
         profile.disable()
+        profile.dump_stats(path.with_suffix(".pstats"))  # for pstats / snakeviz
         out = io.StringIO()
         stats = pstats.Stats(profile, stream=out).strip_dirs()
         stats.sort_stats("tottime").print_stats(45)
@@ -569,7 +570,7 @@ async def run_placement(size: Size, options: Options, workdir: Path, stem: str) 
     try:
         url = await templates.migrated_pg()
         operator = create_engine(url)
-        store = Store(create_engine(url))
+        store = Store(create_engine(url, pool_size=options.tuning.settings(url).db_pool_size))
         try:
             t0 = time.perf_counter()
             await seed(operator, size)
@@ -623,7 +624,7 @@ async def run_resync(size: Size, options: Options, workdir: Path, stem: str) -> 
     try:
         url = await templates.migrated_pg()
         operator = create_engine(url)
-        store = Store(create_engine(url))
+        store = Store(create_engine(url, pool_size=options.tuning.settings(url).db_pool_size))
         try:
             runtime = HollowRuntime(
                 {hollow_url(node_name(i)): NODE for i in range(1, size.nodes + 1)}

@@ -72,7 +72,7 @@ async def _run(settings: Settings) -> int:
     try:
         # Signal handlers first: a SIGTERM while waiting for the database or migrating must
         # still be a graceful stop (the controller migrates once the database answers).
-        store = Store(create_engine(settings.database_url))
+        store = Store(create_engine(settings.database_url, pool_size=settings.db_pool_size))
         runtime = DockerRuntime(settings, metrics)
         controller = Controller(
             settings, store, runtime, metrics=metrics, health=health, notifier=notifier

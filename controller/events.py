@@ -66,7 +66,8 @@ from controller.runtime import docker as docker_runtime
 
 log = structlog.get_logger(__name__)
 
-OnDeployment = Callable[[uuid.UUID, str], None]
+# (deployment, node the event came from, action)
+OnDeployment = Callable[[uuid.UUID, uuid.UUID, str], None]
 OnResync = Callable[[uuid.UUID], None]
 
 WATCHED_ACTIONS: Final = ("die", "oom", "start", "restart", "destroy", "health_status")
@@ -307,7 +308,7 @@ class EventWatcher:
         if stream.stop.is_set():
             return  # closed or retired meanwhile: its successor (if any) resyncs anyway
         try:
-            self._on_deployment(deployment_id, action)
+            self._on_deployment(deployment_id, stream.node_id, action)
         except Exception:
             log.exception("event_callback_failed", node=stream.name, action=action)
 

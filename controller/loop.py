@@ -94,6 +94,14 @@ class Controller:
     def resync_now(self) -> None:
         self._resync_now.set()
 
+    def _on_container_event(
+        self, deployment_id: uuid.UUID, node_id: uuid.UUID, _action: str
+    ) -> None:
+        # The reconcile lists only the nodes it knows hold the deployment's containers: an
+        # event from elsewhere (a container started by hand, say) adds its node to them.
+        self.reconciler.note_seen(deployment_id, node_id)
+        self.queue.add(deployment_id)
+
     async def run(self) -> None:
         """Run until `stop()`; in-flight reconciles get `shutdown_grace_seconds` to finish."""
         interval = self.notifier.watchdog_interval_seconds
@@ -161,13 +169,14 @@ class Controller:
         """Act as the leader until stopped or deposed; then stop acting before returning."""
         s = self.settings
         self.store.fence(lease.epoch if lease.epoch else None)
+        self.reconciler.new_term()
         self._deposed = asyncio.Event()
         self._ended = asyncio.Event()  # this term as leader is over (stop, loss, deposal)
         # Docker event streams: a container that dies, is OOM-killed, removed or turns
         # unhealthy gets its deployment reconciled within a second, not at the next resync.
         self._events = EventWatcher(
             lambda: self.nodes.records.values(),
-            lambda deployment_id, _event: self.queue.add(deployment_id),
+            self._on_container_event,
             lambda _node_id: self.resync_now(),
             on_exit=self.reconciler.note_exit,
         )

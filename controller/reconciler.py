@@ -79,6 +79,8 @@ EXITS_REMEMBERED = 10_000
 _NOT_YET_PLACED = (DeploymentStatus.PENDING, DeploymentStatus.STOPPED)
 # Crash backoff resets after this long converged without a break (as kubelet's does).
 STABLE_RESET = timedelta(minutes=10)
+# The scheduler's view of node usage is re-read from the store at least this often (seconds).
+USAGE_MAX_AGE = 5.0
 
 
 @dataclass
@@ -124,9 +126,18 @@ class Reconciler:
         self._settings = settings
         self._clock = clock
         self._memory: dict[uuid.UUID, DeploymentMemory] = {}
-        # Placement reads node usage and writes placements; serialising it means two
-        # deployments reconciled at once can never both take a node's last free slot.
-        self._placement_lock = asyncio.Lock()
+        # What live replicas hold per node, as the scheduler sees it: read from the store,
+        # then kept current by our own placements, assumed the moment they are chosen and
+        # before they are written (kube-scheduler's "assume, then bind"), so concurrent
+        # reconciles schedule against each other's choices without a lock held across a
+        # database write. Capacity freed meanwhile is seen at the next read: the cache can
+        # overestimate usage, never underestimate it, and a refusal always re-reads first.
+        self._usage: dict[uuid.UUID, Resources] | None = None
+        self._usage_read_at = 0.0  # monotonic seconds
+        self._usage_lock = asyncio.Lock()  # one read at a time
+        # Placements chosen but not yet written, and (during a read) every one chosen meanwhile.
+        self._assumed: dict[uuid.UUID, tuple[uuid.UUID, Resources]] = {}
+        self._assumed_during_read: dict[uuid.UUID, tuple[uuid.UUID, Resources]] | None = None
         self.policy = Policy(
             burst=settings.replica_burst,
             exit_grace=timedelta(seconds=settings.exit_grace_seconds),
@@ -139,6 +150,10 @@ class Reconciler:
         self._unhealthy: dict[str, datetime] = {}
         # Exit codes from `die` events: a container restarted in place no longer shows its.
         self._exits: dict[str, int] = {}
+        # Per deployment, the nodes its containers were last seen on (resync passes, events,
+        # reconciles). With the nodes of its replica rows, these are the nodes a reconcile
+        # lists: listing every node of a large fog per reconcile costs a call per node.
+        self._seen: dict[uuid.UUID, frozenset[uuid.UUID]] = {}
 
     # --- observation -----------------------------------------------------------------------
 
@@ -174,6 +189,31 @@ class Reconciler:
                 else:
                     self._unhealthy.pop(c.id, None)
         return {v.node_id: v for v in views}
+
+    def note_seen(self, deployment_id: uuid.UUID, node_id: uuid.UUID) -> None:
+        """A container of the deployment showed up on `node_id` (a Docker event)."""
+        self._seen[deployment_id] = self._seen.get(deployment_id, frozenset()) | {node_id}
+
+    def _relevant(self, d: Deployment) -> list[NodeRecord]:
+        """The reachable nodes that may hold `d`'s containers: its replicas' nodes and the
+        nodes its containers were last seen on. A container of `d` anywhere else (started
+        by hand, say) is found by the next resync pass, which lists every node, or at once
+        by its node's event stream."""
+        wanted = {r.node_id for r in d.replicas if r.node_id is not None}
+        wanted |= self._seen.get(d.id, frozenset())
+        return [r for r in self._nodes.reachable() if r.id in wanted]
+
+    async def _observe_one(self, d: Deployment) -> dict[uuid.UUID, NodeView]:
+        listed = self._relevant(d)
+        views = await self.observe(listed, d.id)
+        found = {c.node_id for v in views.values() for c in v.containers}
+        was = self._seen.get(d.id, frozenset())
+        seen = found | (was - {r.id for r in listed})
+        if seen:
+            self._seen[d.id] = frozenset(seen)
+        else:
+            self._seen.pop(d.id, None)
+        return views
 
     def memory(self, d: Deployment) -> DeploymentMemory:
         now = self._clock()
@@ -221,6 +261,7 @@ class Reconciler:
 
     def forget(self, deployment_id: uuid.UUID) -> None:
         self._memory.pop(deployment_id, None)
+        self._seen.pop(deployment_id, None)
 
     def triage(
         self, deployments: Iterable[Deployment], views: Mapping[uuid.UUID, NodeView]
@@ -234,6 +275,12 @@ class Reconciler:
         for view in views.values():
             for c in view.containers:
                 grouped.setdefault(c.deployment_id, []).append(c)
+        # Where each deployment's containers are now: the pass listed every reachable node.
+        self._seen = {
+            deployment_id: frozenset(c.node_id for c in found)
+            for deployment_id, found in grouped.items()
+            if deployment_id is not None
+        }
         return [
             d.id
             for d in deployments
@@ -283,7 +330,7 @@ class Reconciler:
             return Result()
         structlog.contextvars.bind_contextvars(deployment=d.name)
         records = self._nodes.records
-        views = await self.observe(self._nodes.reachable(), d.id)
+        views = await self._observe_one(d)
         mem = self.memory(d)
         p = self._plan(d, views, Fleet.of(self._nodes.nodes()))
         now = self._clock()
@@ -394,7 +441,7 @@ class Reconciler:
             if fresh is None:
                 return Result()
             d = fresh
-            views = await self.observe(self._nodes.reachable(), d.id)
+            views = await self._observe_one(d)
         await self._record_status(d, views, mem)
 
         # Look again when a time-based threshold passes even if no event comes: the backoff
@@ -558,16 +605,18 @@ class Reconciler:
         request: Resources,
         spread: Counter[uuid.UUID],
     ) -> tuple[list[Replica], str | None]:
-        async with self._placement_lock:
-            usage = await self._store.node_usage()
-            result = scheduler.schedule(
-                [r.id for r in replicas],
-                request,
-                self._nodes.nodes(),
-                usage,
-                spread,
-            )
-            by_id = {r.id: r for r in replicas}
+        called_at = time.monotonic()
+        if self._usage is None or called_at - self._usage_read_at > USAGE_MAX_AGE:
+            await self._read_usage(called_at)
+        result = self._schedule(replicas, request, spread)
+        if result.unplaced and self._usage_read_at < called_at:
+            await self._read_usage(called_at)  # capacity may have been freed since
+            result = self._schedule(replicas, request, spread)
+        # No await between choosing and assuming: the next reconcile sees these placements.
+        for p in result.placements:
+            self._assume(p.replica_id, p.node_id, request)
+        moved: set[uuid.UUID] = set()
+        try:
             moved = await self._store.transition(
                 Transition(
                     p.replica_id,
@@ -577,6 +626,10 @@ class Reconciler:
                 )
                 for p in result.placements
             )
+        finally:
+            for p in result.placements:
+                self._settle(p.replica_id, written=p.replica_id in moved)
+        by_id = {r.id: r for r in replicas}
         placed = []
         for p in result.placements:
             if p.replica_id in moved:
@@ -585,6 +638,55 @@ class Reconciler:
                     replace(by_id[p.replica_id], node_id=p.node_id, status=ReplicaStatus.STARTING)
                 )
         return placed, result.reason
+
+    def _assume(self, replica_id: uuid.UUID, node_id: uuid.UUID, request: Resources) -> None:
+        if self._usage is not None:
+            self._usage[node_id] = self._usage.get(node_id, ZERO) + request
+        self._assumed[replica_id] = (node_id, request)
+        if self._assumed_during_read is not None:
+            self._assumed_during_read[replica_id] = (node_id, request)
+
+    def _settle(self, replica_id: uuid.UUID, *, written: bool) -> None:
+        """The placement's write is over: kept if it was written, taken back if not."""
+        assumed = self._assumed.pop(replica_id, None)
+        if assumed is None or written or self._usage is None:
+            return
+        node_id, request = assumed
+        used = self._usage.get(node_id, ZERO)
+        self._usage[node_id] = Resources(
+            max(used.cpu_cores - request.cpu_cores, 0.0),
+            max(used.memory_mb - request.memory_mb, 0),
+            max(used.gpu_units - request.gpu_units, 0),
+            max(used.storage_gb - request.storage_gb, 0),
+        )
+
+    async def _read_usage(self, wanted_after: float) -> None:
+        """Re-read usage from the store, plus every placement that may be missing from that
+        read: those being written when it began and those chosen while it ran (a placement
+        both written and counted is counted twice, which errs on the safe side)."""
+        async with self._usage_lock:
+            if self._usage is not None and self._usage_read_at >= wanted_after:
+                return  # another reconcile re-read meanwhile
+            started = time.monotonic()
+            pending = self._assumed_during_read = dict(self._assumed)
+            try:
+                usage = await self._store.node_usage()
+            finally:
+                self._assumed_during_read = None
+            for node_id, request in pending.values():
+                usage[node_id] = usage.get(node_id, ZERO) + request
+            self._usage, self._usage_read_at = usage, started
+
+    def _schedule(
+        self, replicas: list[Replica], request: Resources, spread: Counter[uuid.UUID]
+    ) -> scheduler.ScheduleResult:
+        return scheduler.schedule(
+            [r.id for r in replicas], request, self._nodes.nodes(), self._usage or {}, spread
+        )
+
+    def new_term(self) -> None:
+        """Leadership (re)gained: another leader may have placed replicas meanwhile."""
+        self._usage = None
 
     async def _ensure(
         self, d: Deployment, r: Replica, records: Mapping[uuid.UUID, NodeRecord]

@@ -100,6 +100,12 @@ class Settings:
             split_host_port("FOG_METRICS_ADDR", self.metrics_addr)
 
     @property
+    def db_pool_size(self) -> int:
+        """Database connections kept open: one per worker, plus the resync and heartbeat
+        loops and the group-committed writes and loads (controller/coalesce.py)."""
+        return self.workers + 4
+
+    @property
     def metrics_address(self) -> tuple[str, int] | None:
         """FOG_METRICS_ADDR as (host, port), or None when it is empty (listener off)."""
         if not self.metrics_addr:

@@ -19,7 +19,8 @@ from functools import wraps
 from typing import Any, ParamSpec, TypeVar, cast
 
 import structlog
-from sqlalchemy import ColumnElement, Table, delete, func, insert, select, update
+from sqlalchemy import ColumnElement, Table, column, delete, func, insert, select, update
+from sqlalchemy import values as values_list
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from tenacity import (
@@ -31,6 +32,7 @@ from tenacity import (
 )
 
 from controller import errors
+from controller.coalesce import Coalescer
 from controller.model import (
     Deployment,
     DeploymentStatus,
@@ -117,6 +119,10 @@ class Store:
         # The leader's fencing epoch; None: not fenced (SQLite, whose file lock already
         # guarantees a single controller, and tools).
         self._epoch: int | None = None
+        self._transitions: Coalescer[tuple[Transition, ...], set[uuid.UUID]] = Coalescer(
+            self._transition_rounds
+        )
+        self._loads: Coalescer[uuid.UUID, Deployment | None] = Coalescer(self._load_rounds)
 
     def fence(self, epoch: int | None) -> None:
         """Check every later write against `epoch` (see controller/leader.py)."""
@@ -245,8 +251,12 @@ class Store:
         return out
 
     async def load_deployment(self, deployment_id: uuid.UUID) -> Deployment | None:
-        found = await self.load_deployments([deployment_id])
-        return found[0] if found else None
+        """One deployment; loads asked for at once share one read of three queries."""
+        return await self._loads.submit(deployment_id)
+
+    async def _load_rounds(self, ids: Sequence[uuid.UUID]) -> list[Deployment | None]:
+        found = {d.id: d for d in await self.load_deployments(list(dict.fromkeys(ids)))}
+        return [found.get(i) for i in ids]
 
     @_retrying
     async def nodes(self) -> list[NodeRecord]:
@@ -326,27 +336,42 @@ class Store:
             )
         return new
 
-    @_retrying
     async def transition(self, changes: Iterable[Transition]) -> set[uuid.UUID]:
-        """Apply guarded replica transitions in one transaction; returns the ids that moved."""
-        moved: set[uuid.UUID] = set()
-        changes = list(changes)
-        if not changes:
-            return moved
-        rep = REPLICAS
+        """Apply guarded replica transitions atomically; returns the ids that moved.
+
+        Calls made while another is being written are group-committed: one transaction, one
+        fencing check and (on PostgreSQL) one UPDATE per kind of transition for all of them."""
+        batch = tuple(changes)
+        if not batch:
+            return set()
+        return await self._transitions.submit(batch)
+
+    async def _transition_rounds(
+        self, calls: Sequence[tuple[Transition, ...]]
+    ) -> list[set[uuid.UUID] | Exception]:
+        try:
+            return list(await self._transition_together(calls))
+        except DBAPIError:
+            if len(calls) == 1:
+                raise
+        # A row one call got wrong (a node deleted under a placement, say) must not fail the
+        # other calls of its round: each alone, each with its own outcome.
+        out: list[set[uuid.UUID] | Exception] = []
+        for call in calls:
+            try:
+                out.extend(await self._transition_together([call]))
+            except (DBAPIError, errors.ControllerError) as exc:
+                out.append(exc)
+        return out
+
+    @_retrying
+    async def _transition_together(
+        self, calls: Sequence[tuple[Transition, ...]]
+    ) -> list[set[uuid.UUID]]:
+        flat = [change for call in calls for change in call]
         async with self._write() as conn:
-            for change in changes:
-                result = await conn.execute(
-                    update(rep)
-                    .where(
-                        rep.c.id == change.replica_id,
-                        rep.c.status.in_([s.value for s in change.expected]),
-                    )
-                    .values(status=change.status.value, **dict(change.values))
-                )
-                if result.rowcount:
-                    moved.add(change.replica_id)
-        return moved
+            moved = await _apply_transitions(conn, flat)
+        return [{c.replica_id for c in call if c.replica_id in moved} for call in calls]
 
     @_retrying
     async def fail_replicas_on_node(
@@ -485,6 +510,52 @@ class Store:
         """For tests and tools: run `fn` in one transaction on this store's engine."""
         async with self._write() as conn:
             return await fn(conn)
+
+
+async def _apply_transitions(conn: AsyncConnection, changes: list[Transition]) -> set[uuid.UUID]:
+    """The guarded UPDATEs of `changes`, in order; returns the ids that moved.
+
+    On PostgreSQL, transitions of one kind (same expected statuses, target and columns) go
+    in one `UPDATE ... FROM (VALUES ...) AS v (id, ...) RETURNING id` (SQLite has no column
+    list for a VALUES alias; its statements cost no round trip anyway). A replica named
+    twice keeps the one-by-one order, where the second change must see the first."""
+    rep = REPLICAS
+    moved: set[uuid.UUID] = set()
+    ids = [c.replica_id for c in changes]
+    if conn.dialect.name != "postgresql" or len(set(ids)) != len(ids):
+        groups = [[c] for c in changes]
+    else:
+        kinds: dict[tuple[Any, ...], list[Transition]] = {}
+        for c in changes:
+            key = (c.expected, c.status, tuple(name for name, _ in c.values))
+            kinds.setdefault(key, []).append(c)
+        groups = list(kinds.values())
+    for group in groups:
+        first = group[0]
+        expected = [s.value for s in first.expected]
+        if len(group) == 1:
+            result = await conn.execute(
+                update(rep)
+                .where(rep.c.id == first.replica_id, rep.c.status.in_(expected))
+                .values(status=first.status.value, **dict(first.values))
+            )
+            if result.rowcount:
+                moved.add(first.replica_id)
+            continue
+        names = [name for name, _ in first.values]
+        rows = values_list(
+            column("id", rep.c.id.type),
+            *(column(name, rep.c[name].type) for name in names),
+            name="v",
+        ).data([(c.replica_id, *(value for _, value in c.values)) for c in group])
+        result = await conn.execute(
+            update(rep)
+            .where(rep.c.id == rows.c.id, rep.c.status.in_(expected))
+            .values(status=first.status.value, **{name: rows.c[name] for name in names})
+            .returning(rep.c.id)
+        )
+        moved.update(result.scalars())
+    return moved
 
 
 def _replica(row: Any) -> Replica:

@@ -50,10 +50,17 @@ def sqlite_path(url: str | URL) -> Path | None:
     return Path(parsed.database)
 
 
-def create_engine(url: str | URL, **kwargs: Any) -> AsyncEngine:
-    """An AsyncEngine for `url`; SQLite files get their parent directory created."""
+def create_engine(url: str | URL, *, pool_size: int | None = None, **kwargs: Any) -> AsyncEngine:
+    """An AsyncEngine for `url`; SQLite files get their parent directory created.
+
+    `pool_size` (PostgreSQL): connections kept open. A pool smaller than the number of
+    callers at once opens and closes a server connection per extra checkout (a backend
+    process each): measured on the hollow-node benchmark, that halved placement throughput."""
     if not is_sqlite(url):
         kwargs.setdefault("pool_pre_ping", True)
+        if pool_size is not None:
+            kwargs.setdefault("pool_size", pool_size)
+            kwargs.setdefault("max_overflow", max(pool_size // 4, 2))
         return create_async_engine(url, **kwargs)
 
     path = sqlite_path(url)

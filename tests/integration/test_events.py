@@ -48,7 +48,7 @@ class Recorder:
     resyncs: list[tuple[float, uuid.UUID]] = field(default_factory=list)
     loop_thread: set[int] = field(default_factory=set)
 
-    def on_deployment(self, deployment_id: uuid.UUID, event: str) -> None:
+    def on_deployment(self, deployment_id: uuid.UUID, _node_id: uuid.UUID, event: str) -> None:
         self.loop_thread.add(threading.get_ident())
         self.events.append((time.monotonic(), deployment_id, event))
 

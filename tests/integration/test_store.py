@@ -3,6 +3,7 @@ status writes with their history row, pruning of terminal replicas."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -160,3 +161,88 @@ async def test_heartbeats_of_many_nodes_share_one_update(engine: AsyncEngine) ->
     assert rows[ids[10]].status is NodeStatus.READY
     assert rows[ids[11]].status is NodeStatus.NOT_READY
     assert rows[ids[11]].last_heartbeat_at is None
+
+
+async def test_concurrent_transitions_share_one_transaction_and_keep_their_guards(
+    engine: AsyncEngine,
+) -> None:
+    """Group commit: many callers at once, one round; each caller learns only its own moves,
+    a stale guard still moves nothing, and per-row values land on their own rows."""
+    op, store = Operator(engine), Store(engine)
+    user = await op.add_user()
+    ids = await _deployments(op, user, 6, 3)
+    loaded = await store.load_deployments(ids)
+    replicas = [r for d in loaded for r in d.replicas]
+    stale = replicas[0]
+    assert await store.transition(
+        [Transition(stale.id, (ReplicaStatus.PENDING,), ReplicaStatus.STARTING)]
+    ) == {stale.id}
+    when = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
+
+    def running(r_id: uuid.UUID, n: int) -> Transition:
+        return Transition(
+            r_id,
+            (ReplicaStatus.PENDING,),
+            ReplicaStatus.RUNNING,
+            (("container_id", f"c{n:03d}"), ("started_at", when + timedelta(seconds=n))),
+        )
+
+    calls = [
+        [running(r.id, i * 10 + j) for j, r in enumerate(d.replicas)] for i, d in enumerate(loaded)
+    ]
+    rounds_before = store._transitions.rounds
+    with counting(engine) as statements:
+        results = await asyncio.gather(*(store.transition(call) for call in calls))
+    assert store._transitions.rounds - rounds_before <= 2
+    for call, moved in zip(calls, results, strict=True):
+        assert moved == {c.replica_id for c in call} - {stale.id}
+    updates = [s for s in statements if s.lstrip().upper().startswith("UPDATE")]
+    if engine.dialect.name == "postgresql":
+        assert len(updates) < len(replicas)  # not one statement per replica
+    for i, d in enumerate(loaded):
+        rows = {row["id"]: row for row in await op.replicas(d.id)}
+        for j, r in enumerate(d.replicas):
+            if r.id == stale.id:
+                assert rows[r.id]["status"] == "starting"
+                assert rows[r.id]["container_id"] is None
+                continue
+            assert rows[r.id]["status"] == "running"
+            assert rows[r.id]["container_id"] == f"c{i * 10 + j:03d}"
+            assert rows[r.id]["started_at"] == when + timedelta(seconds=i * 10 + j)
+
+
+async def test_a_bad_row_fails_only_its_own_call(engine: AsyncEngine) -> None:
+    """A placement onto a node deleted meanwhile breaks a foreign key: that caller gets the
+    error, the other callers of the same round still commit."""
+    op, store = Operator(engine), Store(engine)
+    user = await op.add_user()
+    ids = await _deployments(op, user, 3, 1)
+    node = await op.add_node("n-good", "unix:///nowhere.sock")
+    replicas = [d.replicas[0] for d in await store.load_deployments(ids)]
+
+    def place(r_id: uuid.UUID, node_id: uuid.UUID) -> list[Transition]:
+        return [
+            Transition(
+                r_id, (ReplicaStatus.PENDING,), ReplicaStatus.STARTING, (("node_id", node_id),)
+            )
+        ]
+
+    outcomes = await asyncio.gather(
+        store.transition(place(replicas[0].id, node)),
+        store.transition(place(replicas[1].id, uuid.uuid4())),  # no such node
+        store.transition(place(replicas[2].id, node)),
+        return_exceptions=True,
+    )
+    assert outcomes[0] == {replicas[0].id}
+    assert isinstance(outcomes[1], Exception)
+    assert "foreign key" in str(outcomes[1]).lower()
+    assert outcomes[2] == {replicas[2].id}
+    statuses = {}
+    for d in ids:
+        for row in await op.replicas(d):
+            statuses[row["id"]] = row["status"]
+    assert statuses == {
+        replicas[0].id: "starting",
+        replicas[1].id: "pending",
+        replicas[2].id: "starting",
+    }
