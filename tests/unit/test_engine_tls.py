@@ -5,12 +5,16 @@ half set-up directory never falls back to plain TCP at all."""
 
 from __future__ import annotations
 
+import ssl
 from pathlib import PurePath
 
 import pytest
+import requests.exceptions
+import urllib3.exceptions
 
 from controller import errors
 from controller.runtime import tls
+from controller.runtime.docker import translate
 from controller.settings import Settings, SettingsError
 
 ROOT = PurePath("/etc/fog-controller/engines")
@@ -130,6 +134,73 @@ def test_a_name_that_is_no_directory_name_is_refused_for_a_network_engine(name: 
 
 def test_a_name_with_dots_or_spaces_inside_is_one_directory() -> None:
     assert tls.node_certs_dir(ROOT, "edge 1.lab") == ROOT / "edge 1.lab"
+
+
+# --- TLS failures as the runtime boundary reports them ---------------------------------------
+
+
+def _wrapped(inner: ssl.SSLError) -> requests.exceptions.SSLError:
+    """The shape requests raises: SSLError(MaxRetryError(reason=urllib3 SSLError(ssl error)))."""
+    pool_error = urllib3.exceptions.MaxRetryError(
+        None,  # type: ignore[arg-type]
+        "/v1.41/info",
+        urllib3.exceptions.SSLError(inner),
+    )
+    return requests.exceptions.SSLError(pool_error)
+
+
+CERTS = PurePath("/etc/fog-controller/engines/edge-1")
+
+
+def test_an_engine_certificate_our_ca_did_not_sign_is_a_permanent_readable_failure() -> None:
+    inner = ssl.SSLCertVerificationError(
+        1,
+        "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: unable to get local "
+        "issuer certificate (_ssl.c:1006)",
+    )
+    inner.reason = "CERTIFICATE_VERIFY_FAILED"
+    inner.verify_message = "unable to get local issuer certificate"
+    failure = translate(_wrapped(inner), "probe", CERTS)
+    assert isinstance(failure, errors.PermanentError)
+    assert failure.reason == (
+        "probe: TLS: the engine's certificate was not accepted (unable to get local issuer "
+        "certificate): is /etc/fog-controller/engines/edge-1/ca.pem the CA that signed it, and "
+        "does it name this host?"
+    )
+
+
+@pytest.mark.parametrize(
+    "code",
+    ["SSLV3_ALERT_BAD_CERTIFICATE", "TLSV1_ALERT_UNKNOWN_CA", "SSLV3_ALERT_CERTIFICATE_EXPIRED"],
+)
+def test_a_client_certificate_the_engine_refuses_is_a_permanent_readable_failure(
+    code: str,
+) -> None:
+    text = code.lower().replace("_", " ")
+    inner = ssl.SSLError(1, f"[SSL: {code}] {text} (_ssl.c:2580)")
+    inner.reason = code
+    failure = translate(_wrapped(inner), "create container", CERTS)
+    assert isinstance(failure, errors.PermanentError)
+    assert failure.reason.startswith(
+        f"create container: TLS: the engine refused our client certificate ({text}): is "
+        "/etc/fog-controller/engines/edge-1/cert.pem signed by the CA the engine trusts"
+    )
+
+
+def test_an_eof_mid_handshake_stays_transient() -> None:
+    inner = ssl.SSLEOFError(8, "[SSL: UNEXPECTED_EOF_WHILE_READING] EOF occurred (_ssl.c:1006)")
+    inner.reason = "UNEXPECTED_EOF_WHILE_READING"
+    failure = translate(_wrapped(inner), "probe", CERTS)
+    assert isinstance(failure, errors.TransientError)
+    assert failure.reason == "probe: TLS handshake failed: EOF occurred"
+
+
+def test_tls_to_a_port_that_does_not_speak_it_is_permanent() -> None:
+    inner = ssl.SSLError(1, "[SSL: WRONG_VERSION_NUMBER] wrong version number (_ssl.c:1006)")
+    inner.reason = "WRONG_VERSION_NUMBER"
+    failure = translate(_wrapped(inner), "probe")
+    assert isinstance(failure, errors.PermanentError)
+    assert "does not speak TLS" in failure.reason
 
 
 # --- settings -------------------------------------------------------------------------------
