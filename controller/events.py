@@ -24,6 +24,9 @@ Why it looks the way it does:
   and a fresh one (with its resync) starts when the node is ready again.
 - Before subscribing, a `ping` with a timeout: `events()` waits for response headers with no
   timeout, so a hung engine would otherwise hold the thread where `close()` cannot reach it.
+- Clients come from the runtime's `EngineConnector`, so a stream reaches its engine exactly as
+  the runtime does (TLS with the node's certificates, never plain TCP unless allowed). A node
+  refused that way is retried with the stream's backoff, like an engine that is down.
 
 The actions watched, and why (the callback's `event` is Docker's action verbatim):
   `die` a container exited: crash, host kill, OOM kill, or a stop from outside the controller;
@@ -49,6 +52,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self
 
@@ -63,6 +67,8 @@ from controller.model import (
     NodeStatus,
 )
 from controller.runtime import docker as docker_runtime
+from controller.runtime import tls
+from controller.settings import DEFAULT_ENGINE_CERTS_DIR
 
 log = structlog.get_logger(__name__)
 
@@ -174,8 +180,13 @@ class EventWatcher:
         backoff_max_seconds: float = BACKOFF_MAX_SECONDS,
         close_timeout_seconds: float = CLOSE_TIMEOUT_SECONDS,
         on_exit: Callable[[str, int], None] | None = None,
+        connector: docker_runtime.EngineConnector | None = None,
     ) -> None:
         docker_runtime.close_socket_on_failed_connect()  # a down engine must not leak sockets
+        # Without one, the defaults: certificates from the default directory, no plain TCP.
+        self._connector = connector or docker_runtime.EngineConnector(
+            Path(DEFAULT_ENGINE_CERTS_DIR)
+        )
         # (container id, exit code) of each `die`: the one record of the exit code once the
         # engine has restarted the container (inspect then reads 0).
         self._on_exit = on_exit
@@ -331,28 +342,46 @@ class EventWatcher:
     # --- in the stream's thread ------------------------------------------------------------
 
     def _read(self, stream: _Stream, loop: asyncio.AbstractEventLoop) -> None:
-        client = docker.APIClient(
-            base_url=stream.url,
-            version=docker_runtime.DOCKER_API_VERSION,
-            timeout=PING_TIMEOUT_SECONDS,  # ping and connect; events() passes timeout=None
-            max_pool_size=1,
-        )
+        held: dict[tls.EngineAccess, docker.APIClient] = {}  # at most one entry
         try:
-            self._read_until_stopped(stream, loop, client)
+            self._read_until_stopped(stream, loop, held)
         except Exception:
             log.exception("event_stream_crashed", node=stream.name)
         finally:
-            client.close()
+            for client in held.values():
+                client.close()
             _post(loop, _finish, stream.finished)
 
+    def _connect(
+        self, stream: _Stream, held: dict[tls.EngineAccess, docker.APIClient]
+    ) -> docker.APIClient:
+        """The stream's client, made anew when how to reach the node changed since the last
+        (re)connect (certificates put in place, say); raises when it must not be reached."""
+        access = self._connector.access(stream.name, stream.url)
+        client = held.get(access)
+        if client is None:
+            for old in held.values():
+                old.close()
+            held.clear()
+            client = held[access] = self._connector.client(
+                access,
+                timeout=PING_TIMEOUT_SECONDS,  # ping and connect; events() passes timeout=None
+                max_pool_size=1,
+            )
+        return client
+
     def _read_until_stopped(
-        self, stream: _Stream, loop: asyncio.AbstractEventLoop, client: docker.APIClient
+        self,
+        stream: _Stream,
+        loop: asyncio.AbstractEventLoop,
+        held: dict[tls.EngineAccess, docker.APIClient],
     ) -> None:
         delay = self._backoff_initial
         while not stream.stop.is_set():
             connected_at: float | None = None
             error = "stream ended"
             try:
+                client = self._connect(stream, held)
                 client.ping()
                 response = client.events(decode=True, filters=dict(EVENT_FILTERS))
                 with stream.lock:

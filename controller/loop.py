@@ -34,6 +34,7 @@ from controller.model import (
 from controller.nodes import NodeMonitor
 from controller.reconciler import Reconciler
 from controller.runtime import Runtime
+from controller.runtime.docker import EngineConnector
 from controller.settings import Settings
 from controller.store import Store
 from controller.watch import PgListener, SqlitePoller
@@ -179,6 +180,9 @@ class Controller:
             self._on_container_event,
             lambda _node_id: self.resync_now(),
             on_exit=self.reconciler.note_exit,
+            # Reach engines as the runtime does (TLS per node); the runtime's heartbeat has
+            # already warned about a plain TCP node before any stream follows it.
+            connector=EngineConnector.from_settings(s, warn_plaintext=False),
         )
         self.queue = WorkQueue(observer=self.metrics.workqueue)
         await self.nodes.register_local()

@@ -97,6 +97,10 @@ class NodeMonitor:
         self._records: dict[uuid.UUID, NodeRecord] = {}
         self._info: dict[uuid.UUID, EngineInfo] = {}
         self._up_since: dict[uuid.UUID, datetime] = {}
+        # The last probe failure logged per node: a node that was never ready (a TLS set-up
+        # mistake, say) makes no `node_not_ready`, so its reason is logged here, once per
+        # change rather than on every heartbeat.
+        self._probe_errors: dict[uuid.UUID, str] = {}
         # `nodes()` as of the last refresh: every reconcile and placement asks for it, and
         # rebuilding a thousand Node values each time was a hot spot at fog scale. Only
         # `refresh()` changes what it is made of, and it drops this.
@@ -170,8 +174,17 @@ class NodeMonitor:
                 self._info[record.id] = info
                 self._up_since.setdefault(record.id, now)
                 values["last_heartbeat_at"] = now
+                self._probe_errors.pop(record.id, None)
             else:
                 self._up_since.pop(record.id, None)
+                if error is not None and self._probe_errors.get(record.id) != error:
+                    self._probe_errors[record.id] = error
+                    log.warning(
+                        "node_probe_failed",
+                        node=record.name,
+                        status=record.status.value,
+                        error=error,
+                    )
             if status is not record.status:
                 values["status"] = status.value
                 event = "node_ready" if status is NodeStatus.READY else "node_not_ready"

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
+# Per node, <dir>/<node name>/{ca,cert,key}.pem: Docker's DOCKER_CERT_PATH layout.
+DEFAULT_ENGINE_CERTS_DIR = "/etc/fog-controller/engines"
 # Loopback only: prometheus_client's own server would bind every address.
 DEFAULT_METRICS_ADDR = "127.0.0.1:9464"
 # Settings whose empty value means "off" rather than "the default".
@@ -63,6 +65,9 @@ class Settings:
     auto_migrate: bool = True  # upgrade the schema to head at start
     leader_retry_seconds: float = 2.0  # how often a standby tries to take the lead
     local_docker_host: str = DEFAULT_DOCKER_HOST
+    engine_certs_dir: str = DEFAULT_ENGINE_CERTS_DIR  # TLS files of node N in <dir>/N/
+    # Plain TCP to engines without certificates: an unauthenticated Docker API is root there.
+    engine_allow_plaintext: bool = False
     log_format: str = "auto"  # auto | json | console
     log_level: str = "info"
     metrics_addr: str = DEFAULT_METRICS_ADDR  # host:port of /metrics, /livez, /readyz; "": off
@@ -98,6 +103,11 @@ class Settings:
             raise SettingsError(f"FOG_LOG_FORMAT must be auto, json or console: {self.log_format}")
         if self.metrics_addr:
             split_host_port("FOG_METRICS_ADDR", self.metrics_addr)
+        if not Path(self.engine_certs_dir).is_absolute():
+            # A relative one would depend on the working directory, which systemd sets to /.
+            raise SettingsError(
+                f"FOG_ENGINE_CERTS_DIR must be an absolute path: {self.engine_certs_dir!r}"
+            )
 
     @property
     def db_pool_size(self) -> int:

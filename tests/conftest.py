@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import atexit
+import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.harness.engines import Cluster, build_test_image, ensure_docker_installed
+from tests.harness.engines import URLS_ENV, Cluster, build_test_image, ensure_docker_installed
 
 # --- docker engines ---
 # Three real engines for the whole session: starting them costs about a second, but a test
@@ -50,3 +51,21 @@ def cluster() -> Iterator[Cluster]:
 @pytest.fixture(scope="session")
 def engine_urls(cluster: Cluster) -> list[str]:
     return list(cluster.urls)
+
+
+@pytest.fixture(scope="session")
+def tls_cluster() -> Iterator[Cluster]:
+    """One engine that also listens on TLS-protected TCP (``Engine.tls_url``, certificates
+    made for this run in ``Engine.certs``); its unix socket serves the harness's bookkeeping.
+    Started only when a test asks: most sessions need no fourth engine."""
+    if os.environ.get(URLS_ENV):
+        pytest.skip(f"{URLS_ENV} is set: the harness holds no certificates for those engines")
+    ensure_docker_installed()
+    started = Cluster.start(1, tls=True)
+    atexit.register(started.stop_all)
+    try:
+        build_test_image(started.engines[0])
+        yield started
+    finally:
+        atexit.unregister(started.stop_all)
+        started.stop_all()

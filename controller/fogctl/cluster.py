@@ -66,7 +66,7 @@ def node_add(
         str,
         typer.Option(
             "--docker-url",
-            help="The engine's API: unix:///var/run/docker.sock, tcp://HOST:2375, ssh://...",
+            help="The engine's API: unix:///var/run/docker.sock, tcp://HOST:2376 (TLS), ssh://...",
             show_default=False,
         ),
     ],

@@ -84,7 +84,7 @@ ALLOWED: dict[str, dict[str, str]] = {
     "DeploymentScale": {"target_replicas": f"an integer from 0 to {INTEGER_MAX}"},
     "NodeCreate": {
         "name": _NAME_RANGE,
-        "docker_url": "a URL such as unix:///var/run/docker.sock or tcp://10.0.0.5:2375",
+        "docker_url": "a URL such as unix:///var/run/docker.sock or tcp://10.0.0.5:2376",
         "cpu_cores": "a number greater than 0",
         "memory_mb": f"an integer from 1 to {INTEGER_MAX}",
         "gpu_units": f"an integer from 0 to {INTEGER_MAX}",

@@ -11,24 +11,36 @@ Why it looks the way it does:
   container and races with removals. Only containers that are not running are inspected, for
   their exit code, restart count and OOM flag.
 - Library exceptions become `errors.TransientError` / `errors.PermanentError` here, with the
-  engine's own message kept as the reason.
+  engine's own message kept as the reason. A TLS failure an operator must fix (a certificate
+  the other side does not accept, a key that does not load) is permanent, with a reason that
+  says which side refused and which file to check; key material never enters a reason or a
+  log line, paths at most.
+- `EngineConnector` is the one place a client to an engine is made, for the runtime and the
+  event streams alike, as `runtime.tls` decides: TLS with the node's certificates, a local
+  socket as it is, plain TCP only when allowed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import re
 import socket
+import ssl
+import threading
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime
+from pathlib import Path, PurePath
 from typing import Any, TypeVar
 
 import docker
 import docker.errors
+import docker.tls
+import requests.adapters
 import requests.exceptions
 import structlog
 from docker.transport import unixconn
@@ -55,7 +67,7 @@ from controller.model import (
     NodeView,
     ObservedContainer,
 )
-from controller.runtime import ContainerSpec
+from controller.runtime import ContainerSpec, tls
 from controller.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -85,6 +97,69 @@ _PERMANENT_SERVER_ERRORS = (
 )
 
 
+# OpenSSL reasons that mean "an operator must change a certificate, a key or the URL":
+# retrying would fail the same way. Other TLS errors (an EOF mid-handshake from an engine
+# going down) stay transient.
+_TLS_PEER_REFUSED = ("ALERT_BAD_CERTIFICATE", "ALERT_UNKNOWN_CA", "ALERT_CERTIFICATE")
+_TLS_PERMANENT = (
+    "CERTIFICATE_VERIFY_FAILED",
+    *_TLS_PEER_REFUSED,
+    "ALERT_ACCESS_DENIED",
+    "ALERT_HANDSHAKE_FAILURE",
+    "ALERT_UNSUPPORTED_CERTIFICATE",
+    "ALERT_PROTOCOL_VERSION",
+    "WRONG_VERSION_NUMBER",
+    "KEY_VALUES_MISMATCH",
+    "NO_START_LINE",
+    "PEM",
+)
+_SSL_NOISE = re.compile(r"^\[SSL(?:: [A-Z0-9_]+)?\]\s*|\s*\(_ssl\.c:\d+\)$")
+
+
+def _ssl_error(exc: BaseException) -> ssl.SSLError | None:
+    """The OpenSSL error under requests' and urllib3's wrappers (in causes, in args, or in
+    urllib3's `reason`), if a TLS failure is what this is."""
+    seen: set[int] = set()
+    todo: list[object] = [exc]
+    while todo:
+        item = todo.pop()
+        if not isinstance(item, BaseException) or id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, ssl.SSLError):
+            return item
+        todo += [item.__cause__, item.__context__, getattr(item, "reason", None), *item.args]
+    return None
+
+
+def _tls_failure(found: ssl.SSLError, what: str, certs: PurePath | None) -> errors.ControllerError:
+    """A readable reason for a TLS failure, naming the file to check (never its content)."""
+    code = str(found.reason or "")
+    text = _SSL_NOISE.sub("", str(found.args[1] if len(found.args) > 1 else found))
+    where = f"{certs}/" if certs is not None else "the node's certificate directory"
+    if isinstance(found, ssl.SSLCertVerificationError) or code == "CERTIFICATE_VERIFY_FAILED":
+        detail = getattr(found, "verify_message", None) or text
+        return errors.PermanentError(
+            f"{what}: TLS: the engine's certificate was not accepted ({detail}): is "
+            f"{where}{tls.CA_FILE} the CA that signed it, and does it name this host?"
+        )
+    if any(marker in code for marker in _TLS_PEER_REFUSED):
+        return errors.PermanentError(
+            f"{what}: TLS: the engine refused our client certificate ({text}): is "
+            f"{where}{tls.CERT_FILE} signed by the CA the engine trusts (dockerd --tlscacert), "
+            "and still valid?"
+        )
+    if code == "WRONG_VERSION_NUMBER":
+        return errors.PermanentError(
+            f"{what}: TLS: the engine does not speak TLS on this port ({text})"
+        )
+    if any(marker in code for marker in _TLS_PERMANENT) or "PEM" in text:
+        return errors.PermanentError(
+            f"{what}: TLS: cannot use the client certificate and key in {where} ({text})"
+        )
+    return errors.TransientError(f"{what}: TLS handshake failed: {text or code}")
+
+
 def _message(exc: BaseException) -> str:
     if isinstance(exc, docker.errors.APIError):
         text = exc.explanation or str(exc)
@@ -92,10 +167,19 @@ def _message(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def translate(exc: BaseException, what: str) -> errors.ControllerError:
-    """A docker-py or transport exception as one of our two error kinds."""
+def translate(
+    exc: BaseException, what: str, certs: PurePath | None = None
+) -> errors.ControllerError:
+    """A docker-py or transport exception as one of our two error kinds; `certs`, the node's
+    certificate directory, goes into the reason of a TLS failure."""
     if isinstance(exc, errors.ControllerError):
         return exc
+    found = _ssl_error(exc)
+    if found is not None:
+        return _tls_failure(found, what, certs)
+    if isinstance(exc, docker.errors.TLSParameterError):
+        # TLSConfig checks that the files exist: they went away after runtime.tls looked.
+        return errors.PermanentError(f"{what}: TLS: {_message(exc)}")
     if isinstance(exc, docker.errors.APIError):
         status = exc.status_code or 0
         text = _message(exc)
@@ -131,6 +215,103 @@ def close_socket_on_failed_connect() -> None:
 
     connect._fog_mended = True  # type: ignore[attr-defined]
     cls.connect = connect
+
+
+def _readable_file(path: PurePath) -> bool:
+    return os.path.isfile(path) and os.access(path, os.R_OK)
+
+
+class _PinnedTLSAdapter(requests.adapters.HTTPAdapter):
+    """Verifies the engine against the node's ca.pem and presents the node's client
+    certificate on every request, whatever the environment says. requests lets
+    REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE override a session's CA (psf/requests#3829): the
+    node's own CA would silently become the system bundle. Also sizes the pool, which
+    docker-py leaves at requests' default of 10 for TCP engines."""
+
+    def __init__(self, access: tls.EngineAccess, pool_maxsize: int) -> None:
+        super().__init__(pool_connections=1, pool_maxsize=pool_maxsize)
+        self._ca = access.ca_cert
+        self._cert = access.client_cert
+
+    def send(self, request: Any, *args: Any, **kwargs: Any) -> Any:
+        kwargs["verify"] = self._ca
+        kwargs["cert"] = self._cert
+        return super().send(request, *args, **kwargs)
+
+
+class EngineConnector:
+    """Makes the docker-py clients to engines, reaching each as `tls.engine_access` decides.
+
+    `access()` re-reads the node's certificate directory on every call (three `stat`s): files
+    put in place, replaced or removed take effect without a restart, and a node allowed plain
+    TCP is spoken to over TLS as soon as its certificates appear. Thread-safe: event streams
+    connect from their own threads."""
+
+    def __init__(
+        self, certs_dir: Path, allow_plaintext: bool = False, *, warn_plaintext: bool = True
+    ) -> None:
+        self._certs_dir = certs_dir
+        self._allow_plaintext = allow_plaintext
+        self._warn_plaintext = warn_plaintext
+        self._warned: set[str] = set()
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, warn_plaintext: bool = True) -> EngineConnector:
+        return cls(
+            Path(settings.engine_certs_dir),
+            settings.engine_allow_plaintext,
+            warn_plaintext=warn_plaintext,
+        )
+
+    def access(self, name: str, url: str) -> tls.EngineAccess:
+        """How to reach node `name` at `url` now; `errors.PermanentError` if not at all."""
+        access = tls.engine_access(
+            name,
+            url,
+            certs_root=self._certs_dir,
+            allow_plaintext=self._allow_plaintext,
+            present=_readable_file,
+        )
+        if access.transport is tls.Transport.PLAINTEXT and self._warn_plaintext:
+            with self._lock:
+                first = name not in self._warned
+                self._warned.add(name)
+            if first:
+                log.warning(
+                    "engine_plaintext",
+                    node=name,
+                    docker_url=url,
+                    certs_dir=str(self._certs_dir / name),
+                    detail=f"no TLS certificates; {tls.PLAINTEXT_SWITCH}=true allows plain "
+                    "TCP: anyone on the network path can control this engine",
+                )
+        return access
+
+    def client(
+        self, access: tls.EngineAccess, *, timeout: float, max_pool_size: int
+    ) -> docker.APIClient:
+        """A client for `access` (no request is made: the API version is pinned)."""
+        config: docker.tls.TLSConfig | None = None
+        if access.transport is tls.Transport.TLS:
+            config = docker.tls.TLSConfig(
+                client_cert=access.client_cert, ca_cert=access.ca_cert, verify=True
+            )
+        client = docker.APIClient(
+            base_url=access.base_url,
+            version=DOCKER_API_VERSION,
+            timeout=int(timeout),
+            max_pool_size=max_pool_size,
+            tls=config or False,
+        )
+        if access.transport is tls.Transport.TLS:
+            client.mount("https://", _PinnedTLSAdapter(access, max_pool_size))
+        elif access.transport is tls.Transport.PLAINTEXT:
+            client.mount(
+                "http://",
+                requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=max_pool_size),
+            )
+        return client
 
 
 _UPTIME = re.compile(
@@ -199,7 +380,10 @@ class DockerRuntime:
         close_socket_on_failed_connect()
         self._settings = settings
         self._metrics = metrics
-        self._clients: dict[str, docker.APIClient] = {}
+        self._connector = EngineConnector.from_settings(settings)
+        # Per (node name, URL): the access a client was made for, and the client. The name is
+        # part of the key because the certificates are the node's, not the URL's.
+        self._clients: dict[tuple[str, str], tuple[tls.EngineAccess, docker.APIClient]] = {}
         self._semaphores: dict[str, asyncio.Semaphore] = {}
         # Per engine URL: whether its storage driver accepts a size limit (None: not tried).
         self._storage_opt: dict[str, bool] = {}
@@ -210,16 +394,32 @@ class DockerRuntime:
     # --- plumbing --------------------------------------------------------------------------
 
     def _client(self, node: NodeRecord) -> docker.APIClient:
-        client = self._clients.get(node.docker_url)
-        if client is None:
-            client = docker.APIClient(
-                base_url=node.docker_url,
-                version=DOCKER_API_VERSION,
-                timeout=int(self._settings.docker_timeout_seconds),
+        """The node's client, made anew when how to reach it changed (certificates added or
+        removed); `errors.PermanentError` when it must not be reached (runtime.tls)."""
+        access = self._connector.access(node.name, node.docker_url)
+        key = (node.name, node.docker_url)
+        held = self._clients.get(key)
+        if held is not None and held[0] == access:
+            return held[1]
+        try:
+            client = self._connector.client(
+                access,
+                timeout=self._settings.docker_timeout_seconds,
                 max_pool_size=self._settings.node_concurrency + 1,
             )
-            self._clients[node.docker_url] = client
+        except Exception as exc:
+            raise translate(exc, "connect", access.certs) from exc
+        if held is not None:
+            held[1].close()  # calls still in flight on it fail and are retried as usual
+        self._clients[key] = (access, client)
+        if access.transport is tls.Transport.TLS:
+            log.info("engine_tls", node=node.name, certs_dir=str(access.certs))
         return client
+
+    def _certs(self, node: NodeRecord) -> PurePath | None:
+        """The node's certificate directory, for the reason of a TLS failure."""
+        held = self._clients.get((node.name, node.docker_url))
+        return held[0].certs if held is not None else None
 
     def _semaphore(self, node: NodeRecord) -> asyncio.Semaphore:
         sem = self._semaphores.get(node.docker_url)
@@ -268,11 +468,11 @@ class DockerRuntime:
                 except docker.errors.NotFound:
                     raise
                 except Exception as exc:
-                    raise translate(exc, what) from exc
+                    raise translate(exc, what, self._certs(node)) from exc
         raise AssertionError("unreachable: tenacity either returns or raises")
 
     async def close(self) -> None:
-        for client in self._clients.values():
+        for _, client in self._clients.values():
             client.close()
         self._clients.clear()
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -283,7 +483,7 @@ class DockerRuntime:
         try:
             raw = await self._unlimited(node, self._client(node).info)
         except Exception as exc:
-            raise translate(exc, "probe") from exc
+            raise translate(exc, "probe", self._certs(node)) from exc
         return EngineInfo(
             cpu_cores=float(raw.get("NCPU") or 0),
             memory_mb=int((raw.get("MemTotal") or 0) // (1024 * 1024)),
@@ -293,15 +493,15 @@ class DockerRuntime:
 
     async def list(self, node: NodeRecord, deployment_id: uuid.UUID | None = None) -> NodeView:
         observed_at = datetime.now(UTC)
-        client = self._client(node)
         filters: dict[str, Any] = _MANAGED_FILTER
         if deployment_id is not None:
             # Several label filters must all match: ours, and of this deployment.
             filters = {"label": [_MANAGED_FILTER["label"], f"{LABEL_DEPLOYMENT}={deployment_id}"]}
         try:
+            client = self._client(node)  # may refuse (runtime.tls): this never raises
             raw = await self._raw(node, client.containers, all=True, filters=filters)
         except Exception as exc:
-            reason = translate(exc, "list").reason
+            reason = translate(exc, "list", self._certs(node)).reason
             log.warning("node_list_failed", node=node.name, error=reason)
             return NodeView(node.id, complete=False, observed_at=observed_at, error=reason)
         try:
@@ -309,7 +509,7 @@ class DockerRuntime:
         except Exception as exc:
             # An engine that lists but cannot inspect is going away or unwell: a half-read
             # node is unknown, not a node whose containers died.
-            reason = translate(exc, "inspect").reason
+            reason = translate(exc, "inspect", self._certs(node)).reason
             log.warning("node_list_failed", node=node.name, error=reason)
             return NodeView(node.id, complete=False, observed_at=observed_at, error=reason)
         containers = tuple(c for c in found if c is not None)

@@ -40,6 +40,13 @@ containerd 1.6, runc, kernel 6.18, cgroup v1 with the cgroupfs driver, overlay2 
   force-removing the 50 takes 1.8-2.2 s. Three engines start in about 0.5 s (in parallel) and
   stop in about 1.2 s with a running container each.
 
+A TLS-protected engine (``Engine.in_dir(..., tls=True)``, ``Cluster.start(n, tls=True)``) also
+listens on ``tcp://127.0.0.1:<free port>`` with ``--tlsverify``, the way a remote fog node is
+exposed, using certificates made for this run (``EngineCertificates``: a CA of its own from
+``trustme``, a server certificate for 127.0.0.1 and a client certificate, in Docker's
+``DOCKER_CERT_PATH`` layout). Its unix socket stays, unprotected, for the harness's own
+bookkeeping (images, clean-up, readiness), so only the code under test speaks TLS.
+
 Stopping an engine stops its containers (they exit on ``SIGTERM`` at once); ``unless-stopped``
 containers come back when the same engine starts again. ``kill`` is a power cut: dockerd,
 its containerd, every shim and every container process of that engine get ``SIGKILL``; on the
@@ -59,6 +66,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import tarfile
@@ -67,6 +75,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from functools import cache
 from pathlib import Path
 from types import TracebackType
@@ -75,20 +84,24 @@ from urllib.parse import urlsplit
 
 import docker
 import docker.errors
+import trustme
 from docker.types import Healthcheck
 
 __all__ = [
     "API_VERSION",
+    "CERT_FILES",
     "DEFAULT_CMD",
     "TEST_IMAGE",
     "TEST_LABEL",
     "URLS_ENV",
     "Cluster",
     "Engine",
+    "EngineCertificates",
     "build_image",
     "build_test_image",
     "ensure_docker_installed",
     "find_static_busybox",
+    "free_port",
     "wait_until",
 ]
 
@@ -348,11 +361,104 @@ def _remove_tree(root: Path) -> None:
     shutil.rmtree(root)
 
 
+# --- TLS -----------------------------------------------------------------------------------
+
+# Docker's DOCKER_CERT_PATH layout, which the controller reads per node as well.
+CERT_FILES: tuple[str, ...] = ("ca.pem", "cert.pem", "key.pem")
+TLS_HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now (on loopback)."""
+    with socket.socket() as s:
+        s.bind((TLS_HOST, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """A key file readable by its owner only, as a real key must be (dockerd does not check,
+    but a test that copies the habit elsewhere should find it right)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+def write_cert_dir(directory: Path, trusted: trustme.CA, leaf: trustme.LeafCert) -> Path:
+    """``directory`` holding ca.pem (the CA ``trusted`` to sign the peer), cert.pem and key.pem
+    (``leaf``, whose chain goes into cert.pem)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "ca.pem").write_bytes(trusted.cert_pem.bytes())
+    (directory / "cert.pem").write_bytes(b"".join(p.bytes() for p in leaf.cert_chain_pems))
+    _write_private(directory / "key.pem", leaf.private_key_pem.bytes())
+    return directory
+
+
+@dataclass(eq=False)
+class EngineCertificates:
+    """TLS material for one engine, made fresh for each run (nothing long-lived to leak): a CA
+    of its own, the server's certificate for 127.0.0.1 (``server_dir``, what dockerd's
+    ``--tlscacert/--tlscert/--tlskey`` read) and a client certificate it accepts
+    (``client_dir``, what the controller reads for the node)."""
+
+    directory: Path
+    ca: trustme.CA
+
+    @classmethod
+    def generate(cls, directory: Path) -> EngineCertificates:
+        certs = cls(directory, trustme.CA(organization_name="fog-test engine CA"))
+        server = certs.ca.issue_cert(TLS_HOST, "localhost", common_name="fog-test engine")
+        write_cert_dir(certs.server_dir, certs.ca, server)
+        certs.write_client_dir(certs.client_dir)
+        return certs
+
+    @property
+    def server_dir(self) -> Path:
+        return self.directory / "server"
+
+    @property
+    def client_dir(self) -> Path:
+        return self.directory / "client"
+
+    def write_client_dir(
+        self,
+        target: Path,
+        *,
+        signed_by: trustme.CA | None = None,
+        trusting: trustme.CA | None = None,
+        not_after: datetime | None = None,
+    ) -> Path:
+        """A client certificate directory at ``target``: its certificate is issued by this
+        engine's CA unless ``signed_by`` says otherwise, its ca.pem trusts this engine's CA
+        unless ``trusting`` does; ``not_after`` in the past makes an expired certificate."""
+        issuer = signed_by or self.ca
+        not_before = None
+        if not_after is not None and not_after < datetime.now(UTC):
+            not_before = not_after - timedelta(days=1)
+        # An identity, not only a common name: without one trustme writes an empty critical
+        # subjectAltName, which Go's TLS stack (dockerd) rejects as "unhandled critical
+        # extension".
+        leaf = issuer.issue_cert(
+            "fog-controller",
+            common_name="fog-controller",
+            not_before=not_before,
+            not_after=not_after,
+        )
+        return write_cert_dir(target, trusting or self.ca, leaf)
+
+
+def _tls_context(cert_dir: Path) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(cert_dir / "ca.pem"))
+    context.load_cert_chain(str(cert_dir / "cert.pem"), str(cert_dir / "key.pem"))
+    return context
+
+
 # --- engines -------------------------------------------------------------------------------
 
 
-def _ping(url: str, timeout: float = 2.0) -> bool:
-    """True if the Docker API at ``url`` answers ``GET /_ping`` with 200."""
+def _ping(url: str, timeout: float = 2.0, tls: Path | None = None) -> bool:
+    """True if the Docker API at ``url`` answers ``GET /_ping`` with 200; a TCP URL is spoken
+    to over TLS with the client certificate directory ``tls`` when given."""
     parts = urlsplit(url)
     try:
         if parts.scheme in ("unix", "http+unix"):
@@ -364,9 +470,11 @@ def _ping(url: str, timeout: float = 2.0) -> bool:
                 sock.close()
                 raise
         elif parts.scheme in ("tcp", "http", "https") and parts.hostname and parts.port:
-            if parts.scheme == "https":
-                raise ValueError(f"TLS engine URLs are not supported by the harness: {url}")
+            if parts.scheme == "https" and tls is None:
+                raise ValueError(f"{url} needs a client certificate directory")
             sock = socket.create_connection((parts.hostname, parts.port), timeout=timeout)
+            if tls is not None:
+                sock = _tls_context(tls).wrap_socket(sock, server_hostname=parts.hostname)
         else:
             raise ValueError(f"unsupported Docker URL: {url}")
         with sock:
@@ -400,13 +508,29 @@ class Engine:
     external: bool = False
     start_timeout: float = 90.0
     stop_timeout: float = 60.0
+    # A TLS-protected engine: its certificates and the loopback port of its --tlsverify
+    # listener (kept across restarts, as a real node keeps its address).
+    certs: EngineCertificates | None = None
+    tls_port: int | None = None
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _lock: threading.RLock = field(default_factory=threading.RLock, init=False, repr=False)
 
     @classmethod
-    def in_dir(cls, name: str, base_dir: Path) -> Engine:
+    def in_dir(cls, name: str, base_dir: Path, *, tls: bool = False) -> Engine:
         root = Path(base_dir).absolute() / name
-        return cls(name=name, url=f"unix://{root}/docker.sock", root=root)
+        engine = cls(name=name, url=f"unix://{root}/docker.sock", root=root)
+        if tls:
+            engine.certs = EngineCertificates.generate(root / "tls")
+            engine.tls_port = free_port()
+        return engine
+
+    @property
+    def tls_url(self) -> str:
+        """``tcp://127.0.0.1:<port>`` of the TLS listener, as an operator writes it into
+        ``nodes.docker_url``."""
+        if self.tls_port is None:
+            raise RuntimeError(f"{self.name} was started without TLS")
+        return f"tcp://{TLS_HOST}:{self.tls_port}"
 
     # paths
 
@@ -502,6 +626,19 @@ class Engine:
             "--containerd-plugins-namespace",
             f"{self.name}-plugins",
         ]
+        if self.certs is not None:
+            server = self.certs.server_dir
+            cmd += [
+                "-H",
+                self.tls_url,
+                "--tlsverify",
+                "--tlscacert",
+                str(server / "ca.pem"),
+                "--tlscert",
+                str(server / "cert.pem"),
+                "--tlskey",
+                str(server / "key.pem"),
+            ]
         return cmd
 
     @staticmethod
@@ -540,7 +677,13 @@ class Engine:
                 f"dockerd of {self.name} exited with code {proc.returncode} while "
                 f"starting; log tail:\n{self.log_tail()}"
             )
-        return _ping(self.url)
+        return _ping(self.url) and self._tls_ping()
+
+    def _tls_ping(self) -> bool:
+        """True without TLS; else whether the TLS listener answers a client it should accept."""
+        if self.certs is None:
+            return True
+        return _ping(self.tls_url, tls=self.certs.client_dir)
 
     def stop(self) -> None:
         """SIGTERM dockerd and wait until no process of this engine is left.
@@ -642,7 +785,7 @@ class Engine:
         if self.external:
             return _ping(self.url)
         proc = self._proc
-        return proc is not None and proc.poll() is None and _ping(self.url)
+        return proc is not None and proc.poll() is None and _ping(self.url) and self._tls_ping()
 
     def client(self) -> docker.DockerClient:
         """A new client for this engine; the caller must ``close()`` it."""
@@ -674,9 +817,16 @@ class Cluster:
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     @classmethod
-    def start(cls, n: int = 3, base_dir: Path | str | None = None) -> Cluster:
-        """Start ``n`` engines in parallel, or adopt the engines named in FOG_TEST_DOCKER_URLS."""
+    def start(cls, n: int = 3, base_dir: Path | str | None = None, *, tls: bool = False) -> Cluster:
+        """Start ``n`` engines in parallel, or adopt the engines named in FOG_TEST_DOCKER_URLS.
+
+        ``tls``: each engine also listens on a TLS-protected loopback port (``Engine.tls_url``)
+        with certificates made for this run; never with external engines, whose certificates
+        the harness does not hold.
+        """
         external = _external_urls()
+        if external and tls:
+            raise RuntimeError(f"{URLS_ENV} is set: the harness holds no certificates for those")
         if external:
             if len(external) < n:
                 raise RuntimeError(f"{URLS_ENV} names {len(external)} engines, {n} needed")
@@ -695,8 +845,9 @@ class Cluster:
             base = Path(base_dir)
             base.mkdir(parents=True, exist_ok=True)
             owns = False
+        prefix = "fog-tls-node" if tls else "fog-node"
         cluster = cls(
-            engines=[Engine.in_dir(f"fog-node-{i}", base) for i in range(n)],
+            engines=[Engine.in_dir(f"{prefix}-{i}", base, tls=tls) for i in range(n)],
             base_dir=base,
             owns_base_dir=owns,
         )

@@ -7,6 +7,8 @@ the way a rebooted fog node would. If these fail, nothing built on the harness m
 
 from __future__ import annotations
 
+import socket
+import ssl
 import uuid
 from collections.abc import Iterator
 from contextlib import closing
@@ -127,3 +129,26 @@ def test_killed_engine_loses_processes_and_restores_unless_stopped(
         _wait_status(client, kept, "running")
         assert _status(client, dropped) == "exited"
         assert client.api.inspect_container(dropped)["State"]["ExitCode"] == 255
+
+
+def test_a_tls_engine_answers_only_a_client_with_its_certificate(tls_cluster: Cluster) -> None:
+    """The TLS tests' premise: the listener really checks client certificates (`--tlsverify`),
+    so a refusal there is the engine's, and an answer proves the certificates work."""
+    engine = tls_cluster.engines[0]
+    assert engine.certs is not None
+    assert engine.tls_port is not None
+    assert engine.is_running()  # for a TLS engine: its unix socket and its TLS listener answer
+
+    # Server verified, but no client certificate offered: the engine ends the handshake.
+    context = ssl.create_default_context(cafile=str(engine.certs.client_dir / "ca.pem"))
+    with pytest.raises(ssl.SSLError, match="certificate"):
+        _tls_ping(context, engine.tls_port)
+
+
+def _tls_ping(context: ssl.SSLContext, port: int) -> bytes:
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        tls.sendall(b"GET /_ping HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n")
+        return tls.recv(4096)
