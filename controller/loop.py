@@ -348,7 +348,7 @@ class Controller:
         # Observe first, then load: every container in the listing was made from a replica row
         # committed before the listing began, so the load below cannot miss its deployment.
         views = await self.reconciler.observe(self.nodes.reachable())
-        deployments = await self.store.load_deployments()
+        deployments = await self.store.load_active()
         known = {d.id for d in deployments}
         enqueued = 0
         for deployment_id in self.reconciler.triage(deployments, views):

@@ -143,6 +143,12 @@ class Deployment:
     # The newest history row: its reason is the deployment's current condition.
     last_reason: str | None = None
     last_changed_at: datetime | None = None
+    # Computed once: a resync pass compares it with every replica's (a sha256 each time
+    # was a fifth of a pass over 50,000 replicas).
+    _spec_hash: str = field(default="", init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_spec_hash", spec_hash(self.image, self.resources))
 
     @property
     def deleting(self) -> bool:
@@ -150,7 +156,7 @@ class Deployment:
 
     @property
     def spec_hash(self) -> str:
-        return spec_hash(self.image, self.resources)
+        return self._spec_hash
 
     def outdated(self, r: Replica) -> bool:
         return r.spec_hash is not None and r.spec_hash != self.spec_hash

@@ -114,12 +114,17 @@ class NodeMonitor:
         return dict(self._records)
 
     def nodes(self) -> list[Node]:
+        return list(self.snapshot())
+
+    def snapshot(self) -> tuple[Node, ...]:
+        """The nodes as the scheduler sees them; the same tuple until a refresh changes them
+        (the scheduler's index is rebuilt when it is not)."""
         if self._nodes is None:
             self._nodes = tuple(
                 resolve_node(r, self._info.get(r.id), self._up_since.get(r.id))
                 for r in self._records.values()
             )
-        return list(self._nodes)
+        return self._nodes
 
     def reachable(self) -> list[NodeRecord]:
         """Nodes worth listing: those not known to be down."""

@@ -132,7 +132,7 @@ class Reconciler:
         # reconciles schedule against each other's choices without a lock held across a
         # database write. Capacity freed meanwhile is seen at the next read: the cache can
         # overestimate usage, never underestimate it, and a refusal always re-reads first.
-        self._usage: dict[uuid.UUID, Resources] | None = None
+        self._index: scheduler.NodeIndex | None = None
         self._usage_read_at = 0.0  # monotonic seconds
         self._usage_lock = asyncio.Lock()  # one read at a time
         # Placements chosen but not yet written, and (during a read) every one chosen meanwhile.
@@ -606,7 +606,7 @@ class Reconciler:
         spread: Counter[uuid.UUID],
     ) -> tuple[list[Replica], str | None]:
         called_at = time.monotonic()
-        if self._usage is None or called_at - self._usage_read_at > USAGE_MAX_AGE:
+        if self._index is None or called_at - self._usage_read_at > USAGE_MAX_AGE:
             await self._read_usage(called_at)
         result = self._schedule(replicas, request, spread)
         if result.unplaced and self._usage_read_at < called_at:
@@ -640,8 +640,7 @@ class Reconciler:
         return placed, result.reason
 
     def _assume(self, replica_id: uuid.UUID, node_id: uuid.UUID, request: Resources) -> None:
-        if self._usage is not None:
-            self._usage[node_id] = self._usage.get(node_id, ZERO) + request
+        """Remember a placement the index already counts until its write is over."""
         self._assumed[replica_id] = (node_id, request)
         if self._assumed_during_read is not None:
             self._assumed_during_read[replica_id] = (node_id, request)
@@ -649,23 +648,17 @@ class Reconciler:
     def _settle(self, replica_id: uuid.UUID, *, written: bool) -> None:
         """The placement's write is over: kept if it was written, taken back if not."""
         assumed = self._assumed.pop(replica_id, None)
-        if assumed is None or written or self._usage is None:
+        if assumed is None or written or self._index is None:
             return
         node_id, request = assumed
-        used = self._usage.get(node_id, ZERO)
-        self._usage[node_id] = Resources(
-            max(used.cpu_cores - request.cpu_cores, 0.0),
-            max(used.memory_mb - request.memory_mb, 0),
-            max(used.gpu_units - request.gpu_units, 0),
-            max(used.storage_gb - request.storage_gb, 0),
-        )
+        self._index.add(node_id, request, sign=-1)
 
     async def _read_usage(self, wanted_after: float) -> None:
         """Re-read usage from the store, plus every placement that may be missing from that
         read: those being written when it began and those chosen while it ran (a placement
         both written and counted is counted twice, which errs on the safe side)."""
         async with self._usage_lock:
-            if self._usage is not None and self._usage_read_at >= wanted_after:
+            if self._index is not None and self._usage_read_at >= wanted_after:
                 return  # another reconcile re-read meanwhile
             started = time.monotonic()
             pending = self._assumed_during_read = dict(self._assumed)
@@ -675,18 +668,25 @@ class Reconciler:
                 self._assumed_during_read = None
             for node_id, request in pending.values():
                 usage[node_id] = usage.get(node_id, ZERO) + request
-            self._usage, self._usage_read_at = usage, started
+            self._index = scheduler.NodeIndex(self._nodes.snapshot(), usage)
+            self._usage_read_at = started
 
     def _schedule(
         self, replicas: list[Replica], request: Resources, spread: Counter[uuid.UUID]
     ) -> scheduler.ScheduleResult:
-        return scheduler.schedule(
-            [r.id for r in replicas], request, self._nodes.nodes(), self._usage or {}, spread
-        )
+        """`scheduler.schedule` over the cached usage; the placements count as used at once."""
+        nodes = self._nodes.snapshot()
+        index = self._index
+        if index is None:  # a new term began while this reconcile waited
+            raise errors.TransientError("scheduler cache not loaded yet")
+        if index.nodes is not nodes:
+            # Nodes changed (a probe, a cordon): same usage, new node set.
+            index = self._index = scheduler.NodeIndex(nodes, index.used)
+        return index.schedule([r.id for r in replicas], request, spread)
 
     def new_term(self) -> None:
         """Leadership (re)gained: another leader may have placed replicas meanwhile."""
-        self._usage = None
+        self._index = None
 
     async def _ensure(
         self, d: Deployment, r: Replica, records: Mapping[uuid.UUID, NodeRecord]

@@ -19,7 +19,19 @@ from functools import wraps
 from typing import Any, ParamSpec, TypeVar, cast
 
 import structlog
-from sqlalchemy import ColumnElement, Table, column, delete, func, insert, select, update
+from sqlalchemy import (
+    ColumnElement,
+    String,
+    Table,
+    Uuid,
+    column,
+    delete,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
 from sqlalchemy import values as values_list
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -102,6 +114,28 @@ def _clip(reason: str) -> str:
     return reason if len(reason) <= REASON_MAX_LENGTH else reason[: REASON_MAX_LENGTH - 1] + "…"
 
 
+_NOT_TERMINAL_SQL = ", ".join(f"'{status}'" for status in _NOT_TERMINAL)
+# `load_active`: every this many passes, a full reload whatever the fingerprints say.
+FULL_RELOAD_EVERY = 12
+_FINGERPRINTS = text(
+    f"""
+        SELECT d.id AS id,
+               md5(min(d.xmin::text) || '/' || coalesce(min(res.xmin::text), '-') || '/' ||
+                   coalesce(string_agg(r.id::text || ':' || r.xmin::text, ',' ORDER BY r.id), ''))
+               AS fp
+        FROM {DEPLOYMENTS.name} AS d
+        LEFT JOIN {RESOURCES.name} AS res ON res.deployment_id = d.id
+        LEFT JOIN {REPLICAS.name} AS r
+               ON r.deployment_id = d.id AND r.status IN ({_NOT_TERMINAL_SQL})
+        WHERE d.status <> '{DeploymentStatus.DELETED.value}'
+        GROUP BY d.id
+        """
+).columns(column("id", Uuid), column("fp", String))
+
+# One write of a group-committed round: its statements, on the round's connection.
+_Write = Callable[[AsyncConnection], Awaitable[object]]
+
+
 @dataclass(frozen=True, slots=True)
 class Transition:
     """Move one replica from one of `expected` statuses to `status`, setting `values`."""
@@ -123,6 +157,10 @@ class Store:
             self._transition_rounds
         )
         self._loads: Coalescer[uuid.UUID, Deployment | None] = Coalescer(self._load_rounds)
+        self._writes: Coalescer[_Write, object] = Coalescer(self._write_rounds)
+        # `load_active`'s previous pass: fingerprint and deployment per id.
+        self._snapshot: dict[uuid.UUID, tuple[str, Deployment]] = {}
+        self._passes = 0
 
     def fence(self, epoch: int | None) -> None:
         """Check every later write against `epoch` (see controller/leader.py)."""
@@ -250,6 +288,42 @@ class Store:
             )
         return out
 
+    @_retrying
+    async def load_active(self) -> list[Deployment]:
+        """Every deployment not yet deleted, for a resync pass.
+
+        On PostgreSQL a pass re-reads only what changed: one query fingerprints each
+        deployment by the row versions (`xmin`) of its deployment, resources and live replica
+        rows, and only deployments whose fingerprint moved are loaded again; the rest come
+        from the previous pass. Any write makes a new row version, so nothing changed is
+        missed; still, every `FULL_RELOAD_EVERY`-th pass reloads everything, as an informer
+        relists. A fingerprint taken before its load can only make the next pass reload more.
+        """
+        if self._engine.dialect.name != "postgresql":
+            return await self.load_deployments()
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(_FINGERPRINTS)).all()
+        prints = {row.id: row.fp for row in rows}
+        self._passes += 1
+        cached = self._snapshot if self._passes % FULL_RELOAD_EVERY else {}
+        stale = [i for i, fp in prints.items() if i not in cached or cached[i][0] != fp]
+        if len(stale) > len(prints) // 2:
+            fresh = {d.id: d for d in await self.load_deployments()}
+        else:
+            fresh = {}
+            for start in range(0, len(stale), _IN_CHUNK):
+                for d in await self.load_deployments(stale[start : start + _IN_CHUNK]):
+                    fresh[d.id] = d
+        snapshot: dict[uuid.UUID, tuple[str, Deployment]] = {}
+        for deployment_id, fp in prints.items():
+            loaded = fresh.get(deployment_id)
+            if loaded is not None:
+                snapshot[deployment_id] = (fp, loaded)
+            elif deployment_id in cached and deployment_id not in stale:
+                snapshot[deployment_id] = cached[deployment_id]
+        self._snapshot = snapshot
+        return [d for _, d in snapshot.values()]
+
     async def load_deployment(self, deployment_id: uuid.UUID) -> Deployment | None:
         """One deployment; loads asked for at once share one read of three queries."""
         return await self._loads.submit(deployment_id)
@@ -306,7 +380,6 @@ class Store:
 
     # --- writes ----------------------------------------------------------------------------
 
-    @_retrying
     async def create_replicas(
         self, deployment_id: uuid.UUID, count: int, now: datetime
     ) -> list[Replica]:
@@ -321,7 +394,8 @@ class Store:
         ]
         if not new:
             return []
-        async with self._write() as conn:
+
+        async def write(conn: AsyncConnection) -> None:
             await conn.execute(
                 insert(REPLICAS),
                 [
@@ -334,6 +408,8 @@ class Store:
                     for r in new
                 ],
             )
+
+        await self._writes.submit(write)
         return new
 
     async def transition(self, changes: Iterable[Transition]) -> set[uuid.UUID]:
@@ -363,6 +439,27 @@ class Store:
             except (DBAPIError, errors.ControllerError) as exc:
                 out.append(exc)
         return out
+
+    async def _write_rounds(self, writes: Sequence[_Write]) -> list[object]:
+        """Writes asked for at once share one transaction (group commit); should one of them
+        fail, each runs alone so the others still commit and only its caller hears."""
+        try:
+            return await self._write_together(writes)
+        except DBAPIError:
+            if len(writes) == 1:
+                raise
+        out: list[object] = []
+        for one in writes:
+            try:
+                out.extend(await self._write_together([one]))
+            except (DBAPIError, errors.ControllerError) as exc:
+                out.append(exc)
+        return out
+
+    @_retrying
+    async def _write_together(self, writes: Sequence[_Write]) -> list[object]:
+        async with self._write() as conn:
+            return [await one(conn) for one in writes]
 
     @_retrying
     async def _transition_together(
@@ -400,7 +497,6 @@ class Store:
             )
         return {row[0]: int(row[1]) for row in rows}
 
-    @_retrying
     async def record_status(
         self,
         deployment_id: uuid.UUID,
@@ -420,7 +516,9 @@ class Store:
         # uses for operator edits, so a skewed controller clock cannot hide an edit. SQLite is
         # embedded: one host, one clock.
         stamp: Any = func.now() if self._engine.dialect.name == "postgresql" else now
-        async with self._write() as conn:
+        history_id = uuid.uuid4()
+
+        async def write(conn: AsyncConnection) -> bool:
             result = await conn.execute(
                 update(d)
                 .where(d.c.id == deployment_id, d.c.status == old.value)
@@ -430,7 +528,7 @@ class Store:
                 return False
             await conn.execute(
                 insert(hist).values(
-                    id=uuid.uuid4(),
+                    id=history_id,
                     deployment_id=deployment_id,
                     old_status=old.value,
                     new_status=new.value,
@@ -439,7 +537,9 @@ class Store:
                     reason=_clip(reason),
                 )
             )
-        return True
+            return True
+
+        return bool(await self._writes.submit(write))
 
     @_retrying
     async def prune_terminal_replicas(self, keep: int) -> int:

@@ -246,3 +246,53 @@ async def test_a_bad_row_fails_only_its_own_call(engine: AsyncEngine) -> None:
         replicas[1].id: "pending",
         replicas[2].id: "starting",
     }
+
+
+async def test_a_resync_load_rereads_only_what_changed_and_misses_nothing(
+    engine: AsyncEngine,
+) -> None:
+    """`load_active` (the resync pass's read) always equals a full load, whatever was edited
+    in between, by us or by hand; on PostgreSQL an unchanged fog costs one statement."""
+    op, store = Operator(engine), Store(engine)
+    user = await op.add_user()
+    ids = await _deployments(op, user, 4, 2)
+
+    async def same_as_full_load() -> list[str]:
+        with counting(engine) as statements:
+            got = {d.id: d for d in await store.load_active()}
+        want = {d.id: d for d in await store.load_deployments()}
+        assert got == want
+        return statements
+
+    await same_as_full_load()
+    unchanged = await same_as_full_load()
+    if engine.dialect.name == "postgresql":
+        assert len(unchanged) == 1  # the fingerprints, nothing else
+
+    first = (await store.load_deployment(ids[0])).replicas[0]  # type: ignore[union-attr]
+    await store.transition([Transition(first.id, (ReplicaStatus.PENDING,), ReplicaStatus.STARTING)])
+    await same_as_full_load()
+    async with engine.begin() as conn:  # by hand: a replica row edited, another deleted
+        await conn.execute(
+            REPLICAS.update().where(REPLICAS.c.id == first.id).values(container_id="by-hand")
+        )
+        victim = (await op.replicas(ids[1]))[0]["id"]
+        await conn.execute(REPLICAS.delete().where(REPLICAS.c.id == victim))
+    await same_as_full_load()
+    await op.update(ids[2], container_image="fog-test/other:1")
+    await op.soft_delete(ids[3])
+    fresh = await _deployments(op, user, 1, 1)
+    await same_as_full_load()
+    ok = await store.record_status(
+        ids[2], DeploymentStatus.PENDING, DeploymentStatus.FAILED, "image gone", datetime.now(UTC)
+    )
+    assert ok
+    statements = await same_as_full_load()
+    loaded = {d.id: d for d in await store.load_active()}
+    assert loaded[ids[3]].deleting and fresh[0] in loaded
+    assert loaded[ids[2]].image == "fog-test/other:1"
+    assert loaded[ids[2]].last_reason == "image gone"
+    assert {r.id: r.container_id for r in loaded[ids[0]].replicas}[first.id] == "by-hand"
+    assert victim not in {r.id for r in loaded[ids[1]].replicas}
+    if engine.dialect.name == "postgresql":
+        assert len(statements) > 1  # the changed deployment was read again

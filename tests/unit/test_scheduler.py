@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from controller.model import ZERO, NodeStatus, Resources
-from controller.scheduler import explain, schedule
+from controller.scheduler import NodeIndex, explain, schedule
 from tests.unit.factories import node
 
 IDS = [uuid.UUID(int=i) for i in range(100)]
@@ -119,3 +119,64 @@ def test_spread_differs_by_at_most_one_when_capacity_allows(n_nodes: int, count:
     counts = [per_node[n.id] for n in nodes]
     assert max(counts) - min(counts) <= 1
     assert sum(counts) == count
+
+
+@st.composite
+def call_sequences(draw: st.DrawFn):  # type: ignore[no-untyped-def]
+    """A fog of mixed nodes (ready, not ready, cordoned, draining, some with GPUs or a
+    storage bound, some sharing a name's sort position) and a series of schedule calls, each
+    for some deployment with its own spread, sometimes with usage freed in between."""
+    count = draw(st.integers(1, 8))
+    nodes = [
+        node(
+            f"n{draw(st.integers(0, 3))}-{i}",
+            cpu=draw(st.sampled_from([1.0, 2.0, 4.0])),
+            mem=draw(st.sampled_from([1024, 2048, 4096])),
+            gpu=draw(st.integers(0, 2)),
+            storage_gb=draw(st.sampled_from([None, 10, 20])),
+            status=draw(st.sampled_from([NodeStatus.READY] * 3 + [NodeStatus.NOT_READY])),
+            unschedulable=draw(st.booleans()) and draw(st.booleans()),
+            draining=draw(st.booleans()) and draw(st.booleans()) and draw(st.booleans()),
+        )
+        for i in range(count)
+    ]
+    usage = {
+        n.id: Resources(draw(st.sampled_from([0.0, 0.5])), draw(st.sampled_from([0, 512])))
+        for n in nodes
+        if draw(st.booleans())
+    }
+    requests = [
+        Resources(0.5, 512),
+        Resources(1.0, 256, 1, 0),
+        Resources(0.25, 1024, 0, 5),
+    ]
+    calls = []
+    for _ in range(draw(st.integers(1, 12))):
+        spread = {n.id: draw(st.integers(0, 3)) for n in nodes if draw(st.integers(0, 3)) == 0}
+        freed = draw(st.sampled_from([None, *range(count)]))
+        calls.append((draw(st.sampled_from(requests)), draw(st.integers(0, 6)), spread, freed))
+    return nodes, usage, calls
+
+
+@settings(max_examples=400, deadline=None)
+@given(call_sequences())
+def test_the_node_index_places_exactly_as_schedule_does(case) -> None:  # type: ignore[no-untyped-def]
+    """The reconciler's incremental index is an optimisation of `schedule()`, never a
+    different policy: call after call, the same placements and the same refusal."""
+    nodes, usage, calls = case
+    index = NodeIndex(nodes, usage)
+    used = {n.id: usage.get(n.id, ZERO) for n in nodes}
+    for request, count, spread, freed in calls:
+        if freed is not None:  # a replica stopped: usage goes down between calls
+            gone = nodes[freed].id
+            index.add(gone, Resources(0.5, 512), sign=-1)
+            u = used[gone]
+            used[gone] = Resources(
+                max(u.cpu_cores - 0.5, 0.0), max(u.memory_mb - 512, 0), u.gpu_units, u.storage_gb
+            )
+        assert index.used == used
+        expected = schedule(IDS[:count], request, nodes, used, spread)
+        got = index.schedule(IDS[:count], request, spread)
+        assert got == expected
+        for p in expected.placements:
+            used[p.node_id] = used[p.node_id] + request
