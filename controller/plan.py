@@ -167,10 +167,13 @@ class Observed:
         cls,
         deployment_id: uuid.UUID,
         views: Mapping[uuid.UUID, NodeView],
-        mine: Sequence[ObservedContainer] | None = None,
+        mine: Sequence[ObservedContainer] | Observed | None = None,
     ) -> Observed:
         """`mine`, when given, is this deployment's containers already picked out of `views`
-        (a resync pass groups them once instead of scanning every view per deployment)."""
+        (a resync pass groups them once instead of scanning every view per deployment), or
+        the index itself, built once for both the plan and the status."""
+        if isinstance(mine, Observed):
+            return mine
         if mine is None:
             mine = [
                 c
@@ -228,7 +231,7 @@ def plan(
     nodes: Sequence[Node] | Fleet,
     *,
     policy: Policy = DEFAULT_POLICY,
-    mine: Sequence[ObservedContainer] | None = None,
+    mine: Sequence[ObservedContainer] | Observed | None = None,
     now: datetime | None = None,
     unhealthy_since: Mapping[str, datetime] | None = None,
 ) -> Plan:
@@ -310,9 +313,14 @@ def plan(
     # first and stop only while what is available stays above the floor: `target` for a
     # drain (as `kubectl drain` with a disruption budget), `target - maxUnavailable` for a
     # rollout (as a Deployment's RollingUpdate).
-    keepers = [r for r in live if r.node_id not in fleet.draining and not d.outdated(r)]
-    outgoing = [r for r in live if r.node_id in fleet.draining or d.outdated(r)]
-    rolling = any(d.outdated(r) for r in outgoing) and not d.deleting
+    keepers: list[Replica] = []
+    outgoing: list[Replica] = []
+    rolling = False
+    for r in live:
+        old = d.outdated(r)
+        rolling = rolling or old
+        (outgoing if old or r.node_id in fleet.draining else keepers).append(r)
+    rolling = rolling and not d.deleting
     surge, unavailable = rollout_bounds(target, policy) if rolling else (0, 0)
     doomed = victims(keepers, max(0, len(keepers) - target))
     if outgoing:
@@ -417,6 +425,8 @@ def _ready(
 def victims(live: Sequence[Replica], count: int) -> list[Replica]:
     """Which `count` replicas to stop: unplaced first, then pending < starting < running, then
     those on the node crowded with most replicas of this deployment, newest first."""
+    if count <= 0:
+        return []
     per_node: Counter[uuid.UUID | None] = Counter(r.node_id for r in live if r.node_id is not None)
 
     def rank(r: Replica) -> tuple[int, int, int, float, str]:
@@ -494,12 +504,13 @@ def derive_status(
     now: datetime,
     deadline: timedelta,
     policy: Policy = DEFAULT_POLICY,
-    mine: Sequence[ObservedContainer] | None = None,
+    mine: Sequence[ObservedContainer] | Observed | None = None,
 ) -> StatusDecision:
     """The deployment's status and reason from its replicas and what the engines show."""
     live = [r for r in d.replicas if r.live]
     stopping = [r for r in d.replicas if r.status is ReplicaStatus.STOPPING]
-    ready = ready_count(d, views, mine)
+    obs = Observed.index(d.id, views, mine)
+    ready = _ready(d.replicas, obs)
     if d.deleting:
         if not live and not stopping:
             return StatusDecision(DeploymentStatus.DELETED, "deleted by operator", True, 0)
@@ -512,7 +523,7 @@ def derive_status(
     if ready == target and len(live) == target and not stopping and not outdated:
         return StatusDecision(DeploymentStatus.RUNNING, progress_text, True, ready)
 
-    problem = crash_loop(d, views, policy, mine) or progress.problem
+    problem = crash_loop(d, views, policy, obs.mine) or progress.problem
     if outdated:
         updated = sum(1 for r in live if not d.outdated(r))
         problem = (

@@ -48,6 +48,7 @@ from controller.plan import (
     Fleet,
     MarkFailed,
     MarkRunning,
+    Observed,
     PlaceReplica,
     Plan,
     Policy,
@@ -235,7 +236,7 @@ class Reconciler:
         d: Deployment,
         views: Mapping[uuid.UUID, NodeView],
         nodes: Fleet,
-        mine: list[ObservedContainer] | None = None,
+        mine: list[ObservedContainer] | Observed | None = None,
     ) -> Plan:
         return plan(
             d,
@@ -297,7 +298,8 @@ class Reconciler:
     ) -> bool:
         """Would a reconcile of `d` do anything right now?"""
         nodes = fleet or Fleet.of(self._nodes.nodes())
-        if not self._plan(d, views, nodes, mine).empty:
+        observed = Observed.index(d.id, views, mine)  # once, for the plan and the status
+        if not self._plan(d, views, nodes, observed).empty:
             return True
         mem = self.memory(d)
         decision = derive_status(
@@ -307,7 +309,7 @@ class Reconciler:
             now=self._clock(),
             deadline=timedelta(seconds=self._settings.progress_deadline_seconds),
             policy=self.policy,
-            mine=mine,
+            mine=observed,
         )
         return history_needed(d, decision)
 
