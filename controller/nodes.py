@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -110,8 +110,9 @@ class NodeMonitor:
         self._clock_reset_at: datetime | None = None
 
     @property
-    def records(self) -> dict[uuid.UUID, NodeRecord]:
-        return dict(self._records)
+    def records(self) -> Mapping[uuid.UUID, NodeRecord]:
+        # No copy: a refresh replaces the dict rather than changing it, so this is a snapshot.
+        return self._records
 
     def nodes(self) -> list[Node]:
         return list(self.snapshot())

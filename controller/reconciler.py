@@ -32,7 +32,9 @@ from controller.model import (
     ContainerState,
     Deployment,
     DeploymentStatus,
+    Node,
     NodeRecord,
+    NodeStatus,
     NodeView,
     ObservedContainer,
     Replica,
@@ -133,6 +135,8 @@ class Reconciler:
         # reconciles schedule against each other's choices without a lock held across a
         # database write. Capacity freed meanwhile is seen at the next read: the cache can
         # overestimate usage, never underestimate it, and a refusal always re-reads first.
+        self._fleet_of: tuple[Node, ...] | None = None
+        self._fleet_cache = Fleet.of(())
         self._index: scheduler.NodeIndex | None = None
         self._usage_read_at = 0.0  # monotonic seconds
         self._usage_lock = asyncio.Lock()  # one read at a time
@@ -191,6 +195,13 @@ class Reconciler:
                     self._unhealthy.pop(c.id, None)
         return {v.node_id: v for v in views}
 
+    def _fleet(self) -> Fleet:
+        """The nodes indexed for the planner, once per node snapshot (not per reconcile)."""
+        nodes = self._nodes.snapshot()
+        if self._fleet_of is not nodes:
+            self._fleet_cache, self._fleet_of = Fleet.of(nodes), nodes
+        return self._fleet_cache
+
     def note_seen(self, deployment_id: uuid.UUID, node_id: uuid.UUID) -> None:
         """A container of the deployment showed up on `node_id` (a Docker event)."""
         self._seen[deployment_id] = self._seen.get(deployment_id, frozenset()) | {node_id}
@@ -202,7 +213,9 @@ class Reconciler:
         by its node's event stream."""
         wanted = {r.node_id for r in d.replicas if r.node_id is not None}
         wanted |= self._seen.get(d.id, frozenset())
-        return [r for r in self._nodes.reachable() if r.id in wanted]
+        records = self._nodes.records
+        found = (records.get(node_id) for node_id in wanted)
+        return [r for r in found if r is not None and r.status is NodeStatus.READY]
 
     async def _observe_one(self, d: Deployment) -> dict[uuid.UUID, NodeView]:
         listed = self._relevant(d)
@@ -271,7 +284,7 @@ class Reconciler:
 
         Nodes are indexed and containers grouped by deployment once for the whole pass, so a
         pass over many deployments costs one plan each, not one scan of every node each."""
-        fleet = Fleet.of(self._nodes.nodes())
+        fleet = self._fleet()
         grouped: dict[uuid.UUID | None, list[ObservedContainer]] = {}
         for view in views.values():
             for c in view.containers:
@@ -297,7 +310,7 @@ class Reconciler:
         mine: list[ObservedContainer] | None = None,
     ) -> bool:
         """Would a reconcile of `d` do anything right now?"""
-        nodes = fleet or Fleet.of(self._nodes.nodes())
+        nodes = fleet or self._fleet()
         observed = Observed.index(d.id, views, mine)  # once, for the plan and the status
         if not self._plan(d, views, nodes, observed).empty:
             return True
@@ -334,7 +347,7 @@ class Reconciler:
         records = self._nodes.records
         views = await self._observe_one(d)
         mem = self.memory(d)
-        p = self._plan(d, views, Fleet.of(self._nodes.nodes()))
+        p = self._plan(d, views, self._fleet())
         now = self._clock()
         transient = False
 

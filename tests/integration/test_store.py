@@ -289,7 +289,8 @@ async def test_a_resync_load_rereads_only_what_changed_and_misses_nothing(
     assert ok
     statements = await same_as_full_load()
     loaded = {d.id: d for d in await store.load_active()}
-    assert loaded[ids[3]].deleting and fresh[0] in loaded
+    assert loaded[ids[3]].deleting
+    assert fresh[0] in loaded
     assert loaded[ids[2]].image == "fog-test/other:1"
     assert loaded[ids[2]].last_reason == "image gone"
     assert {r.id: r.container_id for r in loaded[ids[0]].replicas}[first.id] == "by-hand"
