@@ -86,6 +86,36 @@ STABLE_RESET = timedelta(minutes=10)
 USAGE_MAX_AGE = 5.0
 
 
+def _steady_key(
+    d: Deployment, views: Mapping[uuid.UUID, NodeView], mine: list[ObservedContainer]
+) -> tuple[object, ...]:
+    """What a converged judgement of `d` rests on besides its rows and nodes: its containers
+    as listed (all but their uptime, which grows with every listing) and which of its
+    replicas' nodes could be listed completely."""
+    containers = tuple(
+        (
+            c.id,
+            c.node_id,
+            c.replica_id,
+            c.state,
+            c.health,
+            c.spec_hash,
+            c.image,
+            c.inspected,
+            c.restart_count,
+            c.exit_code,
+            c.oom_killed,
+            c.finished_at,
+        )
+        for c in mine
+    )
+    nodes = tuple(
+        (r.node_id, r.node_id is not None and r.node_id in views and views[r.node_id].complete)
+        for r in d.replicas
+    )
+    return containers, nodes
+
+
 @dataclass
 class DeploymentMemory:
     """What the reconciler remembers about one deployment between reconciles (in memory, as
@@ -135,6 +165,8 @@ class Reconciler:
         # reconciles schedule against each other's choices without a lock held across a
         # database write. Capacity freed meanwhile is seen at the next read: the cache can
         # overestimate usage, never underestimate it, and a refusal always re-reads first.
+        # The resync pass's converged judgements (see `triage`).
+        self._steady: dict[uuid.UUID, tuple[Deployment, Fleet, tuple[object, ...]]] = {}
         self._fleet_of: tuple[Node, ...] | None = None
         self._fleet_cache = Fleet.of(())
         self._index: scheduler.NodeIndex | None = None
@@ -269,12 +301,14 @@ class Reconciler:
 
     def note_problem(self, deployment_id: uuid.UUID, reason: str) -> None:
         """A problem found outside a reconcile (a node lost) for the deployment's reason."""
+        self._steady.pop(deployment_id, None)
         mem = self._memory.get(deployment_id)
         if mem is not None:
             mem.error = reason
 
     def forget(self, deployment_id: uuid.UUID) -> None:
         self._memory.pop(deployment_id, None)
+        self._steady.pop(deployment_id, None)
         self._seen.pop(deployment_id, None)
 
     def triage(
@@ -295,11 +329,29 @@ class Reconciler:
             for deployment_id, found in grouped.items()
             if deployment_id is not None
         }
-        return [
-            d.id
-            for d in deployments
-            if self.wants_work(d, views, fleet=fleet, mine=grouped.get(d.id, []))
-        ]
+        # A deployment judged converged last pass, whose rows (the same object from the
+        # store's snapshot), nodes (the same fleet) and containers are unchanged, is
+        # converged still: nothing in a converged judgement depends on the clock (a clock
+        # enters only with an unhealthy, exited or missing container, or an outgoing
+        # replica, none of which a converged deployment has). Any reconcile of it forgets
+        # the judgement. This keeps a no-op pass over a large fog from planning every
+        # deployment again.
+        steady: dict[uuid.UUID, tuple[Deployment, Fleet, tuple[object, ...]]] = {}
+        wanted = []
+        for d in deployments:
+            mine = grouped.get(d.id, [])
+            key = _steady_key(d, views, mine)
+            prior = self._steady.get(d.id)
+            if prior is not None and prior[0] is d and prior[1] is fleet and prior[2] == key:
+                steady[d.id] = prior
+                continue
+            work, converged = self._judge(d, views, fleet, mine)
+            if work:
+                wanted.append(d.id)
+            elif converged:
+                steady[d.id] = (d, fleet, key)
+        self._steady = steady
+        return wanted
 
     def wants_work(
         self,
@@ -310,10 +362,19 @@ class Reconciler:
         mine: list[ObservedContainer] | None = None,
     ) -> bool:
         """Would a reconcile of `d` do anything right now?"""
-        nodes = fleet or self._fleet()
+        return self._judge(d, views, fleet or self._fleet(), mine)[0]
+
+    def _judge(
+        self,
+        d: Deployment,
+        views: Mapping[uuid.UUID, NodeView],
+        fleet: Fleet,
+        mine: list[ObservedContainer] | None,
+    ) -> tuple[bool, bool]:
+        """(would a reconcile act, is the deployment converged)."""
         observed = Observed.index(d.id, views, mine)  # once, for the plan and the status
-        if not self._plan(d, views, nodes, observed).empty:
-            return True
+        if not self._plan(d, views, fleet, observed).empty:
+            return True, False
         mem = self.memory(d)
         decision = derive_status(
             d,
@@ -324,12 +385,13 @@ class Reconciler:
             policy=self.policy,
             mine=observed,
         )
-        return history_needed(d, decision)
+        return history_needed(d, decision), decision.converged
 
     # --- reconcile -------------------------------------------------------------------------
 
     async def reconcile(self, deployment_id: uuid.UUID) -> Result:
         started = time.monotonic()
+        self._steady.pop(deployment_id, None)
         structlog.contextvars.bind_contextvars(
             deployment_id=str(deployment_id), reconcile_id=uuid.uuid4().hex[:12]
         )

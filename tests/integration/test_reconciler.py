@@ -12,6 +12,10 @@ import docker
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from controller.loop import Controller
+from controller.runtime.docker import DockerRuntime
+from controller.store import Store
+from schema.engine import create_engine
 from tests.harness.engines import API_VERSION, Cluster, build_image
 from tests.harness.fleet import (
     Operator,
@@ -263,3 +267,46 @@ async def test_crash_loop_is_reported_not_replaced(
         assert await op.replicas(d, "failed") == []
         [seen] = managed_containers(urls, d)
         assert seen.state in ("restarting", "running")
+
+
+async def test_resync_remembers_converged_deployments_but_not_past_a_change(
+    db_url: str, fleet: Any
+) -> None:
+    """The resync pass skips re-planning a deployment judged converged whose rows, nodes and
+    containers are unchanged; a container stopped by hand is still found by the next pass.
+    Driven pass by pass (no workers, no event streams) so nothing repairs it first."""
+    op, urls, user = fleet
+    settings = settings_for_tests(db_url)
+    store = Store(create_engine(db_url))
+    runtime = DockerRuntime(settings)
+    controller = Controller(settings, store, runtime)
+    try:
+
+        async def settle(d: uuid.UUID) -> None:
+            """Reconcile by hand until converged (an exit is judged after the exit grace)."""
+            for _ in range(60):
+                await controller.reconciler.reconcile(d)
+                if await converged(op, urls, d, 2) and await op.status(d) == "running":
+                    return
+                await asyncio.sleep(0.25)
+            raise AssertionError(f"{d} did not converge")
+
+        await controller.nodes.refresh()
+        steady = await op.add_deployment(user, "steady", replicas=2)
+        touched = await op.add_deployment(user, "touched", replicas=2)
+        for d in (steady, touched):
+            await settle(d)
+        assert await controller.resync() == 0  # judged converged...
+        assert await controller.resync() == 0  # ...and remembered
+        if store.engine.dialect.name == "postgresql":  # rows come from the store's snapshot
+            assert set(controller.reconciler._steady) == {steady, touched}
+
+        victim = managed_containers(urls, touched)[0]
+        await asyncio.to_thread(_api(victim.engine_url).stop, victim.id, timeout=0)
+        assert await controller.resync() == 1
+        assert touched not in controller.reconciler._steady
+        await settle(touched)  # the repair
+        assert await controller.resync() == 0
+    finally:
+        await runtime.close()
+        await store.close()
