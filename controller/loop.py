@@ -49,6 +49,8 @@ log = structlog.get_logger(__name__)
 START_EXTEND_SECONDS = 300.0
 # The next periodic resync waits at least this many times the last pass's duration.
 RESYNC_SPACING = 9.0
+# ... but never more than this (unless FOG_RESYNC_SECONDS itself is longer).
+RESYNC_SPACING_CAP_SECONDS = 30.0
 # The replica statuses a resync pass loads (terminal rows are not loaded).
 _LOADED_REPLICA_STATUSES = (*LIVE_REPLICA_STATUSES, ReplicaStatus.STOPPING)
 
@@ -337,8 +339,12 @@ class Controller:
             # A pass may take at most a tenth of the leader's time: while thousands of
             # deployments change at once, a full reload every FOG_RESYNC_SECONDS would
             # compete with the reconciles it is a safety net for (measured: 40 % of the CPU).
-            spacing = max(self.settings.resync_seconds, RESYNC_SPACING * self.last_pass_seconds)
+            spacing = max(
+                self.settings.resync_seconds,
+                min(RESYNC_SPACING * self.last_pass_seconds, RESYNC_SPACING_CAP_SECONDS),
+            )
             await self._wait_any(self._resync_now, spacing)
+            self.health.progressed()  # the wait ended: the loop is alive (/livez)
 
     async def _wait_any(self, event: asyncio.Event, seconds: float) -> None:
         """Sleep up to `seconds`, waking early on `event` or when this term as leader ends."""
@@ -352,10 +358,10 @@ class Controller:
     async def resync(self) -> int:
         """One full pass; returns how many deployments were enqueued."""
         started = time.monotonic()
-        try:
-            return await self._resync()
-        finally:
-            self.last_pass_seconds = time.monotonic() - started
+        enqueued = await self._resync()
+        # Only a pass that ran counts: a failed one spent its time waiting, not working.
+        self.last_pass_seconds = time.monotonic() - started
+        return enqueued
 
     async def _resync(self) -> int:
         started = time.monotonic()

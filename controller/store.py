@@ -64,6 +64,7 @@ log = structlog.get_logger(__name__)
 
 P = ParamSpec("P")
 T = TypeVar("T")
+R = TypeVar("R")
 
 # The tables as Core objects: the store speaks Core, not the ORM (no sessions, no lazy loads).
 DEPLOYMENTS = cast(Table, tables.Deployment.__table__)
@@ -425,36 +426,10 @@ class Store:
     async def _transition_rounds(
         self, calls: Sequence[tuple[Transition, ...]]
     ) -> list[set[uuid.UUID] | Exception]:
-        try:
-            return list(await self._transition_together(calls))
-        except DBAPIError:
-            if len(calls) == 1:
-                raise
-        # A row one call got wrong (a node deleted under a placement, say) must not fail the
-        # other calls of its round: each alone, each with its own outcome.
-        out: list[set[uuid.UUID] | Exception] = []
-        for call in calls:
-            try:
-                out.extend(await self._transition_together([call]))
-            except (DBAPIError, errors.ControllerError) as exc:
-                out.append(exc)
-        return out
+        return await _isolating(calls, self._transition_together)
 
-    async def _write_rounds(self, writes: Sequence[_Write]) -> list[object]:
-        """Writes asked for at once share one transaction (group commit); should one of them
-        fail, each runs alone so the others still commit and only its caller hears."""
-        try:
-            return await self._write_together(writes)
-        except DBAPIError:
-            if len(writes) == 1:
-                raise
-        out: list[object] = []
-        for one in writes:
-            try:
-                out.extend(await self._write_together([one]))
-            except (DBAPIError, errors.ControllerError) as exc:
-                out.append(exc)
-        return out
+    async def _write_rounds(self, writes: Sequence[_Write]) -> list[object | Exception]:
+        return await _isolating(writes, self._write_together)
 
     @_retrying
     async def _write_together(self, writes: Sequence[_Write]) -> list[object]:
@@ -610,6 +585,26 @@ class Store:
         """For tests and tools: run `fn` in one transaction on this store's engine."""
         async with self._write() as conn:
             return await fn(conn)
+
+
+async def _isolating(
+    items: Sequence[T], together: Callable[[Sequence[T]], Awaitable[list[R]]]
+) -> list[R | Exception]:
+    """A group-committed round: all `items` in one transaction; should that fail on a row
+    one of them got wrong (a node deleted under a placement, say), each runs alone, so the
+    others still commit and only the culprit's caller hears of it."""
+    try:
+        return list(await together(items))
+    except DBAPIError:
+        if len(items) == 1:
+            raise
+    out: list[R | Exception] = []
+    for one in items:
+        try:
+            out.extend(await together([one]))
+        except (DBAPIError, errors.ControllerError) as exc:
+            out.append(exc)
+    return out
 
 
 async def _apply_transitions(conn: AsyncConnection, changes: list[Transition]) -> set[uuid.UUID]:
