@@ -151,10 +151,12 @@ class Controller:
                 break
             try:
                 await self._lead(lease)
-            except errors.ControllerError as exc:
+            except (errors.ControllerError, SQLAlchemyError) as exc:
                 # The database went away (or a successor took over) as the term began: stand
-                # down and take part in the next election instead of dying.
-                log.warning("leader_term_failed", epoch=lease.epoch, error=exc.reason)
+                # down and take part in the next election instead of dying. (A database error
+                # the store did not recognise as a lost connection lands here too.)
+                reason = exc.reason if isinstance(exc, errors.ControllerError) else str(exc)
+                log.warning("leader_term_failed", epoch=lease.epoch, error=reason)
                 await self._sleep(self.settings.leader_retry_seconds)
             finally:
                 await lease.release()

@@ -81,11 +81,19 @@ DB_RETRY_ATTEMPTS = 5
 _IN_CHUNK = 500
 
 
+# SQLSTATEs that mean "this connection or server is going or gone", whatever exception class
+# the driver maps them to: connection exceptions (class 08), and the server shutting down or
+# starting up (57P01 admin_shutdown, 57P02 crash_shutdown, 57P03 cannot_connect_now, seen as
+# a plain DBAPIError from asyncpg when a connect meets a stopping server).
+_GONE_SQLSTATES = ("08", "57P01", "57P02", "57P03")
+
+
 def _transient(exc: BaseException) -> bool:
     if isinstance(exc, OperationalError | InterfaceError):
         return True
     if isinstance(exc, DBAPIError):
-        return bool(exc.connection_invalidated)
+        sqlstate = getattr(exc.orig, "sqlstate", None) or ""
+        return bool(exc.connection_invalidated) or sqlstate.startswith(_GONE_SQLSTATES)
     return isinstance(exc, OSError | ConnectionError)
 
 
