@@ -547,7 +547,9 @@ async def test_database_lost_while_taking_the_lead_is_survived(
     refresh of the term (`Controller._lead` runs `nodes.refresh()` unguarded) must not kill
     the daemon. An unreachable node widens that window to the probe timeout (2 s)."""
     pg = private_pg
-    daemon = daemons.start(FOG_DATABASE_URL=pg.url)
+    # The black hole is a plain `tcp://` listener: allowed, so the probe really waits on it
+    # (refused for want of certificates, it would fail at once and close the window).
+    daemon = daemons.start(FOG_DATABASE_URL=pg.url, FOG_ENGINE_ALLOW_PLAINTEXT="true")
     await daemon.wait_event("controller_started")
     sql = Sql(pg.url)
     try:
