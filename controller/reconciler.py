@@ -353,17 +353,6 @@ class Reconciler:
         self._steady = steady
         return wanted
 
-    def wants_work(
-        self,
-        d: Deployment,
-        views: Mapping[uuid.UUID, NodeView],
-        *,
-        fleet: Fleet | None = None,
-        mine: list[ObservedContainer] | None = None,
-    ) -> bool:
-        """Would a reconcile of `d` do anything right now?"""
-        return self._judge(d, views, fleet or self._fleet(), mine)[0]
-
     def _judge(
         self,
         d: Deployment,
