@@ -593,6 +593,7 @@ async def run_placement(size: Size, options: Options, workdir: Path, stem: str) 
                         controller, operator, runtime, size, options.timeout_seconds
                     )
                 placement["statements"] = dict(counter.reset())
+                placement["group_commit"] = store.group_commit
                 placement["runtime_calls"] = dict(Counter(runtime.calls) - calls_before)
                 memory["converged"] = memory_kib()
                 controller.stop()

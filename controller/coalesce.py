@@ -33,6 +33,7 @@ class Coalescer(Generic[T, R]):
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
         self._drainer: asyncio.Task[None] | None = None
         self.rounds = 0  # how many rounds ran (for tests and metrics)
+        self.items = 0  # how many items they held (items / rounds: the batch size)
 
     async def submit(self, item: T) -> R:
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
@@ -45,6 +46,7 @@ class Coalescer(Generic[T, R]):
         while self._pending:
             batch, self._pending = self._pending, []
             self.rounds += 1
+            self.items += len(batch)
             try:
                 results = await self._run([item for item, _ in batch])
             except BaseException as exc:  # handed to every caller, then re-raised

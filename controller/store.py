@@ -10,6 +10,7 @@ a bounded number of attempts, and then surface as `errors.StoreUnavailable`.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -32,9 +33,10 @@ from sqlalchemy import (
     text,
     update,
 )
-from sqlalchemy import values as values_list
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql.selectable import TextualSelect
 from tenacity import (
     AsyncRetrying,
     RetryError,
@@ -141,8 +143,27 @@ _FINGERPRINTS = text(
         """
 ).columns(column("id", Uuid), column("fp", String))
 
-# One write of a group-committed round: its statements, on the round's connection.
-_Write = Callable[[AsyncConnection], Awaitable[object]]
+
+@dataclass(frozen=True, slots=True)
+class _NewReplicas:
+    """Rows to insert as `pending`: one write of a group-committed round."""
+
+    rows: tuple[Replica, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _StatusWrite:
+    """A deployment's status change and its history row (see `Store.record_status`)."""
+
+    deployment_id: uuid.UUID
+    old: DeploymentStatus
+    new: DeploymentStatus
+    reason: str
+    now: datetime
+    history_id: uuid.UUID
+
+
+_Write = _NewReplicas | _StatusWrite
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +224,16 @@ class Store:
     @property
     def engine(self) -> AsyncEngine:
         return self._engine
+
+    @property
+    def group_commit(self) -> dict[str, tuple[int, int]]:
+        """(rounds, items) per coalesced kind of call, for benchmarks: items/rounds is the
+        batch size the load produced."""
+        return {
+            "transitions": (self._transitions.rounds, self._transitions.items),
+            "loads": (self._loads.rounds, self._loads.items),
+            "writes": (self._writes.rounds, self._writes.items),
+        }
 
     async def close(self) -> None:
         await self._engine.dispose()
@@ -403,22 +434,7 @@ class Store:
         ]
         if not new:
             return []
-
-        async def write(conn: AsyncConnection) -> None:
-            await conn.execute(
-                insert(REPLICAS),
-                [
-                    {
-                        "id": r.id,
-                        "deployment_id": r.deployment_id,
-                        "status": r.status.value,
-                        "created_at": r.created_at,
-                    }
-                    for r in new
-                ],
-            )
-
-        await self._writes.submit(write)
+        await self._writes.submit(_NewReplicas(tuple(new)))
         return new
 
     async def transition(self, changes: Iterable[Transition]) -> set[uuid.UUID]:
@@ -442,7 +458,9 @@ class Store:
     @_retrying
     async def _write_together(self, writes: Sequence[_Write]) -> list[object]:
         async with self._write() as conn:
-            return [await one(conn) for one in writes]
+            if conn.dialect.name == "postgresql":
+                return await _pg_writes(conn, writes)
+            return [await _write_one(conn, one) for one in writes]
 
     @_retrying
     async def _transition_together(
@@ -494,34 +512,7 @@ class Store:
         an explicitly set value alone, so "changed by the operator since our last status
         write" stays answerable as `updated_at > changed_at`.
         """
-        d, hist = DEPLOYMENTS, HISTORY
-        # On PostgreSQL the stamp is the database's transaction time, the clock its trigger
-        # uses for operator edits, so a skewed controller clock cannot hide an edit. SQLite is
-        # embedded: one host, one clock.
-        stamp: Any = func.now() if self._engine.dialect.name == "postgresql" else now
-        history_id = uuid.uuid4()
-
-        async def write(conn: AsyncConnection) -> bool:
-            result = await conn.execute(
-                update(d)
-                .where(d.c.id == deployment_id, d.c.status == old.value)
-                .values(status=new.value, updated_at=stamp)
-            )
-            if not result.rowcount:
-                return False
-            await conn.execute(
-                insert(hist).values(
-                    id=history_id,
-                    deployment_id=deployment_id,
-                    old_status=old.value,
-                    new_status=new.value,
-                    changed_by=None,
-                    changed_at=stamp,
-                    reason=_clip(reason),
-                )
-            )
-            return True
-
+        write = _StatusWrite(deployment_id, old, new, _clip(reason), now, uuid.uuid4())
         return bool(await self._writes.submit(write))
 
     @_retrying
@@ -615,17 +606,155 @@ async def _isolating(
     return out
 
 
+async def _write_one(conn: AsyncConnection, write: _Write) -> object:
+    """One write as its own statements (SQLite, where a statement costs no round trip)."""
+    if isinstance(write, _NewReplicas):
+        rows = [
+            {
+                "id": r.id,
+                "deployment_id": r.deployment_id,
+                "status": r.status.value,
+                "created_at": r.created_at,
+            }
+            for r in write.rows
+        ]
+        await conn.execute(insert(REPLICAS), rows)
+        return None
+    d = DEPLOYMENTS
+    result = await conn.execute(
+        update(d)
+        .where(d.c.id == write.deployment_id, d.c.status == write.old.value)
+        .values(status=write.new.value, updated_at=write.now)
+    )
+    if not result.rowcount:
+        return False
+    await conn.execute(
+        insert(HISTORY).values(
+            id=write.history_id,
+            deployment_id=write.deployment_id,
+            old_status=write.old.value,
+            new_status=write.new.value,
+            changed_by=None,
+            changed_at=write.now,
+            reason=write.reason,
+        )
+    )
+    return True
+
+
+# PostgreSQL statements of a group-committed round take arrays (`unnest`), so each has one
+# shape whatever the batch size: compiled and prepared once, not once per row count.
+_PG_NEW_REPLICAS = text(
+    f"""
+    INSERT INTO {REPLICAS.name} (id, deployment_id, status, created_at)
+    SELECT v.id, v.deployment_id, CAST(:status AS replica_status), v.created_at
+    FROM unnest(CAST(:ids AS UUID[]), CAST(:deployment_ids AS UUID[]),
+                CAST(:created AS TIMESTAMPTZ[])) AS v (id, deployment_id, created_at)
+    """
+)
+# A status change and its history row for many deployments in one statement. The stamp is
+# the database's transaction time, the clock its trigger uses for operator edits, so a skewed
+# controller clock cannot hide an edit; `updated_at` is set to it on purpose (see
+# `Store.record_status`).
+_PG_STATUS_WRITES = text(
+    f"""
+    WITH v AS (
+        SELECT * FROM unnest(
+            CAST(:ids AS UUID[]), CAST(:olds AS deployment_status[]),
+            CAST(:news AS deployment_status[]), CAST(:history_ids AS UUID[]),
+            CAST(:reasons AS TEXT[])
+        ) AS v (id, old, new, history_id, reason)
+    ), moved AS (
+        UPDATE {DEPLOYMENTS.name} AS d SET status = v.new, updated_at = now()
+        FROM v WHERE d.id = v.id AND d.status = v.old
+        RETURNING d.id
+    )
+    INSERT INTO {HISTORY.name}
+        (id, deployment_id, old_status, new_status, changed_by, changed_at, reason)
+    SELECT v.history_id, v.id, CAST(v.old AS TEXT), CAST(v.new AS TEXT), NULL, now(), v.reason
+    FROM v JOIN moved ON moved.id = v.id
+    RETURNING deployment_id
+    """
+).columns(column("deployment_id", Uuid))
+
+
+async def _pg_writes(conn: AsyncConnection, writes: Sequence[_Write]) -> list[object]:
+    """A round's writes on PostgreSQL: one INSERT for every new replica row, one statement
+    for every status change. A deployment named twice (not expected: its writes are
+    serial) falls back to one status statement per write, in order."""
+    new = [r for w in writes if isinstance(w, _NewReplicas) for r in w.rows]
+    if new:
+        await conn.execute(
+            _PG_NEW_REPLICAS,
+            {
+                "status": ReplicaStatus.PENDING.value,
+                "ids": [r.id for r in new],
+                "deployment_ids": [r.deployment_id for r in new],
+                "created": [r.created_at for r in new],
+            },
+        )
+    changes = [w for w in writes if isinstance(w, _StatusWrite)]
+    ids = [w.deployment_id for w in changes]
+    batches = [changes] if len(set(ids)) == len(ids) else [[w] for w in changes]
+    moved: dict[uuid.UUID, bool] = {}
+    for batch in batches:
+        if not batch:
+            continue
+        result = await conn.execute(
+            _PG_STATUS_WRITES,
+            {
+                "ids": [w.deployment_id for w in batch],
+                "olds": [w.old.value for w in batch],
+                "news": [w.new.value for w in batch],
+                "history_ids": [w.history_id for w in batch],
+                "reasons": [w.reason for w in batch],
+            },
+        )
+        done: set[uuid.UUID] = set(result.scalars())
+        for w in batch:
+            moved[w.history_id] = w.deployment_id in done
+    return [moved[w.history_id] if isinstance(w, _StatusWrite) else None for w in writes]
+
+
+@functools.cache
+def _pg_transition_sql(names: tuple[str, ...]) -> TextualSelect:
+    """The guarded UPDATE of one kind of transition (the columns it sets), over arrays."""
+    pg = postgresql.dialect()  # type: ignore[no-untyped-call]
+    types = {c: REPLICAS.c[c].type.compile(dialect=pg) for c in ("id", *names)}
+    arrays = ", ".join(f"CAST(:v_{c} AS {t}[])" for c, t in types.items())
+    sets = "".join(f", {c} = v.{c}" for c in names)
+    return text(
+        f"""
+        UPDATE {REPLICAS.name} AS r SET status = CAST(:status AS replica_status){sets}
+        FROM unnest({arrays}) AS v ({", ".join(types)})
+        WHERE r.id = v.id AND r.status = ANY(CAST(:expected AS replica_status[]))
+        RETURNING r.id
+        """
+    ).columns(column("id", Uuid))
+
+
 async def _apply_transitions(conn: AsyncConnection, changes: list[Transition]) -> set[uuid.UUID]:
     """The guarded UPDATEs of `changes`, in order; returns the ids that moved.
 
     On PostgreSQL, transitions of one kind (same expected statuses, target and columns) go
-    in one `UPDATE ... FROM (VALUES ...) AS v (id, ...) RETURNING id` (SQLite has no column
-    list for a VALUES alias; its statements cost no round trip anyway). A replica named
-    twice keeps the one-by-one order, where the second change must see the first."""
+    in one UPDATE over arrays. A replica named twice keeps the one-by-one order, where the
+    second change must see the first. SQLite runs one statement per change (no round trips
+    to save)."""
     rep = REPLICAS
     moved: set[uuid.UUID] = set()
     ids = [c.replica_id for c in changes]
-    if conn.dialect.name != "postgresql" or len(set(ids)) != len(ids):
+    if conn.dialect.name != "postgresql":
+        for c in changes:
+            result = await conn.execute(
+                update(rep)
+                .where(rep.c.id == c.replica_id, rep.c.status.in_([s.value for s in c.expected]))
+                .values(status=c.status.value, **dict(c.values))
+            )
+            if result.rowcount:
+                moved.add(c.replica_id)
+        return moved
+    groups: list[list[Transition]]
+    if len(set(ids)) != len(ids):
         groups = [[c] for c in changes]
     else:
         kinds: dict[tuple[Any, ...], list[Transition]] = {}
@@ -635,28 +764,15 @@ async def _apply_transitions(conn: AsyncConnection, changes: list[Transition]) -
         groups = list(kinds.values())
     for group in groups:
         first = group[0]
-        expected = [s.value for s in first.expected]
-        if len(group) == 1:
-            result = await conn.execute(
-                update(rep)
-                .where(rep.c.id == first.replica_id, rep.c.status.in_(expected))
-                .values(status=first.status.value, **dict(first.values))
-            )
-            if result.rowcount:
-                moved.add(first.replica_id)
-            continue
-        names = [name for name, _ in first.values]
-        rows = values_list(
-            column("id", rep.c.id.type),
-            *(column(name, rep.c[name].type) for name in names),
-            name="v",
-        ).data([(c.replica_id, *(value for _, value in c.values)) for c in group])
-        result = await conn.execute(
-            update(rep)
-            .where(rep.c.id == rows.c.id, rep.c.status.in_(expected))
-            .values(status=first.status.value, **{name: rows.c[name] for name in names})
-            .returning(rep.c.id)
-        )
+        names = tuple(name for name, _ in first.values)
+        params: dict[str, Any] = {
+            "status": first.status.value,
+            "expected": [s.value for s in first.expected],
+            "v_id": [c.replica_id for c in group],
+        }
+        for k, name in enumerate(names):
+            params[f"v_{name}"] = [c.values[k][1] for c in group]
+        result = await conn.execute(_pg_transition_sql(names), params)
         moved.update(result.scalars())
     return moved
 
