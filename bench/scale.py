@@ -117,7 +117,7 @@ SCALES = {"small": ("tiny", "small"), "full": ("small", "full")}
 class Tuning:
     """The settings the benchmark changes from the production defaults (printed and saved)."""
 
-    workers: int = 32
+    workers: int = 256
     replica_burst: int = 500
 
     def settings(self, database_url: str) -> Settings:
@@ -170,7 +170,18 @@ class SqlCounter:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.kinds: Counter[str] = Counter()
+        self.checked_out = 0
+        self.peak_checked_out = 0  # database connections in use at once, at most
         event.listen(engine.sync_engine, "before_cursor_execute", self._on_execute)
+        event.listen(engine.sync_engine.pool, "checkout", self._on_checkout)
+        event.listen(engine.sync_engine.pool, "checkin", self._on_checkin)
+
+    def _on_checkout(self, *_args: Any) -> None:
+        self.checked_out += 1
+        self.peak_checked_out = max(self.peak_checked_out, self.checked_out)
+
+    def _on_checkin(self, *_args: Any) -> None:
+        self.checked_out -= 1
 
     def _on_execute(self, *args: Any) -> None:
         statement = args[2]
@@ -594,6 +605,7 @@ async def run_placement(size: Size, options: Options, workdir: Path, stem: str) 
                     )
                 placement["statements"] = dict(counter.reset())
                 placement["group_commit"] = store.group_commit
+                placement["db_connections_peak"] = counter.peak_checked_out
                 placement["runtime_calls"] = dict(Counter(runtime.calls) - calls_before)
                 memory["converged"] = memory_kib()
                 controller.stop()
