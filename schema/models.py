@@ -88,6 +88,13 @@ class UTCDateTime(TypeDecorator[datetime]):
             return value.replace(tzinfo=UTC)
         return value.astimezone(UTC)
 
+    def result_processor(self, dialect: Dialect, coltype: Any) -> Any:
+        # asyncpg already returns timestamptz as aware UTC datetimes: no call per value (a
+        # resync or a load of thousands of replica rows reads hundreds of thousands).
+        if dialect.name == "postgresql" and dialect.driver == "asyncpg":
+            return None
+        return super().result_processor(dialect, coltype)
+
 
 class utc_now(FunctionElement[datetime]):
     """The database's current UTC time, written in the same text form SQLAlchemy writes.

@@ -431,6 +431,10 @@ async def test_timestamps_come_back_aware_utc_from_python_and_sql_defaults(
     async with engine.begin() as conn:
         deployment_id = await _deployment(conn, await _user(conn))
         replica_id = await _insert(conn, replicas, deployment_id=deployment_id, started_at=moment)
+        if engine.dialect.name == "postgresql":
+            # The column type leaves asyncpg's values alone: they must be UTC whatever the
+            # session's zone (asyncpg decodes timestamptz in UTC, not in the session's zone).
+            await conn.execute(text("SET LOCAL TIME ZONE 'Asia/Kathmandu'"))
         row = (
             (await conn.execute(select(replicas).where(replicas.c.id == replica_id)))
             .mappings()
