@@ -34,6 +34,7 @@ import argparse
 import asyncio
 import contextlib
 import cProfile
+import gc
 import io
 import json
 import os
@@ -61,8 +62,8 @@ from sqlalchemy import Table, event, func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from bench.logs import ControllerLog
+from controller import heap, scheduler
 from controller import loop as loop_module
-from controller import scheduler
 from controller.loop import Controller
 from controller.model import NodeRecord, NodeStatus, Resources, spec_hash
 from controller.plan import Observed
@@ -206,6 +207,36 @@ def no_event_streams() -> Iterator[None]:
 
     with mock.patch.object(loop_module, "EventWatcher", _NoEvents):
         yield
+
+
+class GcPauses:
+    """Collections and their pause time per generation while installed (gc.callbacks)."""
+
+    def __init__(self) -> None:
+        self.by_generation: dict[int, list[float]] = {0: [0, 0.0], 1: [0, 0.0], 2: [0, 0.0]}
+        self._started = 0.0
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        taken = self.by_generation[info["generation"]]
+        taken[0] += 1
+        taken[1] += time.perf_counter() - self._started
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        gc.callbacks.append(self._on_gc)
+        try:
+            yield
+        finally:
+            gc.callbacks.remove(self._on_gc)
+
+    def report(self) -> dict[str, dict[str, float]]:
+        return {
+            f"gen{g}": {"collections": int(n), "seconds": round(s, 3)}
+            for g, (n, s) in self.by_generation.items()
+        }
 
 
 @contextlib.contextmanager
@@ -599,13 +630,15 @@ async def run_placement(size: Size, options: Options, workdir: Path, stem: str) 
                 counter.reset()
                 calls_before = Counter(runtime.calls)
                 place_profile = RESULTS_DIR / f"{stem}-{size.name}.place.prof.txt"
-                with profiled(place_profile if profile else None):
+                pauses = GcPauses()
+                with pauses.installed(), profiled(place_profile if profile else None):
                     placement, task = await place(
                         controller, operator, runtime, size, options.timeout_seconds
                     )
                 placement["statements"] = dict(counter.reset())
                 placement["group_commit"] = store.group_commit
                 placement["db_connections_peak"] = counter.peak_checked_out
+                placement["gc_pauses"] = pauses.report()
                 placement["runtime_calls"] = dict(Counter(runtime.calls) - calls_before)
                 memory["converged"] = memory_kib()
                 controller.stop()
@@ -728,6 +761,16 @@ def table(results: list[dict[str, Any]], tuning: Tuning) -> list[str]:
         each("place", "seconds_to_all_deployments_running", fmt=",.1f"),
     )
     row("  SQL statements per replica", [_num(_per_replica(r), ".1f") for r in results])
+    row("  peak database connections in use", each("place", "db_connections_peak"))
+    row(
+        "  GC pauses while placing, s (full collections)",
+        [
+            f"{sum(g['seconds'] for g in p.values()):.2f} ({p['gen2']['collections']})"
+            if (p := _get(r, "place", "gc_pauses"))
+            else "-"
+            for r in results
+        ],
+    )
     row(
         "no-op resync, median s",
         each("resync", "median_s", fmt=".3f"),
@@ -896,6 +939,7 @@ def _phases(args: argparse.Namespace) -> tuple[str, ...]:
 
 
 def _child(args: argparse.Namespace) -> int:
+    heap.tune_collector()  # as `fog-controller run` does before its loop starts
     size, options = SIZES[args.child], _options(args)
     with tempfile.TemporaryDirectory(prefix="fogscale-") as tmp:
         if args.phase == "place":

@@ -19,7 +19,7 @@ import urllib.request
 
 import structlog
 
-from controller import __version__, sdnotify
+from controller import __version__, heap, sdnotify
 from controller import log as logsetup
 from controller.leader import AlreadyRunning
 from controller.loop import Controller
@@ -137,4 +137,5 @@ def main(argv: list[str] | None = None) -> None:
         migrate.upgrade(settings.database_url)
         log.info("schema_migrated", database=mask_url(settings.database_url))
         sys.exit(0)
+    heap.tune_collector()
     sys.exit(asyncio.run(_run(settings)))
