@@ -760,7 +760,7 @@ def table(results: list[dict[str, Any]], tuning: Tuning) -> list[str]:
         "  s to all deployments running",
         each("place", "seconds_to_all_deployments_running", fmt=",.1f"),
     )
-    row("  SQL statements per replica", [_num(_per_replica(r), ".1f") for r in results])
+    row("  SQL statements per replica", [_num(_per_replica(r), ".2f") for r in results])
     row("  peak database connections in use", each("place", "db_connections_peak"))
     row(
         "  GC pauses while placing, s (full collections)",

@@ -297,3 +297,62 @@ async def test_a_resync_load_rereads_only_what_changed_and_misses_nothing(
     assert victim not in {r.id for r in loaded[ids[1]].replicas}
     if engine.dialect.name == "postgresql":
         assert len(statements) > 1  # the changed deployment was read again
+
+
+async def test_status_writes_and_new_rows_of_many_callers_share_a_round(
+    engine: AsyncEngine,
+) -> None:
+    """Group commit of writes: status changes and new replica rows asked for at once land
+    in one round (on PostgreSQL one statement per kind); each caller learns its own outcome,
+    and a stale status writes neither the status nor a history row."""
+    op, store = Operator(engine), Store(engine)
+    user = await op.add_user()
+    ids = [await op.add_deployment(user, f"w{i}-{uuid.uuid4().hex[:6]}") for i in range(6)]
+    now = datetime.now(UTC)
+    pending, scheduled = DeploymentStatus.PENDING, DeploymentStatus.SCHEDULED
+    stale = ids[0]
+    assert await store.record_status(stale, pending, DeploymentStatus.FAILED, "bad image", now)
+    history_before = len(await op.history(stale))
+    rounds_before = store._writes.rounds
+    with counting(engine) as statements:
+        results = await asyncio.gather(
+            *(store.record_status(d, pending, scheduled, f"placed {d}", now) for d in ids),
+            *(store.create_replicas(d, 2, now) for d in ids),
+        )
+    assert store._writes.rounds - rounds_before <= 2
+    assert results[:6] == [False, True, True, True, True, True]
+    for d, new in zip(ids, results[6:], strict=True):
+        rows = {row["id"]: row for row in await op.replicas(d)}
+        assert set(rows) == {r.id for r in new}
+        assert {row["status"] for row in rows.values()} == {"pending"}
+    if engine.dialect.name == "postgresql":
+        writes = [s for s in statements if s.lstrip().upper().startswith(("INSERT", "WITH"))]
+        assert len(writes) == 2, writes  # the new rows, then every status change
+    assert (await op.deployment(stale))["status"] == "failed"
+    assert len(await op.history(stale)) == history_before
+    for d in ids[1:]:
+        [h] = await op.history(d)
+        assert (h["old_status"], h["new_status"]) == ("pending", "scheduled")
+        assert h["reason"] == f"placed {d}"
+        assert (await op.deployment(d))["status"] == "scheduled"
+
+
+async def test_two_status_writes_of_one_deployment_in_a_round_apply_in_order(
+    engine: AsyncEngine,
+) -> None:
+    """Not expected (a deployment's writes are serial), but if one round holds two changes
+    of one deployment, the second must see the first, as one-by-one writes would."""
+    op, store = Operator(engine), Store(engine)
+    user = await op.add_user()
+    d = await op.add_deployment(user, f"twice-{uuid.uuid4().hex[:6]}")
+    now = datetime.now(UTC)
+    first, second = await asyncio.gather(
+        store.record_status(d, DeploymentStatus.PENDING, DeploymentStatus.SCHEDULED, "a", now),
+        store.record_status(d, DeploymentStatus.SCHEDULED, DeploymentStatus.RUNNING, "b", now),
+    )
+    assert (first, second) == (True, True)
+    assert (await op.deployment(d))["status"] == "running"
+    assert sorted((h["old_status"], h["new_status"]) for h in await op.history(d)) == [
+        ("pending", "scheduled"),
+        ("scheduled", "running"),
+    ]
