@@ -3,13 +3,12 @@
 Why: the controller holds every deployment, replica and node it knows as small frozen
 objects (hundreds of MiB at fog scale), and a busy reconcile allocates many short-lived ones.
 With CPython's default thresholds (700 / 10 / 10) a full collection walked the whole heap
-every few seconds: placing 50,000 replicas on hollow nodes ran 42 full collections, 11.6 s of
-pauses in a 29 s placement (`python -m bench scale --scale full`). Few of the controller's
-objects form cycles, so collecting the youngest generation every 50,000 allocations instead of
-700 finds the same garbage at a fraction of the walks; the older generations keep their
-default ratios, so cyclic garbage is still freed in a long-running daemon (Instagram's and
-many Python services' approach; `gc.freeze()` was not used, as it would keep such garbage
-forever).
+every second or so: placing 50,000 replicas on hollow nodes ran 33 full collections, 7.8 s
+of pauses in a 31.7 s placement (`python -m bench scale`, which reports the pauses). Few of
+the controller's objects form cycles, so collecting the youngest generation every 50,000
+allocations instead of 700 finds the same garbage at a fraction of the walks; the older
+generations keep their default ratios, so cyclic garbage is still freed in a long-running
+daemon (`gc.freeze()` was not used, as it would keep such garbage forever).
 """
 
 from __future__ import annotations

@@ -644,10 +644,20 @@ async def _write_one(conn: AsyncConnection, write: _Write) -> object:
 
 # PostgreSQL statements of a group-committed round take arrays (`unnest`), so each has one
 # shape whatever the batch size: compiled and prepared once, not once per row count.
+_PG = postgresql.dialect()  # type: ignore[no-untyped-call]
+
+
+def _pg_type(table: Table, name: str) -> str:
+    """A column's type as PostgreSQL spells it (`replica_status`, `UUID`, ...), for casts."""
+    return str(table.c[name].type.compile(dialect=_PG))
+
+
+_REPLICA_STATUS = _pg_type(REPLICAS, "status")
+_DEPLOYMENT_STATUS = _pg_type(DEPLOYMENTS, "status")
 _PG_NEW_REPLICAS = text(
     f"""
     INSERT INTO {REPLICAS.name} (id, deployment_id, status, created_at)
-    SELECT v.id, v.deployment_id, CAST(:status AS replica_status), v.created_at
+    SELECT v.id, v.deployment_id, CAST(:status AS {_REPLICA_STATUS}), v.created_at
     FROM unnest(CAST(:ids AS UUID[]), CAST(:deployment_ids AS UUID[]),
                 CAST(:created AS TIMESTAMPTZ[])) AS v (id, deployment_id, created_at)
     """
@@ -660,8 +670,8 @@ _PG_STATUS_WRITES = text(
     f"""
     WITH v AS (
         SELECT * FROM unnest(
-            CAST(:ids AS UUID[]), CAST(:olds AS deployment_status[]),
-            CAST(:news AS deployment_status[]), CAST(:history_ids AS UUID[]),
+            CAST(:ids AS UUID[]), CAST(:olds AS {_DEPLOYMENT_STATUS}[]),
+            CAST(:news AS {_DEPLOYMENT_STATUS}[]), CAST(:history_ids AS UUID[]),
             CAST(:reasons AS TEXT[])
         ) AS v (id, old, new, history_id, reason)
     ), moved AS (
@@ -719,15 +729,14 @@ async def _pg_writes(conn: AsyncConnection, writes: Sequence[_Write]) -> list[ob
 @functools.cache
 def _pg_transition_sql(names: tuple[str, ...]) -> TextualSelect:
     """The guarded UPDATE of one kind of transition (the columns it sets), over arrays."""
-    pg = postgresql.dialect()  # type: ignore[no-untyped-call]
-    types = {c: REPLICAS.c[c].type.compile(dialect=pg) for c in ("id", *names)}
+    types = {c: _pg_type(REPLICAS, c) for c in ("id", *names)}
     arrays = ", ".join(f"CAST(:v_{c} AS {t}[])" for c, t in types.items())
     sets = "".join(f", {c} = v.{c}" for c in names)
     return text(
         f"""
-        UPDATE {REPLICAS.name} AS r SET status = CAST(:status AS replica_status){sets}
+        UPDATE {REPLICAS.name} AS r SET status = CAST(:status AS {_REPLICA_STATUS}){sets}
         FROM unnest({arrays}) AS v ({", ".join(types)})
-        WHERE r.id = v.id AND r.status = ANY(CAST(:expected AS replica_status[]))
+        WHERE r.id = v.id AND r.status = ANY(CAST(:expected AS {_REPLICA_STATUS}[]))
         RETURNING r.id
         """
     ).columns(column("id", Uuid))
@@ -742,7 +751,6 @@ async def _apply_transitions(conn: AsyncConnection, changes: list[Transition]) -
     to save)."""
     rep = REPLICAS
     moved: set[uuid.UUID] = set()
-    ids = [c.replica_id for c in changes]
     if conn.dialect.name != "postgresql":
         for c in changes:
             result = await conn.execute(
@@ -754,6 +762,7 @@ async def _apply_transitions(conn: AsyncConnection, changes: list[Transition]) -
                 moved.add(c.replica_id)
         return moved
     groups: list[list[Transition]]
+    ids = [c.replica_id for c in changes]
     if len(set(ids)) != len(ids):
         groups = [[c] for c in changes]
     else:

@@ -254,12 +254,11 @@ async def converged(op: Operator, urls: list[str], deployment_id: uuid.UUID, tar
     A row still `stopping` is work in flight (its container may already be gone while its
     `stopped` write has not landed), so the deployment is not converged yet.
     """
-    live = await op.live_replicas(deployment_id)
+    rows = await op.replicas(deployment_id, "pending", "starting", "running", "stopping")
     seen = await asyncio.to_thread(managed_containers, urls, deployment_id)
-    running = [r for r in live if r["status"] == "running"]
+    running = [r for r in rows if r["status"] == "running"]
     return (
-        len(live) == target
-        and not await op.replicas(deployment_id, "stopping")
+        len(rows) == target  # live rows, and no row still stopping
         and len(running) == target
         and sorted(s.replica_id for s in seen if s.state == "running")
         == sorted(str(r["id"]) for r in running)
