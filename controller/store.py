@@ -24,7 +24,6 @@ from sqlalchemy import (
     ColumnElement,
     String,
     Table,
-    Uuid,
     column,
     delete,
     func,
@@ -60,7 +59,7 @@ from controller.model import (
 from schema import models as tables
 from schema.engine import writer
 from schema.enums import LIVE_REPLICA_STATUSES, TERMINAL_REPLICA_STATUSES
-from schema.models import REASON_MAX_LENGTH
+from schema.models import REASON_MAX_LENGTH, UUIDType
 
 log = structlog.get_logger(__name__)
 
@@ -141,7 +140,7 @@ _FINGERPRINTS = text(
         WHERE d.status <> '{DeploymentStatus.DELETED.value}'
         GROUP BY d.id
         """
-).columns(column("id", Uuid), column("fp", String))
+).columns(column("id", UUIDType()), column("fp", String))
 
 
 @dataclass(frozen=True, slots=True)
@@ -685,7 +684,7 @@ _PG_STATUS_WRITES = text(
     FROM v JOIN moved ON moved.id = v.id
     RETURNING deployment_id
     """
-).columns(column("deployment_id", Uuid))
+).columns(column("deployment_id", UUIDType()))
 
 
 async def _pg_writes(conn: AsyncConnection, writes: Sequence[_Write]) -> list[object]:
@@ -739,7 +738,7 @@ def _pg_transition_sql(names: tuple[str, ...]) -> TextualSelect:
         WHERE r.id = v.id AND r.status = ANY(CAST(:expected AS {_REPLICA_STATUS}[]))
         RETURNING r.id
         """
-    ).columns(column("id", Uuid))
+    ).columns(column("id", UUIDType()))
 
 
 async def _apply_transitions(conn: AsyncConnection, changes: list[Transition]) -> set[uuid.UUID]:

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from sqlalchemy import Table, Uuid, bindparam, delete, func, insert, select, text, update
+from sqlalchemy import Table, bindparam, delete, func, insert, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm import selectinload
@@ -64,7 +64,7 @@ async def _count(conn: AsyncConnection, table: Table, **where: Any) -> int:
 def _raw(sql: str, **uuids: uuid.UUID) -> Any:
     """Hand-written SQL whose UUID parameters bind correctly on both backends."""
     return text(sql).bindparams(
-        *(bindparam(name, value, type_=Uuid()) for name, value in uuids.items())
+        *(bindparam(name, value, type_=models.UUIDType()) for name, value in uuids.items())
     )
 
 
