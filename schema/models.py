@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import uuid
 from datetime import UTC, datetime
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
@@ -27,7 +27,6 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
-    Table,
     TypeDecorator,
     Uuid,
     text,
@@ -503,7 +502,7 @@ def _add_sqlite_uuid_checks() -> None:
         for col in table.columns:
             if isinstance(col.type, UUIDType):
                 check = CheckConstraint(sqlite_uuid_check(col.name), name=f"{col.name}_uuid")
-                cast(Table, table).append_constraint(check.ddl_if(dialect="sqlite"))
+                table.append_constraint(check.ddl_if(dialect="sqlite"))
 
 
 _add_sqlite_uuid_checks()

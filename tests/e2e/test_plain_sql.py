@@ -84,7 +84,8 @@ def runs(
 
     async def check() -> bool:
         live = await sql.live_replicas(deployment)
-        assert len(live) == target and {r["status"] for r in live} == {"running"}, live
+        assert len(live) == target, live
+        assert {r["status"] for r in live} == {"running"}, live
         images = await asyncio.to_thread(_images, urls, deployment)
         assert images == Counter({image: target}), images
         assert await sql.status(deployment) == "running"
@@ -173,7 +174,8 @@ async def test_the_documented_plain_sql_converges_on_both_backends(
         assert "nodes fit" in history[0]["reason"], history[0]
         moves, history = moves[1:], history[1:]
     assert moves[:2] == [("pending", "scheduled"), ("scheduled", "running")], moves
-    assert moves[-1][1] == "deleted" and history[-1]["reason"] == "deleted by operator"
+    assert moves[-1][1] == "deleted", moves
+    assert history[-1]["reason"] == "deleted by operator"
     assert all(h["reason"] for h in history)
     # The other deployment is untouched by web's changes.
     await runs(sql, engines[:2], api, 2, TEST_IMAGE)()
@@ -187,4 +189,3 @@ def test_every_documented_step_exists_for_both_backends() -> None:
         assert all(body.strip() for body in steps.values())
     assert "now()" in doc_statements("postgresql")["soft-delete"]
     assert "strftime" in doc_statements("sqlite")["soft-delete"]
-

@@ -153,7 +153,8 @@ async def test_upgrade_converts_a_filled_database_in_place_and_downgrade_reverse
         loaded = {d.id: d for d in await store.load_deployments([r.deployment])}
         assert set(loaded) == {r.deployment}
         d = loaded[r.deployment]
-        assert d.user_id == r.user and d.resources is not None
+        assert d.user_id == r.user
+        assert d.resources is not None
         assert [(x.id, x.node_id) for x in d.replicas] == [(r.replica, r.node)]
         assert d.last_reason == "kept"
         assert [n.id for n in await store.nodes()] == [r.node]

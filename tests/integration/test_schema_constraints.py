@@ -22,8 +22,8 @@ from sqlalchemy.orm import selectinload
 
 from schema import api, models
 from schema import engine as engine_mod
-from tests.harness import database
 from schema.enums import DeploymentStatus, NodeStatus, ReplicaStatus
+from tests.harness import database
 
 users = models.Base.metadata.tables["users"]
 nodes = models.Base.metadata.tables["nodes"]
@@ -615,17 +615,15 @@ async def test_sqlite_refuses_a_malformed_id_in_every_uuid_column_by_name(
         "old_status": "'pending'",
         "new_status": "'running'",
     }
-    literals = [
-        f"'{bad}'" if c == column else plain.get(c, f"'{uuid.uuid4()}'") for c in values
-    ]
-    assert column in values and set(values) <= set(table.c.keys())
+    literals = [f"'{bad}'" if c == column else plain.get(c, f"'{uuid.uuid4()}'") for c in values]
+    assert column in values
+    assert set(values) <= set(table.c.keys())
     conn = await _sqlite_fk_off(engine)
     try:
         with pytest.raises(IntegrityError, match=f"ck_{table_name}_{column}_uuid"):
             await conn.execute(
                 text(
-                    f"INSERT INTO {table_name} ({', '.join(values)}) "
-                    f"VALUES ({', '.join(literals)})"
+                    f"INSERT INTO {table_name} ({', '.join(values)}) VALUES ({', '.join(literals)})"
                 )
             )
         await conn.rollback()
@@ -669,9 +667,7 @@ async def test_the_database_makes_the_id_when_plain_sql_leaves_it_out(
 ) -> None:
     async with engine.begin() as conn:
         user = (
-            await conn.execute(
-                text("INSERT INTO users (username) VALUES ('dbmade') RETURNING id")
-            )
+            await conn.execute(text("INSERT INTO users (username) VALUES ('dbmade') RETURNING id"))
         ).scalar_one()
         statements = {
             "users": "INSERT INTO users (username) VALUES ('second')",
@@ -690,12 +686,13 @@ async def test_the_database_makes_the_id_when_plain_sql_leaves_it_out(
         typed = (await conn.execute(select(table.c.id))).scalars().all()
     assert len(raw) == (2 if table_name == "users" else 1)
     for value, parsed in zip(raw, typed, strict=True):
-        assert isinstance(parsed, uuid.UUID) and parsed.version == 4
+        assert isinstance(parsed, uuid.UUID)
+        assert parsed.version == 4
         if engine.dialect.name == "sqlite":
             assert value == str(parsed), "canonical lower-case text"
     assert len(set(typed)) == len(typed)
     if table_name != "users":
-        row = (await _first_row(engine, table_name))
+        row = await _first_row(engine, table_name)
         assert row["created_at"] is not None
         if "status" in row:
             assert row["status"] in {"unknown", "pending"}

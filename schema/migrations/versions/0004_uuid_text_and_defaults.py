@@ -163,10 +163,10 @@ def _ts(name: str, *, nullable: bool = False) -> sa.Column[object]:
     )
 
 
-def _status(table: str) -> tuple[sa.Column[str], sa.CheckConstraint]:
+def _status(table: str) -> tuple[sa.Column[object], sa.CheckConstraint]:
     type_name, values = ENUMS[table]
     quoted = ", ".join(f"'{v}'" for v in values)
-    column: sa.Column[str] = sa.Column(
+    column: sa.Column[object] = sa.Column(
         "status",
         sa.Enum(*values, name=type_name),
         nullable=False,
@@ -187,7 +187,10 @@ def _definition(table: str, canonical: bool) -> list[sa.Column[object] | sa.Cons
         )
 
     checks = (
-        [sa.CheckConstraint(_uuid_check(c), name=f"ck_{table}_{c}_uuid") for c in UUID_COLUMNS[table]]
+        [
+            sa.CheckConstraint(_uuid_check(c), name=f"ck_{table}_{c}_uuid")
+            for c in UUID_COLUMNS[table]
+        ]
         if canonical
         else []
     )
@@ -377,9 +380,7 @@ INDEXES: dict[str, tuple[tuple[str, tuple[str, ...], bool, str | None], ...]] = 
         ("ix_deployment_replicas_node_id", ("node_id",), False, None),
         ("ix_deployment_replicas_status", ("status",), False, None),
     ),
-    "deployment_resources": (
-        ("ix_deployment_resources_updated_at", ("updated_at",), False, None),
-    ),
+    "deployment_resources": (("ix_deployment_resources_updated_at", ("updated_at",), False, None),),
     "deployment_status_history": (
         ("idx_status_history_deployment_time", ("deployment_id", "changed_at"), False, None),
         ("ix_deployment_status_history_deployment_id", ("deployment_id",), False, None),
