@@ -9,6 +9,7 @@ and the deployment's history carries the reason; fixing the row brings it back.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,7 +22,15 @@ from structlog.testing import capture_logs
 from controller.store import Store
 from schema import engine as engine_mod
 from tests.harness import database
-from tests.harness.fleet import Operator
+from tests.harness.engines import Cluster
+from tests.harness.fleet import (
+    Operator,
+    converged,
+    eventually,
+    remove_managed_containers,
+    running_controller,
+    settings_for_tests,
+)
 
 
 @pytest.fixture
@@ -166,3 +175,49 @@ async def test_node_labels_that_are_no_json_object_cost_the_labels_not_the_node(
     assert first[other].labels == (("zone", "north"),)
     (w,) = [e for e in logs if e["event"] == "row_unusable"]
     assert (w["table"], w["node"], w["column"]) == ("nodes", "edge-1", "labels")
+
+
+@pytest.mark.docker
+async def test_sqlite_a_replica_whose_node_is_not_found_is_failed_with_the_reason_and_replaced(
+    template_databases: database.TemplateDatabases, tmp_path: Path, cluster: Cluster
+) -> None:
+    # Foreign keys off, as in the sqlite3 shell: a node id typed wrong goes in unchecked.
+    url = await template_databases.migrated_sqlite(tmp_path)
+    engine = engine_mod.create_engine(url)
+    cluster.ensure_running()
+    urls = list(cluster.urls)[:1]
+    op = Operator(engine)
+    try:
+        await op.add_node("node-0", urls[0])
+        user = await op.add_user()
+        async with running_controller(settings_for_tests(url)):
+            d = await op.add_deployment(user, "web", replicas=2)
+            await eventually(lambda: converged(op, urls, d, 2))
+            victim = (await op.replicas(d, "running"))[0]["id"]
+            nowhere = uuid.uuid4()
+            conn = await engine.connect()
+            try:
+                raw = await conn.get_raw_connection()
+                await raw.driver_connection.execute("PRAGMA foreign_keys = OFF")
+                await conn.execute(
+                    text(
+                        f"UPDATE deployment_replicas SET node_id = '{nowhere}' "
+                        f"WHERE id = '{victim}'"
+                    )
+                )
+                await conn.commit()
+            finally:
+                await conn.close()
+
+            async def failed() -> bool:
+                rows = {r["id"]: r["status"] for r in await op.replicas(d)}
+                assert rows[victim] == "failed", rows
+                return True
+
+            await eventually(failed)
+            await eventually(lambda: converged(op, urls, d, 2))
+        reasons = [h["reason"] for h in await op.history(d)]
+        assert any(f"node {nowhere} not found in nodes" in r for r in reasons), reasons
+    finally:
+        await asyncio.to_thread(remove_managed_containers, urls)
+        await engine.dispose()
