@@ -176,16 +176,28 @@ class UUIDType(TypeDecorator[uuid.UUID]):
             return value
         return uuid.UUID(str(value))
 
+    # The processors below are what runs per value (a load reads hundreds of thousands):
+    # plain functions, without TypeDecorator's wrapping; process_*_param serve literals.
     def bind_processor(self, dialect: Dialect) -> Any:
-        # PostgreSQL: the driver's own uuid handling, no extra call per value.
+        # PostgreSQL: the driver's own uuid handling.
         if dialect.name != "sqlite":
             return self.impl_instance.bind_processor(dialect)
-        return super().bind_processor(dialect)
+        return _uuid_to_text
 
     def result_processor(self, dialect: Dialect, coltype: Any) -> Any:
         if dialect.name != "sqlite":
             return self.impl_instance.result_processor(dialect, coltype)
-        return super().result_processor(dialect, coltype)
+        return _text_to_uuid
+
+
+def _uuid_to_text(value: Any) -> str | None:
+    if value.__class__ is uuid.UUID:
+        return str(value)
+    return None if value is None else str(uuid.UUID(str(value)))
+
+
+def _text_to_uuid(value: Any) -> uuid.UUID | None:
+    return None if value is None else uuid.UUID(value)
 
 
 class new_uuid(FunctionElement[uuid.UUID]):
