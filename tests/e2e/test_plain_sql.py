@@ -18,13 +18,15 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import docker
 import pytest
 from sqlalchemy.engine import make_url
 
 from schema.engine import is_sqlite, sqlite_path
-from tests.e2e.daemon import REPO_ROOT, Daemons, Sql
+from tests.e2e.daemon import REPO_ROOT, Daemon, Daemons, Sql
+from tests.harness import database
 from tests.harness.engines import API_VERSION, TEST_IMAGE, build_test_image
 from tests.harness.fleet import managed_containers
 
@@ -196,3 +198,76 @@ def test_every_documented_step_exists_for_both_backends() -> None:
         assert all(body.strip() for body in steps.values())
     assert "now()" in doc_statements("postgresql")["soft-delete"]
     assert "strftime" in doc_statements("sqlite")["soft-delete"]
+
+
+async def test_sqlite_an_unreadable_value_typed_in_the_shell_holds_one_deployment_with_a_reason(
+    template_databases: database.TemplateDatabases,
+    tmp_path: Path,
+    engines: list[str],
+    daemons: Daemons,
+) -> None:
+    """Before: 'now' in a DATETIME column failed every load, so the controller acted on no
+    deployment at all, and said so only as a traceback per pass. Now that one deployment is
+    held (containers kept), the log says `row_unusable` once, and its history says why."""
+    url = await template_databases.migrated_sqlite(tmp_path)
+    sql = Sql(url)
+    try:
+        steps = doc_statements("sqlite")
+
+        def run(body: str) -> None:
+            run_shell(
+                url,
+                body.replace("unix:///run/fog/edge-1.sock", engines[0]).replace(
+                    "nginx:1.27", TEST_IMAGE
+                ),
+            )
+
+        daemon = daemons.start(FOG_DATABASE_URL=url)
+        await daemon.wait_event("controller_started")
+        await asyncio.to_thread(run, steps["create"])
+        await daemon.until(runs(sql, engines[:1], WEB, 3, TEST_IMAGE), what="web: 3 running")
+
+        # The operator's mistake: SQLite stores 'now' as text in the DATETIME column.
+        await asyncio.to_thread(
+            run, f"UPDATE deployments SET deleted_at = 'now' WHERE id = '{WEB}';"
+        )
+
+        async def reasoned() -> bool:
+            reasons = [h["reason"] for h in await sql.history(WEB)]
+            assert any("unusable row: deployments.deleted_at = 'now'" in r for r in reasons)
+            return True
+
+        await daemon.until(reasoned, what="the held deployment's reason")
+        passes = len(daemon.log().named("resync_done"))
+        await daemon.until(
+            lambda: _at_least(daemon, "resync_done", passes + 4), what="four more passes"
+        )
+        log = daemon.log()
+        (warning,) = log.named("row_unusable")
+        assert (warning["table"], warning["column"], warning["id"]) == (
+            "deployments",
+            "deleted_at",
+            str(WEB),
+        )
+        assert not log.named(("resync_crashed", "resync_failed", "poll_failed"))
+        # Held, not deleted: its containers run on.
+        await runs(sql, engines[:1], WEB, 3, TEST_IMAGE)()
+
+        # Fixed with the documented soft delete: taken back, and deleted.
+        await asyncio.to_thread(run, steps["soft-delete"])
+
+        async def deleted() -> bool:
+            assert await sql.status(WEB) == "deleted"
+            assert not await asyncio.to_thread(managed_containers, engines, WEB)
+            return True
+
+        await daemon.until(deleted, within=60, what="web deleted once the row is fixed")
+        daemon.assert_clean_log()
+    finally:
+        await sql.close()
+
+
+async def _at_least(daemon: Daemon, event: str, count: int) -> bool:
+    seen = len(daemon.log().named(event))
+    assert seen >= count, f"{seen} {event} events, want {count}"
+    return True
