@@ -21,8 +21,12 @@ run: install
 	@eval "$$(deploy/dev-engine.sh env)" && exec $(BIN)/fog-controller run
 
 # PostgreSQL must answer on 127.0.0.1:5432 (start the local cluster if it is installed but down);
-# the Docker engines are started by the test harness itself.
+# the Docker engines are started by the test harness itself. The plain-SQL test runs the
+# documented statements through the psql and sqlite3 programs: installed here when missing.
 services:
+	@command -v sqlite3 >/dev/null && command -v psql >/dev/null || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	  apt-get install -y -qq sqlite3 postgresql-client >/dev/null; }
 	@pg_isready -q -h 127.0.0.1 -p 5432 || { \
 	  command -v pg_ctlcluster >/dev/null && \
 	  pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql | head -n1) main start; }

@@ -371,7 +371,8 @@ class Controller:
         # committed before the listing began, so the load below cannot miss its deployment.
         views = await self.reconciler.observe(self.nodes.reachable())
         deployments = await self.store.load_active()
-        known = {d.id for d in deployments}
+        # A held deployment (a row of it unusable) is not loaded, but its containers are its own.
+        known = {d.id for d in deployments} | self.store.held
         enqueued = 0
         for deployment_id in self.reconciler.triage(deployments, views):
             self.queue.add(deployment_id)

@@ -251,8 +251,12 @@ def plan(
         if r.status is ReplicaStatus.PENDING:
             live.append(r)
             continue
-        if r.node_id is None or r.node_id not in node_ids:
+        if r.node_id is None:
             actions.append(MarkFailed(r, "node removed"))
+            continue
+        if r.node_id not in node_ids:
+            # Deleted with foreign keys off (the sqlite3 shell), or an id typed wrong.
+            actions.append(MarkFailed(r, f"node {r.node_id} not found in nodes"))
             continue
         view = obs.known(r.node_id)
         if r.status is ReplicaStatus.STARTING:

@@ -11,32 +11,40 @@ a bounded number of attempts, and then surface as `errors.StoreUnavailable`.
 from __future__ import annotations
 
 import functools
+import json
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import wraps
 from typing import Any, ParamSpec, TypeVar, cast
 
 import structlog
 from sqlalchemy import (
     ColumnElement,
+    Float,
+    Integer,
     String,
     Table,
-    Uuid,
+    and_,
     column,
     delete,
     func,
     insert,
+    literal_column,
     select,
     text,
+    true,
+    type_coerce,
     update,
 )
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.selectable import TextualSelect
+from sqlalchemy.types import NullType
 from tenacity import (
     AsyncRetrying,
     RetryError,
@@ -60,7 +68,7 @@ from controller.model import (
 from schema import models as tables
 from schema.engine import writer
 from schema.enums import LIVE_REPLICA_STATUSES, TERMINAL_REPLICA_STATUSES
-from schema.models import REASON_MAX_LENGTH
+from schema.models import REASON_MAX_LENGTH, UUIDType
 
 log = structlog.get_logger(__name__)
 
@@ -128,6 +136,8 @@ def _clip(reason: str) -> str:
 _NOT_TERMINAL_SQL = ", ".join(f"'{status}'" for status in _NOT_TERMINAL)
 # `load_active`: every this many passes, a full reload whatever the fingerprints say.
 FULL_RELOAD_EVERY = 12
+# While rows are unusable (SQLite), a scan this often sees whether they were fixed.
+_RESCAN_SECONDS = 5.0
 _FINGERPRINTS = text(
     f"""
         SELECT d.id AS id,
@@ -141,7 +151,7 @@ _FINGERPRINTS = text(
         WHERE d.status <> '{DeploymentStatus.DELETED.value}'
         GROUP BY d.id
         """
-).columns(column("id", Uuid), column("fp", String))
+).columns(column("id", UUIDType()), column("fp", String))
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +186,68 @@ class Transition:
     values: tuple[tuple[str, Any], ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class Unusable:
+    """A row the controller cannot read: which, where, and why, in the operator's terms."""
+
+    table: str
+    rowid: int
+    row_id: str  # the row's id as stored (text, perhaps malformed itself)
+    column: str
+    value: str
+    problem: str
+    deployment_id: uuid.UUID | None  # the deployment it belongs to, when that is readable
+
+    @property
+    def reason(self) -> str:
+        return (
+            f"unusable row: {self.table}.{self.column} = {self.value} {self.problem} "
+            f"(row {self.row_id}); deployment held until the row is fixed"
+        )
+
+
+# What `Store.find_unusable` reads per table: the columns the loads read.
+_SCANNED: dict[str, tuple[Table, str | None]] = {
+    "deployments": (DEPLOYMENTS, "id"),
+    "deployment_resources": (RESOURCES, "deployment_id"),
+    "deployment_replicas": (REPLICAS, "deployment_id"),
+    "deployment_status_history": (HISTORY, "deployment_id"),
+    "nodes": (NODES, None),
+}
+
+
+def _problem(col: Any, value: Any, processor: Any) -> str | None:
+    """Why `value`, as the driver returned it, is no value of `col`'s type; None if it is."""
+    if value is None:
+        return None
+    if isinstance(col.type, Integer) and not isinstance(value, int):
+        return "is not an integer"
+    if isinstance(col.type, Float) and not isinstance(value, int | float):
+        return "is not a number"
+    try:
+        parsed = processor(value) if processor is not None else value
+    except (ValueError, TypeError) as exc:
+        return f"cannot be read ({type(exc).__name__}: {exc})"
+    if col.name == "labels" and not isinstance(parsed, dict):
+        return "is not a JSON object"
+    return None
+
+
+def _labels(raw: Any) -> tuple[tuple[tuple[str, str], ...], str | None]:
+    """A node's labels from the stored JSON; a value that is not an object reads as no labels,
+    with the problem (plain SQL can write any JSON there, and on SQLite any text)."""
+    if raw is None:
+        return (), None
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except ValueError:
+            return (), f"labels = {raw[:80]!r} is not JSON"
+    if not isinstance(raw, dict):
+        return (), f"labels = {json.dumps(raw)[:80]} is not a JSON object"
+    return tuple(sorted((str(k), str(v)) for k, v in raw.items())), None
+
+
 class Store:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
@@ -191,6 +263,13 @@ class Store:
         # `load_active`'s previous pass: fingerprint and deployment per id.
         self._snapshot: dict[uuid.UUID, tuple[str, Deployment]] = {}
         self._passes = 0
+        # Rows the loads cannot read (SQLite, where a column holds whatever was written), found
+        # when a load fails on one: left out of every load until fixed, each reported once.
+        self._unusable: dict[tuple[str, int], Unusable] = {}
+        self._reported: set[tuple[str, int, str, str]] = set()
+        self._scanned_at = 0.0
+        # Node label problems already logged, by node name.
+        self._label_problems: dict[str, str] = {}
 
     def fence(self, epoch: int | None) -> None:
         """Check every later write against `epoch` (see controller/leader.py)."""
@@ -243,12 +322,129 @@ class Store:
         async with self._engine.connect() as conn:
             await conn.execute(select(1))
 
+    # --- rows the controller cannot read ------------------------------------------------------
+
+    @property
+    def held(self) -> frozenset[uuid.UUID]:
+        """Deployments left out of every load because one of their rows is unusable: their
+        containers are theirs all the same (not strays), and nothing is changed for them."""
+        return frozenset(u.deployment_id for u in self._unusable.values() if u.deployment_id)
+
+    def _skip(self, table: Table) -> ColumnElement[bool]:
+        """Leave out `table`'s unusable rows, and every row of a held deployment."""
+        if not self._unusable:
+            return true()
+        rowids = [u.rowid for u in self._unusable.values() if u.table == table.name]
+        held = list(self.held)
+        conditions: list[ColumnElement[bool]] = []
+        if rowids:
+            conditions.append(literal_column(f"{table.name}.rowid").not_in(rowids))
+        key = _SCANNED.get(table.name, (table, None))[1]
+        if held and key is not None:
+            conditions.append(table.c[key].not_in(held))
+        return and_(true(), *conditions)
+
+    async def find_unusable(self) -> list[Unusable]:
+        """Scan the tables the loads read for values their types cannot hold (SQLite only:
+        PostgreSQL's types refuse them on write). Newly found rows are logged once as
+        `row_unusable`, and the deployment each belongs to gets the reason in its history;
+        fixed rows drop out of the set, so the loads take them again."""
+        if self._engine.dialect.name != "sqlite":
+            return []
+        found: dict[tuple[str, int], Unusable] = {}
+        dialect = self._engine.dialect
+        async with self._engine.connect() as conn:
+            for name, (table, key) in _SCANNED.items():
+                cols = list(table.columns)
+                rows: Sequence[Any] = (
+                    await conn.execute(
+                        select(
+                            literal_column("rowid"),
+                            *(type_coerce(c, NullType()).label(c.name) for c in cols),
+                        ).select_from(table)
+                    )
+                ).all()
+                processors = [c.type._cached_result_processor(dialect, None) for c in cols]
+                id_processor = processors[cols.index(table.c.id)]
+                for row in rows:
+                    for col, processor, value in zip(cols, processors, row[1:], strict=True):
+                        problem = _problem(col, value, processor)
+                        if problem is None:
+                            continue
+                        owner: uuid.UUID | None = None
+                        if key is not None:
+                            raw_key = getattr(row, key)
+                            if _problem(table.c[key], raw_key, id_processor) is None:
+                                owner = uuid.UUID(str(raw_key))
+                        found[(name, row[0])] = Unusable(
+                            name, row[0], str(row.id), col.name, repr(value), problem, owner
+                        )
+                        break
+        self._unusable = found
+        self._scanned_at = time.monotonic()
+        await self._report_unusable(list(found.values()))
+        return list(found.values())
+
+    async def _report_unusable(self, rows: list[Unusable]) -> None:
+        keys = {(u.table, u.rowid, u.column, u.value) for u in rows}
+        self._reported &= keys  # a fixed row that breaks again is reported again
+        for u in rows:
+            key = (u.table, u.rowid, u.column, u.value)
+            if key in self._reported:
+                continue
+            self._reported.add(key)
+            log.warning(
+                "row_unusable",
+                table=u.table,
+                rowid=u.rowid,
+                id=u.row_id,
+                column=u.column,
+                value=u.value,
+                problem=u.problem,
+                deployment_id=str(u.deployment_id) if u.deployment_id else None,
+            )
+            if u.deployment_id is not None:
+                await self._note(u.deployment_id, u.reason)
+
+    async def _note(self, deployment_id: uuid.UUID, reason: str) -> None:
+        """A reason-only history row (status unchanged) for a held deployment."""
+        d = DEPLOYMENTS
+        async with self._engine.connect() as conn:
+            status = (
+                await conn.execute(
+                    select(type_coerce(d.c.status, String)).where(d.c.id == deployment_id)
+                )
+            ).scalar_one_or_none()
+        if status in {s.value for s in DeploymentStatus}:
+            current = DeploymentStatus(status)
+            await self.record_status(deployment_id, current, current, reason, datetime.now(UTC))
+
+    async def _tolerant(self, load: Callable[[], Awaitable[T]]) -> T:
+        """Run a load; on SQLite, a row it cannot read is found, reported and left out, and the
+        load runs again without it, instead of failing every pass."""
+        if self._engine.dialect.name != "sqlite":
+            return await load()
+        if self._unusable and time.monotonic() - self._scanned_at >= _RESCAN_SECONDS:
+            await self.find_unusable()  # fixed rows come back
+        try:
+            return await load()
+        except (ValueError, TypeError):
+            before = set(self._unusable)
+            await self.find_unusable()
+            if set(self._unusable) <= before:
+                raise
+            return await load()
+
     # --- reads -----------------------------------------------------------------------------
 
     @_retrying
     async def load_deployments(self, ids: Sequence[uuid.UUID] | None = None) -> list[Deployment]:
         """Deployments not yet `deleted` (all of them, or `ids`), with resources, non-terminal
-        replicas and newest history row: three queries whatever the count."""
+        replicas and newest history row: three queries whatever the count. Held deployments
+        (see `held`) are left out."""
+        return await self._tolerant(lambda: self._load_deployments(ids))
+
+    async def _load_deployments(self, ids: Sequence[uuid.UUID] | None) -> list[Deployment]:
         d, res = DEPLOYMENTS, RESOURCES
         rep, hist = REPLICAS, HISTORY
         scope: ColumnElement[bool]
@@ -259,6 +455,7 @@ class Store:
             scope = d.c.id.in_(ids)
         else:
             scope = d.c.status != DeploymentStatus.DELETED.value
+        scope = and_(scope, self._skip(d))
         async with self._engine.connect() as conn:
             rows = (
                 await conn.execute(
@@ -299,11 +496,17 @@ class Store:
                 )
             ).all()
         replicas: dict[uuid.UUID, list[Replica]] = {}
+        # PostgreSQL's column types already guarantee numbers: the check costs it nothing.
+        checked = self._engine.dialect.name == "sqlite"
         for r in replica_rows:
+            if checked:
+                _numbers(r, _REPLICA_NUMBERS)
             replicas.setdefault(r.deployment_id, []).append(_replica(r))
         last = {row.deployment_id: (row.reason, row.changed_at) for row in last_rows}
         out = []
         for row in rows:
+            if checked:
+                _numbers(row, _DEPLOYMENT_NUMBERS)
             resources = (
                 Resources(row.cpu_cores, row.memory_mb, row.gpu_units, row.storage_gb)
                 if row.cpu_cores is not None
@@ -374,9 +577,21 @@ class Store:
 
     @_retrying
     async def nodes(self) -> list[NodeRecord]:
+        return await self._tolerant(self._nodes)
+
+    async def _nodes(self) -> list[NodeRecord]:
         n = NODES
+        # Labels as the stored text: JSON that is no object (or, on SQLite, no JSON at all)
+        # costs the node its labels, not the whole read.
+        cols = [c for c in n.columns if c.name != "labels"]
+        raw_labels = type_coerce(n.c.labels, String).label("labels")
         async with self._engine.connect() as conn:
-            rows = (await conn.execute(select(n).order_by(n.c.name))).all()
+            rows = (
+                await conn.execute(
+                    select(*cols, raw_labels).where(self._skip(n)).order_by(n.c.name)
+                )
+            ).all()
+        labels = {row.id: self._node_labels(row.name, row.labels) for row in rows}
         return [
             NodeRecord(
                 id=row.id,
@@ -390,14 +605,33 @@ class Store:
                 unschedulable=bool(row.unschedulable),
                 draining=bool(row.draining),
                 last_heartbeat_at=row.last_heartbeat_at,
-                labels=tuple(sorted((str(k), str(v)) for k, v in (row.labels or {}).items())),
+                labels=labels[row.id],
             )
             for row in rows
         ]
 
+    def _node_labels(self, node: str, raw: Any) -> tuple[tuple[str, str], ...]:
+        labels, problem = _labels(raw)
+        if problem is None:
+            self._label_problems.pop(node, None)
+        elif self._label_problems.get(node) != problem:
+            self._label_problems[node] = problem
+            log.warning(
+                "row_unusable",
+                table="nodes",
+                node=node,
+                column="labels",
+                problem=problem,
+                effect="the node is used without labels until the value is a JSON object",
+            )
+        return labels
+
     @_retrying
     async def node_usage(self) -> dict[uuid.UUID, Resources]:
         """What live replicas hold on each node: the scheduler's `usage`."""
+        return await self._tolerant(self._node_usage)
+
+    async def _node_usage(self) -> dict[uuid.UUID, Resources]:
         rep, res = REPLICAS, RESOURCES
         async with self._engine.connect() as conn:
             rows = (
@@ -410,7 +644,7 @@ class Store:
                         func.coalesce(func.sum(res.c.storage_gb), 0),
                     )
                     .join(res, res.c.deployment_id == rep.c.deployment_id)
-                    .where(rep.c.node_id.is_not(None), rep.c.status.in_(_LIVE))
+                    .where(rep.c.node_id.is_not(None), rep.c.status.in_(_LIVE), self._skip(rep))
                     .group_by(rep.c.node_id)
                 )
             ).all()
@@ -685,7 +919,7 @@ _PG_STATUS_WRITES = text(
     FROM v JOIN moved ON moved.id = v.id
     RETURNING deployment_id
     """
-).columns(column("deployment_id", Uuid))
+).columns(column("deployment_id", UUIDType()))
 
 
 async def _pg_writes(conn: AsyncConnection, writes: Sequence[_Write]) -> list[object]:
@@ -739,7 +973,7 @@ def _pg_transition_sql(names: tuple[str, ...]) -> TextualSelect:
         WHERE r.id = v.id AND r.status = ANY(CAST(:expected AS {_REPLICA_STATUS}[]))
         RETURNING r.id
         """
-    ).columns(column("id", Uuid))
+    ).columns(column("id", UUIDType()))
 
 
 async def _apply_transitions(conn: AsyncConnection, changes: list[Transition]) -> set[uuid.UUID]:
@@ -784,6 +1018,26 @@ async def _apply_transitions(conn: AsyncConnection, changes: list[Transition]) -
         result = await conn.execute(_pg_transition_sql(names), params)
         moved.update(result.scalars())
     return moved
+
+
+_DEPLOYMENT_NUMBERS = (
+    ("target_replicas", int),
+    ("cpu_cores", (int, float)),
+    ("memory_mb", int),
+    ("gpu_units", int),
+    ("storage_gb", int),
+)
+_REPLICA_NUMBERS = (("restart_count", int), ("last_exit_code", int))
+
+
+def _numbers(row: Any, names: Sequence[tuple[str, Any]]) -> None:
+    """Refuse a row whose number columns hold text: SQLite stores 'three' in an INTEGER column
+    (and its CHECKs compare text as greater than any number). The load's tolerant path then
+    finds the row and leaves it out (`Store._tolerant`)."""
+    for name, kind in names:
+        value = getattr(row, name)
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+            raise TypeError(f"{name} = {value!r} is not a number")
 
 
 def _replica(row: Any) -> Replica:

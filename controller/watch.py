@@ -26,8 +26,9 @@ from typing import Any
 
 import asyncpg
 import structlog
-from sqlalchemy import func, select, union_all
+from sqlalchemy import func, select, type_coerce, union_all
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.types import NullType
 
 from controller import errors
 from controller.leader import asyncpg_dsn
@@ -128,15 +129,25 @@ class SqlitePoller:
             select(DEPLOYMENTS.c.id.label("id"), DEPLOYMENTS.c.updated_at.label("at")),
             select(RESOURCES.c.deployment_id.label("id"), RESOURCES.c.updated_at.label("at")),
         ).subquery()
-        query = select(changed.c.id, func.max(changed.c.at)).group_by(changed.c.id)
+        # Raw values, parsed one by one: a row an operator wrote that cannot be read (see
+        # `Store.find_unusable`, which reports it) is skipped here, not a failure every second.
+        query = select(
+            type_coerce(changed.c.id, NullType()), type_coerce(func.max(changed.c.at), NullType())
+        ).group_by(changed.c.id)
         if self._since is not None:
             query = query.where(changed.c.at > self._since)
         async with self._engine.connect() as conn:
             rows = (await conn.execute(query)).all()
+            parse_at = DEPLOYMENTS.c.updated_at.type._cached_result_processor(conn.dialect, None)
         first = self._since is None
         for row in rows:
-            deployment_id: uuid.UUID = row[0]
-            at: datetime = row[1]
+            try:
+                deployment_id = uuid.UUID(str(row[0]))
+                at = parse_at(row[1]) if parse_at is not None else row[1]
+            except (ValueError, TypeError):
+                continue
+            if not isinstance(at, datetime):
+                continue
             if self._since is None or at > self._since:
                 self._since = at
             if not first:

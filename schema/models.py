@@ -125,6 +125,98 @@ def _utc_now_sqlite(element: utc_now, compiler: SQLCompiler, **kw: Any) -> str:
     return SQLITE_NOW_SQL
 
 
+# On SQLite an id is canonical UUID text ('8f0c2b1e-4a5d-4e6f-9a1b-2c3d4e5f6a7b'), what an
+# operator types; the hex digits may be of either case, as PostgreSQL accepts (the column's
+# NOCASE collation makes 'ABC…' and 'abc…' the same key). The pattern is spelled for GLOB.
+_HEX = "[0-9a-fA-F]"
+SQLITE_UUID_GLOB = "-".join(_HEX * n for n in (8, 4, 4, 4, 12))
+# A random (version 4) UUID in canonical form, for SQLite's column defaults: 16 random bytes
+# as hex, with the version nibble set to 4 and the variant nibble to one of 8, 9, a, b.
+SQLITE_NEW_UUID_SQL = (
+    "lower(hex(randomblob(4))) || '-' || lower(hex(randomblob(2))) || '-4' || "
+    "substr(lower(hex(randomblob(2))), 2) || '-' || substr('89ab', 1 + (random() & 3), 1) || "
+    "substr(lower(hex(randomblob(2))), 2) || '-' || lower(hex(randomblob(6)))"
+)
+
+
+def sqlite_uuid_check(column: str) -> str:
+    """The CHECK that keeps a SQLite uuid column canonical text (NULL passes, as in any CHECK).
+
+    Operators write these tables with the sqlite3 shell, where foreign keys are off by
+    default: this check, not a foreign key, is what refuses a malformed id there."""
+    return (
+        f"typeof({column}) IN ('text', 'null') AND length({column}) = 36 "
+        f"AND {column} GLOB '{SQLITE_UUID_GLOB}'"
+    )
+
+
+class UUIDType(TypeDecorator[uuid.UUID]):
+    """A UUID: native `uuid` on PostgreSQL, canonical 36-character text on SQLite.
+
+    SQLAlchemy's own `Uuid` stores 32 hex digits on SQLite, so an id an operator writes in the
+    usual form matched none of the controller's lookups. Here both backends hold the text an
+    operator types and the controller always gets `uuid.UUID` back.
+    """
+
+    impl = Uuid(as_uuid=True)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> Any:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(String(36, collation="NOCASE"))
+        return dialect.type_descriptor(Uuid(as_uuid=True))
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
+        if value is None:
+            return None
+        return str(value if isinstance(value, uuid.UUID) else uuid.UUID(str(value)))
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> uuid.UUID | None:
+        if value is None or isinstance(value, uuid.UUID):
+            return value
+        return uuid.UUID(str(value))
+
+    # The processors below are what runs per value (a load reads hundreds of thousands):
+    # plain functions, without TypeDecorator's wrapping; process_*_param serve literals.
+    def bind_processor(self, dialect: Dialect) -> Any:
+        # PostgreSQL: the driver's own uuid handling.
+        if dialect.name != "sqlite":
+            return self.impl_instance.bind_processor(dialect)
+        return _uuid_to_text
+
+    def result_processor(self, dialect: Dialect, coltype: Any) -> Any:
+        if dialect.name != "sqlite":
+            return self.impl_instance.result_processor(dialect, coltype)
+        return _text_to_uuid
+
+
+def _uuid_to_text(value: Any) -> str | None:
+    if value.__class__ is uuid.UUID:
+        return str(value)
+    return None if value is None else str(uuid.UUID(str(value)))
+
+
+def _text_to_uuid(value: Any) -> uuid.UUID | None:
+    return None if value is None else uuid.UUID(value)
+
+
+class new_uuid(FunctionElement[uuid.UUID]):
+    """A random UUID made by the database: the id default, so plain SQL may leave ids out."""
+
+    type = UUIDType()
+    inherit_cache = True
+
+
+@compiles(new_uuid)
+def _new_uuid_default(element: new_uuid, compiler: SQLCompiler, **kw: Any) -> str:
+    return "gen_random_uuid()"
+
+
+@compiles(new_uuid, "sqlite")
+def _new_uuid_sqlite(element: new_uuid, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"({SQLITE_NEW_UUID_SQL})"
+
+
 def _enum(cls: type[enum.StrEnum], name: str) -> Enum:
     # Values, not member names, go to the database: operators type 'running', not 'RUNNING'.
     # create_constraint gives SQLite (no native enums) a CHECK, so a typo is refused there too.
@@ -145,7 +237,7 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
     type_annotation_map: ClassVar[dict[Any, Any]] = {
         datetime: UTCDateTime(),
-        uuid.UUID: Uuid(as_uuid=True),
+        uuid.UUID: UUIDType(),
     }
 
     def to_dict(self) -> dict[str, Any]:
@@ -167,7 +259,9 @@ class User(Base):
     __tablename__ = "users"
     __table_args__ = (CheckConstraint("length(username) > 0", name="username_not_empty"),)
 
-    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    id: Mapped[uuid.UUID] = mapped_column(
+        primary_key=True, default=uuid.uuid4, server_default=new_uuid()
+    )
     username: Mapped[str] = mapped_column(String(NAME_MAX_LENGTH), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=_now, server_default=utc_now())
 
@@ -189,7 +283,9 @@ class Node(Base):
         CheckConstraint("storage_gb IS NULL OR storage_gb > 0", name="storage_gb_positive"),
     )
 
-    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    id: Mapped[uuid.UUID] = mapped_column(
+        primary_key=True, default=uuid.uuid4, server_default=new_uuid()
+    )
     name: Mapped[str] = mapped_column(String(NAME_MAX_LENGTH), unique=True)
     docker_url: Mapped[str] = mapped_column(String(IMAGE_MAX_LENGTH))
     status: Mapped[NodeStatus] = mapped_column(
@@ -239,7 +335,9 @@ class Deployment(Base):
         CheckConstraint("target_replicas >= 0", name="target_replicas_non_negative"),
     )
 
-    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    id: Mapped[uuid.UUID] = mapped_column(
+        primary_key=True, default=uuid.uuid4, server_default=new_uuid()
+    )
     name: Mapped[str] = mapped_column(String(NAME_MAX_LENGTH))
     user_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("users.id", ondelete="CASCADE"), index=True
@@ -280,7 +378,9 @@ class DeploymentReplica(Base):
     __tablename__ = "deployment_replicas"
     __table_args__ = (Index("idx_replicas_deployment_status", "deployment_id", "status"),)
 
-    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    id: Mapped[uuid.UUID] = mapped_column(
+        primary_key=True, default=uuid.uuid4, server_default=new_uuid()
+    )
     deployment_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("deployments.id", ondelete="CASCADE"), index=True
     )
@@ -326,7 +426,9 @@ class DeploymentResource(Base):
         ),
     )
 
-    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    id: Mapped[uuid.UUID] = mapped_column(
+        primary_key=True, default=uuid.uuid4, server_default=new_uuid()
+    )
     deployment_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("deployments.id", ondelete="CASCADE"), unique=True
     )
@@ -346,7 +448,9 @@ class DeploymentStatusHistory(Base):
     __tablename__ = "deployment_status_history"
     __table_args__ = (Index("idx_status_history_deployment_time", "deployment_id", "changed_at"),)
 
-    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    id: Mapped[uuid.UUID] = mapped_column(
+        primary_key=True, default=uuid.uuid4, server_default=new_uuid()
+    )
     deployment_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("deployments.id", ondelete="CASCADE"), index=True
     )
@@ -401,3 +505,16 @@ NOTIFY_TABLES: dict[str, tuple[str, ...]] = {
         "draining",
     ),
 }
+
+
+def _add_sqlite_uuid_checks() -> None:
+    """A named CHECK (`ck_<table>_<column>_uuid`) on every uuid column, emitted on SQLite
+    only: PostgreSQL's uuid type already refuses malformed text."""
+    for table in Base.metadata.tables.values():
+        for col in table.columns:
+            if isinstance(col.type, UUIDType):
+                check = CheckConstraint(sqlite_uuid_check(col.name), name=f"{col.name}_uuid")
+                table.append_constraint(check.ddl_if(dialect="sqlite"))
+
+
+_add_sqlite_uuid_checks()

@@ -209,6 +209,16 @@ CONSTRAINTS: dict[str, Rule] = {
     "ck_control_plane_single_row": Rule(
         "control_plane.id", "must be 1 (one row, the controller's fencing epoch)"
     ),
+    # SQLite's canonical-text CHECK on every uuid column (schema.models.UUIDType).
+    **{
+        f"ck_{table.name}_{c.name}_uuid": Rule(
+            c.name if table.name != "deployment_resources" else f"resources.{c.name}",
+            "must be a UUID in canonical text (8-4-4-4-12 hex digits)",
+        )
+        for table in models.Base.metadata.sorted_tables
+        for c in table.columns
+        if isinstance(c.type, models.UUIDType)
+    },
     "uq_users_username": Rule("username", "is taken: a user with this name already exists"),
     "uq_nodes_name": Rule("name", "is taken: a node with this name already exists"),
     "idx_deployments_user_name_unique": Rule(

@@ -44,6 +44,15 @@ def run_migrations_offline() -> None:
 
 
 def do_run_migrations(connection: Connection) -> None:
+    if connection.dialect.name == "sqlite":
+        # SQLite rebuilds a table to change it (0004): with foreign keys on, dropping the old
+        # table would cascade its deletes into the children. The pragma is a no-op inside a
+        # transaction, so it is set before one begins, on the driver's connection (an
+        # execute() through SQLAlchemy would begin one); a migration that rebuilds runs
+        # `PRAGMA foreign_key_check` before it commits. The connection is not pooled.
+        cursor = connection.connection.cursor()
+        cursor.execute("PRAGMA foreign_keys = OFF")
+        cursor.close()
     context.configure(
         connection=connection,
         target_metadata=models.Base.metadata,

@@ -319,13 +319,13 @@ def free_port() -> int:
 
 
 def as_uuid(value: Any) -> uuid.UUID:
-    """A UUID column as read back: a uuid.UUID (PostgreSQL) or 32 hex digits (SQLite)."""
+    """A UUID column as read back: a uuid.UUID (PostgreSQL) or canonical text (SQLite)."""
     return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
 
 
 class Sql:
-    """An operator at a SQL prompt: text statements only, UUIDs spelt as the backend stores
-    them (32 hex digits on SQLite, where SQLAlchemy's Uuid type is CHAR(32))."""
+    """An operator at a SQL prompt: text statements only, UUIDs spelt in canonical text, as
+    both backends take them."""
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -333,7 +333,7 @@ class Sql:
         self.engine: AsyncEngine = create_engine(url)
 
     def uid(self, value: uuid.UUID) -> str:
-        return value.hex if self.sqlite else str(value)
+        return str(value)
 
     async def execute(self, *statements: tuple[str, Mapping[str, Any]] | str) -> None:
         """Run the statements in one write transaction."""

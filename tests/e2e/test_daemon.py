@@ -332,7 +332,7 @@ async def test_embedded_default_registers_local_node_and_runs(
         _sqlite_rows, db, "SELECT id, name, docker_url, cpu_cores, memory_mb FROM nodes"
     )
     assert [n[1:] for n in nodes] == [("local", url, cpu, memory)]
-    assert len(nodes[0][0]) == 32, "SQLite UUIDs are 32 hex digits"
+    assert str(uuid.UUID(nodes[0][0])) == nodes[0][0], "SQLite UUIDs are canonical text"
 
     async def node_ready() -> bool:
         rows = await asyncio.to_thread(_sqlite_rows, db, "SELECT status FROM nodes")
@@ -344,16 +344,16 @@ async def test_embedded_default_registers_local_node_and_runs(
     await asyncio.to_thread(
         _sqlite_write,
         db,
-        ("INSERT INTO users (id, username) VALUES (?, ?)", (user.hex, "alice")),
+        ("INSERT INTO users (id, username) VALUES (?, ?)", (str(user), "alice")),
         (
             "INSERT INTO deployments (id, name, user_id, container_image, target_replicas) "
             "VALUES (?, ?, ?, ?, ?)",
-            (d.hex, "web", user.hex, TEST_IMAGE, 2),
+            (str(d), "web", str(user), TEST_IMAGE, 2),
         ),
         (
             "INSERT INTO deployment_resources "
             "(id, deployment_id, cpu_cores, memory_mb, storage_gb) VALUES (?, ?, ?, ?, ?)",
-            (uuid.uuid4().hex, d.hex, 0.5, 512, 1),
+            (str(uuid.uuid4()), str(d), 0.5, 512, 1),
         ),
     )
 
@@ -363,7 +363,7 @@ async def test_embedded_default_registers_local_node_and_runs(
         assert all(s.state == "running" for s in seen), seen
         assert {s.engine_url for s in seen} == {url}, seen
         rows = await asyncio.to_thread(
-            _sqlite_rows, db, "SELECT status FROM deployments WHERE id = ?", (d.hex,)
+            _sqlite_rows, db, "SELECT status FROM deployments WHERE id = ?", (str(d),)
         )
         assert rows == [("running",)], rows
         return True
@@ -373,7 +373,7 @@ async def test_embedded_default_registers_local_node_and_runs(
         _sqlite_rows,
         db,
         "SELECT count(*) FROM deployment_replicas WHERE deployment_id = ? AND status = 'running'",
-        (d.hex,),
+        (str(d),),
     )
     assert live == [(2,)]
     daemon.assert_clean_log()

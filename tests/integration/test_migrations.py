@@ -23,7 +23,7 @@ from sqlalchemy.schema import CreateTable
 from schema import engine as engine_mod
 from schema import migrate, models
 
-HEAD = "0003_replica_observations"
+HEAD = "0004_uuid_text_and_defaults"
 TABLES = {
     "users",
     "nodes",
@@ -185,3 +185,56 @@ def test_offline_mode_writes_the_sql_without_connecting(url: str, expected: list
     sql = buffer.getvalue()
     for fragment in expected:
         assert fragment in sql
+
+
+def _uuid_columns(connection: Connection) -> dict[tuple[str, str], tuple[str, str | None]]:
+    """(table, column) -> (declared type, default) of every uuid column, as the database has it.
+
+    Autogenerate compares neither a column's collation nor, on SQLite, reliably its default
+    expression, so a later migration that rebuilds a table (Alembic's batch mode reflects it
+    and drops `COLLATE NOCASE`) would pass the drift check; this catches it."""
+    wanted = [
+        (table.name, c.name)
+        for table in models.Base.metadata.sorted_tables
+        for c in table.columns
+        if isinstance(c.type, models.UUIDType)
+    ]
+    out: dict[tuple[str, str], tuple[str, str | None]] = {}
+    if connection.dialect.name == "sqlite":
+        for table, column in wanted:
+            ddl = connection.execute(
+                text("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = :t"),
+                {"t": table},
+            ).scalar_one()
+            line = next(
+                part.strip() for part in ddl.split("\n") if part.strip().startswith(f"{column} ")
+            )
+            declared = re.sub(r" DEFAULT \(.*\)", "", line).removesuffix(",").strip()
+            default = "random" if "randomblob" in line else None
+            out[(table, column)] = (declared.removeprefix(f"{column} "), default)
+        return out
+    for table, column in wanted:
+        row = connection.execute(
+            text(
+                "SELECT data_type, column_default FROM information_schema.columns "
+                "WHERE table_name = :t AND column_name = :c"
+            ),
+            {"t": table, "c": column},
+        ).one()
+        out[(table, column)] = (row[0], "random" if row[1] == "gen_random_uuid()" else row[1])
+    return out
+
+
+async def test_uuid_columns_are_canonical_text_on_sqlite_and_ids_default_to_random(
+    engine: AsyncEngine,
+) -> None:
+    async with engine.connect() as connection:
+        found = await connection.run_sync(_uuid_columns)
+    assert len(found) == 12  # 6 ids, 6 foreign keys
+    for (table, column), (declared, default) in found.items():
+        if engine.dialect.name == "sqlite":
+            nullable = column in {"node_id", "changed_by"}
+            assert declared == 'VARCHAR(36) COLLATE "NOCASE"' + ("" if nullable else " NOT NULL")
+        else:
+            assert declared == "uuid"
+        assert default == ("random" if column == "id" else None), (table, column)

@@ -9,17 +9,21 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Table, Uuid, bindparam, delete, func, insert, select, text, update
+from sqlalchemy import Table, bindparam, delete, func, insert, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm import selectinload
 
 from schema import api, models
+from schema import engine as engine_mod
 from schema.enums import DeploymentStatus, NodeStatus, ReplicaStatus
+from tests.harness import database
 
 users = models.Base.metadata.tables["users"]
 nodes = models.Base.metadata.tables["nodes"]
@@ -64,7 +68,7 @@ async def _count(conn: AsyncConnection, table: Table, **where: Any) -> int:
 def _raw(sql: str, **uuids: uuid.UUID) -> Any:
     """Hand-written SQL whose UUID parameters bind correctly on both backends."""
     return text(sql).bindparams(
-        *(bindparam(name, value, type_=Uuid()) for name, value in uuids.items())
+        *(bindparam(name, value, type_=models.UUIDType()) for name, value in uuids.items())
     )
 
 
@@ -540,3 +544,179 @@ async def test_delete_statement_cleans_up(engine: AsyncEngine) -> None:
         await _insert(conn, resources, deployment_id=deployment_id, **GOOD_RESOURCES)
         await conn.execute(delete(users).where(users.c.id == user_id))
         assert await _count(conn, resources) == 0
+
+
+# --- ids ---------------------------------------------------------------------------------------
+
+UUID_COLUMNS = [
+    (table.name, column.name)
+    for table in models.Base.metadata.sorted_tables
+    for column in table.columns
+    if isinstance(column.type, models.UUIDType)
+]
+MALFORMED_IDS = [
+    pytest.param("8f0c2b1e4a5d4e6f9a1b2c3d4e5f6a7b", id="32-hex"),
+    pytest.param("8f0c2b1e-4a5d-4e6f-9a1b-2c3d4e5f6a7", id="35-chars"),
+    pytest.param("8f0c2b1e-4a5d-4e6f-9a1b-2c3d4e5f6a7g", id="non-hex"),
+    pytest.param("8f0c2b1e4-a5d-4e6f-9a1b-2c3d4e5f6a7b", id="dash-misplaced"),
+    pytest.param("{8f0c2b1e-4a5d-4e6f-9a1b-2c3d4e5f6a}", id="braces"),
+]
+
+
+async def _sqlite_fk_off(engine: AsyncEngine) -> AsyncConnection:
+    """A connection as the sqlite3 shell gives one: foreign keys off."""
+    conn = await engine.connect()
+    # On the driver's connection: a statement through SQLAlchemy would begin a transaction,
+    # inside which SQLite ignores the pragma.
+    raw = await conn.get_raw_connection()
+    await raw.driver_connection.execute("PRAGMA foreign_keys = OFF")
+    return conn
+
+
+@pytest.fixture
+async def sqlite_engine(
+    template_databases: database.TemplateDatabases, tmp_path: Path
+) -> AsyncIterator[AsyncEngine]:
+    """SQLite alone: PostgreSQL's uuid type refuses malformed text by itself (and accepts
+    forms, such as 32 bare hex digits, that SQLite's canonical-text CHECK refuses)."""
+    url = await template_databases.migrated_sqlite(tmp_path)
+    created = engine_mod.create_engine(url)
+    try:
+        yield created
+    finally:
+        await created.dispose()
+
+
+@pytest.mark.parametrize("bad", MALFORMED_IDS)
+@pytest.mark.parametrize(("table_name", "column"), UUID_COLUMNS)
+async def test_sqlite_refuses_a_malformed_id_in_every_uuid_column_by_name(
+    sqlite_engine: AsyncEngine, table_name: str, column: str, bad: str
+) -> None:
+    engine = sqlite_engine
+    # Foreign keys off, as in the sqlite3 shell: only the CHECK stands between the operator
+    # and a row the controller could not read. Every other column gets a valid value.
+    table = models.Base.metadata.tables[table_name]
+    values = {
+        "users": "username, id",
+        "nodes": "name, docker_url, id",
+        "deployments": "name, container_image, id, user_id",
+        "deployment_resources": "cpu_cores, memory_mb, storage_gb, id, deployment_id",
+        "deployment_replicas": "id, deployment_id, node_id",
+        "deployment_status_history": "old_status, new_status, id, deployment_id, changed_by",
+    }[table_name].split(", ")
+    plain = {
+        "username": "'u'",
+        "name": "'n'",
+        "docker_url": "'unix:///x'",
+        "container_image": "'busybox'",
+        "cpu_cores": "1",
+        "memory_mb": "1024",
+        "storage_gb": "1",
+        "old_status": "'pending'",
+        "new_status": "'running'",
+    }
+    literals = [f"'{bad}'" if c == column else plain.get(c, f"'{uuid.uuid4()}'") for c in values]
+    assert column in values
+    assert set(values) <= set(table.c.keys())
+    conn = await _sqlite_fk_off(engine)
+    try:
+        with pytest.raises(IntegrityError, match=f"ck_{table_name}_{column}_uuid"):
+            await conn.execute(
+                text(
+                    f"INSERT INTO {table_name} ({', '.join(values)}) VALUES ({', '.join(literals)})"
+                )
+            )
+        await conn.rollback()
+        # The same row with a canonical id is taken: the CHECK refused the id and nothing else.
+        good = [lit if lit != f"'{bad}'" else f"'{uuid.uuid4()}'" for lit in literals]
+        await conn.execute(
+            text(f"INSERT INTO {table_name} ({', '.join(values)}) VALUES ({', '.join(good)})")
+        )
+        await conn.rollback()
+    finally:
+        await conn.close()
+
+
+async def test_ids_typed_in_canonical_text_are_found_whatever_their_case(
+    engine: AsyncEngine,
+) -> None:
+    user, deployment = uuid.uuid4(), uuid.uuid4()
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(f"INSERT INTO users (id, username) VALUES ('{str(user).upper()}', 'upper')")
+        )
+        await conn.execute(
+            text(
+                "INSERT INTO deployments (id, name, user_id, container_image) "
+                f"VALUES ('{deployment}', 'web', '{user}', 'busybox')"
+            )
+        )
+    async with engine.connect() as conn:
+        # Bound as the controller binds: a uuid.UUID through the column's type.
+        found = (
+            await conn.execute(select(deployments.c.user_id).where(deployments.c.id == deployment))
+        ).scalar_one()
+        owner = (await conn.execute(select(users.c.username).where(users.c.id == user))).scalar()
+    assert found == user
+    assert owner == "upper"
+
+
+@pytest.mark.parametrize("table_name", ["users", "nodes", "deployments", "deployment_resources"])
+async def test_the_database_makes_the_id_when_plain_sql_leaves_it_out(
+    engine: AsyncEngine, table_name: str
+) -> None:
+    async with engine.begin() as conn:
+        user = (
+            await conn.execute(text("INSERT INTO users (username) VALUES ('dbmade') RETURNING id"))
+        ).scalar_one()
+        statements = {
+            "users": "INSERT INTO users (username) VALUES ('second')",
+            "nodes": "INSERT INTO nodes (name, docker_url) VALUES ('edge', 'unix:///x')",
+            "deployments": "INSERT INTO deployments (name, user_id, container_image) "
+            f"VALUES ('web', '{user}', 'busybox')",
+            "deployment_resources": "INSERT INTO deployments (name, user_id, container_image) "
+            f"VALUES ('web', '{user}', 'busybox');"
+            "INSERT INTO deployment_resources (deployment_id, cpu_cores, memory_mb, storage_gb) "
+            "SELECT id, 1, 1024, 1 FROM deployments",
+        }
+        for statement in statements[table_name].split(";"):
+            await conn.execute(text(statement))
+        table = models.Base.metadata.tables[table_name]
+        raw = (await conn.execute(text(f"SELECT id FROM {table_name}"))).scalars().all()
+        typed = (await conn.execute(select(table.c.id))).scalars().all()
+    assert len(raw) == (2 if table_name == "users" else 1)
+    for value, parsed in zip(raw, typed, strict=True):
+        assert isinstance(parsed, uuid.UUID)
+        assert parsed.version == 4
+        if engine.dialect.name == "sqlite":
+            assert value == str(parsed), "canonical lower-case text"
+    assert len(set(typed)) == len(typed)
+    if table_name != "users":
+        row = await _first_row(engine, table_name)
+        assert row["created_at"] is not None
+        if "status" in row:
+            assert row["status"] in {"unknown", "pending"}
+
+
+async def _first_row(engine: AsyncEngine, table_name: str) -> dict[str, Any]:
+    async with engine.connect() as conn:
+        result = await conn.execute(text(f"SELECT * FROM {table_name}"))
+        return dict(result.mappings().first() or {})
+
+
+async def test_sqlite_id_default_makes_distinct_version_4_uuids(engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO users (username) SELECT 'u' || value FROM "
+                + (
+                    "json_each('[" + ",".join(str(i) for i in range(500)) + "]')"
+                    if engine.dialect.name == "sqlite"
+                    else "generate_series(1, 500) AS value"
+                )
+            )
+        )
+        ids = (await conn.execute(select(users.c.id))).scalars().all()
+    assert len(set(ids)) == 500
+    assert {i.version for i in ids} == {4}
+    assert {i.variant for i in ids} == {uuid.RFC_4122}
