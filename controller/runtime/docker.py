@@ -34,7 +34,7 @@ import socket
 import ssl
 import threading
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -172,6 +172,10 @@ def _tls_failure(found: ssl.SSLError, what: str, certs: PurePath | None) -> erro
 PODMAN_COMPONENT = "Podman Engine"
 
 
+# The health states the controller acts on, asked of Podman's listing one filter at a time.
+PODMAN_HEALTH_STATES = ("starting", "unhealthy")
+
+
 class EngineFlavour(StrEnum):
     """Which engine serves the Docker API on a node. Measured differences of Podman 4.3 from
     dockerd 20.10 that the controller handles:
@@ -180,7 +184,8 @@ class EngineFlavour(StrEnum):
       (`unsupported_request` refuses them);
     - events carry Podman's own names in filters (`died`, `remove`: controller/events.py);
     - a failed pull answers 200 with the error in the progress stream (`_pull_failure`; dockerd
-      does that too once a pull is under way).
+      does that too once a pull is under way);
+    - the listing's `Status` carries no health (`_podman_health` asks its `health` filter).
     """
 
     DOCKER = "docker"
@@ -590,6 +595,9 @@ class DockerRuntime:
         try:
             client = self._client(node)  # may refuse (runtime.tls): this never raises
             raw = await self._raw(node, client.containers, all=True, filters=filters)
+            health: dict[str, str] = {}
+            if self._flavours.get((node.name, node.docker_url)) is EngineFlavour.PODMAN:
+                health = await self._podman_health(node, filters, raw)
         except Exception as exc:
             reason = translate(exc, "list", self._certs(node)).reason
             log.warning("node_list_failed", node=node.name, error=reason)
@@ -602,8 +610,27 @@ class DockerRuntime:
             reason = translate(exc, "inspect", self._certs(node)).reason
             log.warning("node_list_failed", node=node.name, error=reason)
             return NodeView(node.id, complete=False, observed_at=observed_at, error=reason)
-        containers = tuple(c for c in found if c is not None)
+        containers = tuple(
+            replace(c, health=health[c.id]) if c.id in health else c for c in found if c is not None
+        )
         return NodeView(node.id, complete=True, observed_at=observed_at, containers=containers)
+
+    async def _podman_health(
+        self, node: NodeRecord, filters: dict[str, Any], listed: Sequence[Mapping[str, Any]]
+    ) -> dict[str, str]:
+        """Container id -> health for the states that matter, on Podman: its listing writes no
+        health into `Status` (4.3: "Up 2 minutes" while unhealthy), but filters on it. A
+        healthy container reads as one without HEALTHCHECK; both count as serving."""
+        if not any(item.get("State") == "running" for item in listed):
+            return {}
+        client = self._client(node)
+        found: dict[str, str] = {}
+        for state in PODMAN_HEALTH_STATES:
+            matching = await self._raw(
+                node, client.containers, all=True, quiet=True, filters={**filters, "health": state}
+            )
+            found.update((str(item["Id"]), state) for item in matching)
+        return found
 
     async def _observe(self, node: NodeRecord, item: dict[str, Any]) -> ObservedContainer | None:
         labels = item.get("Labels") or {}

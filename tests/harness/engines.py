@@ -921,6 +921,19 @@ class PodmanEngine(Engine):
             self.url,
         ]
 
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run the podman CLI on this engine's storage (``healthcheck run NAME``, say: without
+        systemd nothing runs Podman's healthchecks, so a test runs them)."""
+        root = self._root()
+        return subprocess.run(
+            [*self._command(root)[:7], *args],
+            env={**os.environ, "CONTAINERS_CONF": str(root / "containers.conf")},
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        )
+
     def wait_stopped(self) -> None:
         """Wait for the service to exit, then end its conmons and containers (which would
         run on without it)."""
