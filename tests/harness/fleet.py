@@ -312,7 +312,8 @@ def container_details(urls: list[str], deployment_id: uuid.UUID) -> list[Detail]
                 restart_count=int(info.get("RestartCount") or 0),
                 exit_code=int(state.get("ExitCode") or 0),
                 oom_killed=bool(state.get("OOMKilled")),
-                health=(state.get("Health") or {}).get("Status"),
+                # Podman shows a Health with Status "" when the image has no HEALTHCHECK.
+                health=(state.get("Health") or {}).get("Status") or None,
             )
         )
     return out
