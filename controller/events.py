@@ -45,8 +45,9 @@ the process is already a `die`.
 Podman (measured on 4.3.1) filters on its own names: `died` (reported as `die`, with the same
 `exitCode` attribute), `remove` (reported as `remove`: made `destroy` here), `start`,
 `restart`, `health_status`; it has no `oom` event (the `OOMKilled` flag read after the `die`
-still tells). A Docker name in its filter matches nothing, silently: each connect asks the
-engine what it is (`/version`) and subscribes with that engine's names.
+still tells). A Docker name in its filter matches nothing, silently, so each stream subscribes
+with its engine's names: the engine as the node's probe identified it (`engine_of`, from
+`/version`), or, without one, as `/version` says on connect.
 """
 
 from __future__ import annotations

@@ -183,8 +183,8 @@ class EngineFlavour(StrEnum):
     - GPU device requests are accepted and ignored: the container starts without its GPU
       (`unsupported_request` refuses them);
     - events carry Podman's own names in filters (`died`, `remove`: controller/events.py);
-    - a failed pull answers 200 with the error in the progress stream (`_pull_failure`; dockerd
-      does that too once a pull is under way);
+    - a failed pull answers 200 with the error in the progress stream (`_pull_failure`, read
+      on every engine);
     - the listing's `Status` carries no health (`_podman_health` asks its `health` filter).
     """
 
@@ -563,8 +563,11 @@ class DockerRuntime:
 
     async def info(self, node: NodeRecord) -> EngineInfo:
         try:
-            raw = await self._unlimited(node, self._client(node).info)
-            flavour = await self._flavour(node)
+            # Together: on Podman each takes ~0.4 s (both run conmon and runc to report them),
+            # and the first probe must fit in its timeout on a busy host.
+            raw, flavour = await asyncio.gather(
+                self._unlimited(node, self._client(node).info), self._flavour(node)
+            )
         except Exception as exc:
             self._flavours.pop((node.name, node.docker_url), None)
             raise translate(exc, "probe", self._certs(node)) from exc

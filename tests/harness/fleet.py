@@ -170,6 +170,11 @@ class Operator:
             rows = (await conn.execute(query.order_by(REPLICAS.c.created_at))).all()
         return [r._mapping for r in rows]
 
+    async def node_statuses(self) -> list[str]:
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(NODES.c.status).order_by(NODES.c.name))).all()
+        return [str(getattr(r.status, "value", r.status)) for r in rows]
+
     async def live_replicas(self, deployment_id: uuid.UUID) -> list[RowMapping]:
         return await self.replicas(deployment_id, "pending", "starting", "running")
 

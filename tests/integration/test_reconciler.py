@@ -56,6 +56,9 @@ async def test_scale_up_down_to_zero_with_history(
 ) -> None:
     op, urls, user = fleet
     async with running_controller(settings_for_tests(db_url, **kind_settings)):
+        # The spread below needs every node ready before placement (a first probe of a Podman
+        # node takes ~0.4 s; on a busy machine it may miss its heartbeat).
+        await eventually(lambda: _equals(op.node_statuses(), ["ready"] * len(urls)))
         d = await op.add_deployment(user, "web", replicas=5)
         await eventually(lambda: converged(op, urls, d, 5))
         assert await eventually(lambda: _equals(op.status(d), "running"))
