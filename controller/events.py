@@ -41,6 +41,13 @@ The actions watched, and why (the callback's `event` is Docker's action verbatim
   `health_status` matches them all (the engine matches these by prefix, moby#25798).
 `kill` and `stop` are left out: a signal sent changes nothing by itself, and a stop that ends
 the process is already a `die`.
+
+Podman (measured on 4.3.1) filters on its own names: `died` (reported as `die`, with the same
+`exitCode` attribute), `remove` (reported as `remove`: made `destroy` here), `start`,
+`restart`, `health_status`; it has no `oom` event (the `OOMKilled` flag read after the `die`
+still tells). A Docker name in its filter matches nothing, silently, so each stream subscribes
+with its engine's names: the engine as the node's probe identified it (`engine_of`, from
+`/version`), or, without one, as `/version` says on connect.
 """
 
 from __future__ import annotations
@@ -82,6 +89,9 @@ EVENT_FILTERS: Final[Mapping[str, Any]] = {
     "label": f"{LABEL_MANAGED_BY}={MANAGED_BY_VALUE}",
     "event": list(WATCHED_ACTIONS),
 }
+PODMAN_WATCHED_ACTIONS: Final = ("died", "start", "restart", "remove", "health_status")
+# Podman's action names where they differ from Docker's (the callbacks get Docker's).
+_PODMAN_ACTIONS: Final[Mapping[str, str]] = {"died": "die", "remove": "destroy"}
 SYNC_SECONDS = 1.0  # how often the node list is re-read for streams to start or stop
 BACKOFF_INITIAL_SECONDS = 0.5
 BACKOFF_MAX_SECONDS = 30.0
@@ -94,6 +104,25 @@ STABLE_SECONDS = 10.0
 # waits for a thread caught in that ping.
 PING_TIMEOUT_SECONDS = 3
 CLOSE_TIMEOUT_SECONDS = 5.0
+
+
+def event_filters(flavour: docker_runtime.EngineFlavour) -> dict[str, Any]:
+    """PURE: the `/events` filters for this kind of engine, in its own action names."""
+    if flavour is docker_runtime.EngineFlavour.PODMAN:
+        return {**EVENT_FILTERS, "event": list(PODMAN_WATCHED_ACTIONS)}
+    return dict(EVENT_FILTERS)
+
+
+def as_docker(raw: Mapping[str, Any], flavour: docker_runtime.EngineFlavour) -> Mapping[str, Any]:
+    """PURE: one decoded event with Docker's action name (Podman's `remove` is `destroy`)."""
+    if flavour is not docker_runtime.EngineFlavour.PODMAN:
+        return raw
+    renamed = {
+        key: _PODMAN_ACTIONS.get(value, value)
+        for key in ("Action", "status")
+        if isinstance(value := raw.get(key), str)
+    }
+    return {**raw, **renamed} if renamed else raw
 
 
 def parse(raw: Mapping[str, Any]) -> tuple[uuid.UUID, str] | None:
@@ -144,6 +173,8 @@ class _Stream:
     lock: threading.Lock = field(default_factory=threading.Lock)
     response: Any = None  # docker.types.CancellableStream while connected
     thread: threading.Thread | None = None
+    # The engine at `url` as the node's probe found it; None: ask it (`/version`) on connect.
+    flavour: docker_runtime.EngineFlavour | None = None
 
     def request_stop(self) -> None:
         """Safe from any thread; returns at once. The stream thread ends soon after."""
@@ -181,6 +212,7 @@ class EventWatcher:
         close_timeout_seconds: float = CLOSE_TIMEOUT_SECONDS,
         on_exit: Callable[[str, int], None] | None = None,
         connector: docker_runtime.EngineConnector | None = None,
+        engine_of: Callable[[NodeRecord], docker_runtime.EngineFlavour | None] | None = None,
     ) -> None:
         docker_runtime.close_socket_on_failed_connect()  # a down engine must not leak sockets
         # Without one, the defaults: certificates from the default directory, no plain TCP.
@@ -190,6 +222,9 @@ class EventWatcher:
         # (container id, exit code) of each `die`: the one record of the exit code once the
         # engine has restarted the container (inspect then reads 0).
         self._on_exit = on_exit
+        # Podman's `/version` takes ~0.35 s (it runs conmon and runc to report them): the
+        # runtime's probe asks once per node, and streams take its answer from here.
+        self._engine_of = engine_of
         self._nodes = nodes
         self._on_deployment = on_deployment
         self._on_resync = on_resync
@@ -300,6 +335,7 @@ class EventWatcher:
             name=node.name,
             url=node.docker_url,
             finished=self._loop.create_future(),
+            flavour=self._engine_of(node) if self._engine_of is not None else None,
         )
         stream.thread = threading.Thread(
             target=self._read, args=(stream, self._loop), name=f"events-{node.name}", daemon=True
@@ -383,7 +419,8 @@ class EventWatcher:
             try:
                 client = self._connect(stream, held)
                 client.ping()
-                response = client.events(decode=True, filters=dict(EVENT_FILTERS))
+                flavour = stream.flavour or docker_runtime.engine_flavour(client.version())
+                response = client.events(decode=True, filters=event_filters(flavour))
                 with stream.lock:
                     if stream.stop.is_set():
                         _close_quietly(response)
@@ -393,8 +430,11 @@ class EventWatcher:
                 log.info("event_stream_connected", node=stream.name, url=stream.url)
                 if not _post(loop, self._resync, stream):
                     return
-                for raw in response:
-                    found = parse(raw) if isinstance(raw, Mapping) else None
+                for item in response:
+                    if not isinstance(item, Mapping):
+                        continue
+                    raw = as_docker(item, flavour)
+                    found = parse(raw)
                     if found is None:
                         continue
                     died = exit_of(raw) if self._on_exit is not None else None

@@ -28,13 +28,14 @@ from controller.model import (
     LIVE_REPLICA_STATUSES,
     Deployment,
     DeploymentStatus,
+    NodeRecord,
     NodeStatus,
     ReplicaStatus,
 )
 from controller.nodes import NodeMonitor
 from controller.reconciler import Reconciler
 from controller.runtime import Runtime
-from controller.runtime.docker import EngineConnector
+from controller.runtime.docker import EngineConnector, EngineFlavour
 from controller.settings import Settings
 from controller.store import Store
 from controller.watch import PgListener, SqlitePoller
@@ -190,6 +191,8 @@ class Controller:
             # Reach engines as the runtime does (TLS per node); the runtime's heartbeat has
             # already warned about a plain TCP node before any stream follows it.
             connector=EngineConnector.from_settings(s, warn_plaintext=False),
+            # Which engine each node runs, as its probe found (Podman names events its way).
+            engine_of=self._engine_of,
         )
         self.queue = WorkQueue(observer=self.metrics.workqueue)
         await self.nodes.register_local()
@@ -229,6 +232,13 @@ class Controller:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         log.info("controller_stopped", abandoned=len(pending))
+
+    def _engine_of(self, node: NodeRecord) -> EngineFlavour | None:
+        info = self.nodes.info(node.id)
+        try:
+            return EngineFlavour(info.engine) if info is not None else None
+        except ValueError:  # a runtime that does not tell (hollow): ask the engine
+            return None
 
     async def _watch_loop(self) -> None:
         """Instant wake-ups: NOTIFY on PostgreSQL, the updated_at poll on SQLite."""

@@ -240,6 +240,7 @@ class EngineInfo:
     memory_mb: int
     storage_driver: str = ""
     server_version: str = ""
+    engine: str = ""  # "docker" or "podman" (runtime.docker.EngineFlavour)
 
 
 def resolve_node(

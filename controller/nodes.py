@@ -114,6 +114,10 @@ class NodeMonitor:
         # No copy: a refresh replaces the dict rather than changing it, so this is a snapshot.
         return self._records
 
+    def info(self, node_id: uuid.UUID) -> EngineInfo | None:
+        """What the node's engine said of itself at its last successful probe."""
+        return self._info.get(node_id)
+
     def nodes(self) -> list[Node]:
         return list(self.snapshot())
 

@@ -6,10 +6,18 @@ import atexit
 import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 
-from tests.harness.engines import URLS_ENV, Cluster, build_test_image, ensure_docker_installed
+from tests.harness.engines import (
+    DEFAULT_ENGINE_KIND,
+    ENGINE_KINDS,
+    URLS_ENV,
+    Cluster,
+    build_test_image,
+    ensure_docker_installed,
+)
 
 # --- docker engines ---
 # Three real engines for the whole session: starting them costs about a second, but a test
@@ -31,21 +39,76 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("filterwarnings", _SDK_CONNECT_LEAK)
 
 
+class KindClusters:
+    """One cluster of three engines per engine kind (tests.harness.engines.ENGINE_KINDS), each
+    started when a test first asks for it and kept for the session: a session that runs no
+    core case on Podman starts no Podman."""
+
+    def __init__(self) -> None:
+        self._started: dict[str, Cluster] = {}
+
+    def get(self, kind: str) -> Cluster:
+        found = self._started.get(kind)
+        if found is not None:
+            return found
+        if kind != DEFAULT_ENGINE_KIND and os.environ.get(URLS_ENV):
+            pytest.skip(f"{URLS_ENV} is set: the harness starts no {kind} engines beside those")
+        started = ENGINE_KINDS[kind].start(3)
+        # Cluster.start registers one too; this keeps the guarantee visible here: even if
+        # pytest is interrupted past fixture teardown, no engine outlives the session.
+        atexit.register(started.stop_all)
+        try:
+            with ThreadPoolExecutor(max_workers=len(started.engines)) as pool:
+                for future in [pool.submit(build_test_image, e) for e in started.engines]:
+                    future.result()
+        except BaseException:
+            started.stop_all()
+            raise
+        self._started[kind] = started
+        return started
+
+    def stop_all(self) -> None:
+        for started in self._started.values():
+            atexit.unregister(started.stop_all)
+            started.stop_all()
+        self._started.clear()
+
+
 @pytest.fixture(scope="session")
-def cluster() -> Iterator[Cluster]:
-    ensure_docker_installed()
-    started = Cluster.start(3)
-    # Cluster.start registers one too; this keeps the guarantee visible here: even if pytest is
-    # interrupted past fixture teardown, no dockerd outlives the session.
-    atexit.register(started.stop_all)
+def kind_clusters() -> Iterator[KindClusters]:
+    clusters = KindClusters()
     try:
-        with ThreadPoolExecutor(max_workers=len(started.engines)) as pool:
-            for future in [pool.submit(build_test_image, e) for e in started.engines]:
-                future.result()
-        yield started
+        yield clusters
     finally:
-        atexit.unregister(started.stop_all)
-        started.stop_all()
+        clusters.stop_all()
+
+
+@pytest.fixture(scope="session")
+def cluster(kind_clusters: KindClusters) -> Cluster:
+    """The session's Docker engines (overlay2): what every test but the core cases runs on."""
+    return kind_clusters.get(DEFAULT_ENGINE_KIND)
+
+
+@pytest.fixture
+def engine_kind() -> str:
+    """The kind of engine a test runs on; the core cases parametrise it
+    (tests/integration/kinds.py), every other test gets the default."""
+    return DEFAULT_ENGINE_KIND
+
+
+@pytest.fixture
+def kind_cluster(engine_kind: str, kind_clusters: KindClusters) -> Cluster:
+    """Three engines of ``engine_kind``."""
+    started = kind_clusters.get(engine_kind)
+    started.ensure_running()
+    return started
+
+
+@pytest.fixture
+def kind_settings(engine_kind: str) -> dict[str, Any]:
+    """Controller settings this kind of engine needs (``settings_for_tests(url, **these)``)."""
+    network = ENGINE_KINDS[engine_kind].container_network
+    return {"container_network": network} if network else {}
 
 
 @pytest.fixture(scope="session")

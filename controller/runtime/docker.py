@@ -18,22 +18,27 @@ Why it looks the way it does:
 - `EngineConnector` is the one place a client to an engine is made, for the runtime and the
   event streams alike, as `runtime.tls` decides: TLS with the node's certificates, a local
   socket as it is, plain TCP only when allowed.
+- Podman serves the Docker API too (`podman system service`). Where it answers differently,
+  the difference is keyed on what the engine says it is (`/version`, asked once per node and
+  again after a failed probe), never on error text: see `EngineFlavour`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import os
 import re
 import socket
 import ssl
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path, PurePath
 from typing import Any, TypeVar
 
@@ -158,6 +163,80 @@ def _tls_failure(found: ssl.SSLError, what: str, certs: PurePath | None) -> erro
             f"{what}: TLS: cannot use the client certificate and key in {where} ({text})"
         )
     return errors.TransientError(f"{what}: TLS handshake failed: {text or code}")
+
+
+# --- which engine answers -------------------------------------------------------------------
+
+# The component Podman lists in `/version` (Podman 4.3: "Podman Engine", "Conmon", "OCI Runtime
+# (runc)"; dockerd 20.10: "Engine", "containerd", "runc", "docker-init").
+PODMAN_COMPONENT = "Podman Engine"
+
+
+# The health states the controller acts on, asked of Podman's listing one filter at a time.
+PODMAN_HEALTH_STATES = ("starting", "unhealthy")
+
+
+class EngineFlavour(StrEnum):
+    """Which engine serves the Docker API on a node. Measured differences of Podman 4.3 from
+    dockerd 20.10 that the controller handles:
+    - a name already taken is HTTP 500, not 409 (`_create` asks the engine for the name);
+    - GPU device requests are accepted and ignored: the container starts without its GPU
+      (`unsupported_request` refuses them);
+    - events carry Podman's own names in filters (`died`, `remove`: controller/events.py);
+    - a failed pull answers 200 with the error in the progress stream (`_pull_failure`, read
+      on every engine);
+    - the listing's `Status` carries no health (`_podman_health` asks its `health` filter).
+    """
+
+    DOCKER = "docker"
+    PODMAN = "podman"
+
+
+def engine_flavour(version: Mapping[str, Any]) -> EngineFlavour:
+    """PURE: the engine that answered `GET /version`; anything not naming Podman is Docker."""
+    components = version.get("Components")
+    if isinstance(components, list):
+        for component in components:
+            if isinstance(component, Mapping) and component.get("Name") == PODMAN_COMPONENT:
+                return EngineFlavour.PODMAN
+    return EngineFlavour.DOCKER
+
+
+def unsupported_request(flavour: EngineFlavour, spec: ContainerSpec) -> str | None:
+    """PURE: why `spec` cannot run as asked on this kind of engine, or None if it can."""
+    if flavour is EngineFlavour.PODMAN and spec.resources and spec.resources.gpu_units > 0:
+        return (
+            f"GPU request ({spec.resources.gpu_units} units) on a Podman node: Podman's Docker "
+            "API ignores GPU device requests, so the container would start without its GPU"
+        )
+    return None
+
+
+def _pull_failure(output: object) -> str | None:
+    """PURE: the error a pull reported inside its progress stream (concatenated JSON objects),
+    or None. Podman answers a failed pull this way with HTTP 200."""
+    if isinstance(output, bytes):
+        output = output.decode(errors="replace")
+    if not isinstance(output, str):
+        return None
+    decoder = json.JSONDecoder()
+    index = 0
+    while index < len(output):
+        while index < len(output) and output[index].isspace():
+            index += 1
+        if index >= len(output):
+            break
+        try:
+            item, index = decoder.raw_decode(output, index)
+        except ValueError:
+            return None
+        if isinstance(item, Mapping):
+            detail = item.get("errorDetail")
+            message = detail.get("message") if isinstance(detail, Mapping) else None
+            message = message or item.get("error")
+            if message:
+                return str(message)
+    return None
 
 
 def _message(exc: BaseException) -> str:
@@ -387,6 +466,9 @@ class DockerRuntime:
         self._semaphores: dict[str, asyncio.Semaphore] = {}
         # Per engine URL: whether its storage driver accepts a size limit (None: not tried).
         self._storage_opt: dict[str, bool] = {}
+        # Per (node name, URL): which engine answers there, asked once (and after a failed
+        # probe: the engine behind a URL may be replaced while it is down).
+        self._flavours: dict[tuple[str, str], EngineFlavour] = {}
         self._executor = ThreadPoolExecutor(
             max_workers=max(8, settings.node_concurrency * 8), thread_name_prefix="docker"
         )
@@ -481,15 +563,31 @@ class DockerRuntime:
 
     async def info(self, node: NodeRecord) -> EngineInfo:
         try:
-            raw = await self._unlimited(node, self._client(node).info)
+            # Together: on Podman each takes ~0.4 s (both run conmon and runc to report them),
+            # and the first probe must fit in its timeout on a busy host.
+            raw, flavour = await asyncio.gather(
+                self._unlimited(node, self._client(node).info), self._flavour(node)
+            )
         except Exception as exc:
+            self._flavours.pop((node.name, node.docker_url), None)
             raise translate(exc, "probe", self._certs(node)) from exc
         return EngineInfo(
             cpu_cores=float(raw.get("NCPU") or 0),
             memory_mb=int((raw.get("MemTotal") or 0) // (1024 * 1024)),
             storage_driver=str(raw.get("Driver") or ""),
             server_version=str(raw.get("ServerVersion") or ""),
+            engine=flavour.value,
         )
+
+    async def _flavour(self, node: NodeRecord) -> EngineFlavour:
+        """Which engine answers at the node's URL (`/version`, asked once per node)."""
+        key = (node.name, node.docker_url)
+        known = self._flavours.get(key)
+        if known is None:
+            version = await self._unlimited(node, self._client(node).version)
+            known = self._flavours[key] = engine_flavour(version)
+            log.info("engine_identified", node=node.name, engine=known.value)
+        return known
 
     async def list(self, node: NodeRecord, deployment_id: uuid.UUID | None = None) -> NodeView:
         observed_at = datetime.now(UTC)
@@ -500,6 +598,9 @@ class DockerRuntime:
         try:
             client = self._client(node)  # may refuse (runtime.tls): this never raises
             raw = await self._raw(node, client.containers, all=True, filters=filters)
+            health: dict[str, str] = {}
+            if self._flavours.get((node.name, node.docker_url)) is EngineFlavour.PODMAN:
+                health = await self._podman_health(node, filters, raw)
         except Exception as exc:
             reason = translate(exc, "list", self._certs(node)).reason
             log.warning("node_list_failed", node=node.name, error=reason)
@@ -512,8 +613,27 @@ class DockerRuntime:
             reason = translate(exc, "inspect", self._certs(node)).reason
             log.warning("node_list_failed", node=node.name, error=reason)
             return NodeView(node.id, complete=False, observed_at=observed_at, error=reason)
-        containers = tuple(c for c in found if c is not None)
+        containers = tuple(
+            replace(c, health=health[c.id]) if c.id in health else c for c in found if c is not None
+        )
         return NodeView(node.id, complete=True, observed_at=observed_at, containers=containers)
+
+    async def _podman_health(
+        self, node: NodeRecord, filters: dict[str, Any], listed: Sequence[Mapping[str, Any]]
+    ) -> dict[str, str]:
+        """Container id -> health for the states that matter, on Podman: its listing writes no
+        health into `Status` (4.3: "Up 2 minutes" while unhealthy), but filters on it. A
+        healthy container reads as one without HEALTHCHECK; both count as serving."""
+        if not any(item.get("State") == "running" for item in listed):
+            return {}
+        client = self._client(node)
+        found: dict[str, str] = {}
+        for state in PODMAN_HEALTH_STATES:
+            matching = await self._raw(
+                node, client.containers, all=True, quiet=True, filters={**filters, "health": state}
+            )
+            found.update((str(item["Id"]), state) for item in matching)
+        return found
 
     async def _observe(self, node: NodeRecord, item: dict[str, Any]) -> ObservedContainer | None:
         labels = item.get("Labels") or {}
@@ -560,6 +680,13 @@ class DockerRuntime:
 
     async def ensure(self, node: NodeRecord, spec: ContainerSpec) -> str:
         client = self._client(node)
+        try:
+            flavour = await self._flavour(node)
+        except Exception as exc:
+            raise translate(exc, "identify engine", self._certs(node)) from exc
+        refused = unsupported_request(flavour, spec)
+        if refused is not None:
+            raise errors.PermanentError(refused)
         container_id = await self._create(node, spec)
         try:
             await self._call(node, "start container", client.start, container_id)
@@ -591,8 +718,14 @@ class DockerRuntime:
                     raise errors.PermanentError(f"create container: {_message(exc)}") from exc
                 await self._pull(node, spec.image)
                 pulled = True
+            except errors.TransientError:
+                if await self._taken_on_podman(node, spec):
+                    return await self._adopt(node, spec)
+                raise
             except errors.PermanentError as exc:
                 if "conflict" in exc.reason.lower() or "already in use" in exc.reason:
+                    return await self._adopt(node, spec)
+                if await self._taken_on_podman(node, spec):
                     return await self._adopt(node, spec)
                 if with_storage and _storage_unsupported(exc.reason, spec):
                     with_storage = False
@@ -636,6 +769,19 @@ class DockerRuntime:
             "host_config": client.create_host_config(**host),
         }
 
+    async def _taken_on_podman(self, node: NodeRecord, spec: ContainerSpec) -> bool:
+        """After a failed create on Podman, whether our container name is taken: Podman answers
+        a taken name with HTTP 500 like any other failure, so the engine is asked, by name."""
+        if self._flavours.get((node.name, node.docker_url)) is not EngineFlavour.PODMAN:
+            return False
+        try:
+            await self._call(
+                node, "inspect container", self._client(node).inspect_container, spec.name
+            )
+        except docker.errors.NotFound:
+            return False
+        return True
+
     async def _adopt(self, node: NodeRecord, spec: ContainerSpec) -> str:
         """Our name is taken: ours (a create retried after a crash) or a stranger's (conflict)."""
         try:
@@ -658,7 +804,7 @@ class DockerRuntime:
         repository, tag = parse_repository_tag(image)
         log.info("image_pull", node=node.name, image=image)
         try:
-            await asyncio.wait_for(
+            output = await asyncio.wait_for(
                 self._raw(node, self._client(node).pull, repository, tag=tag or "latest"),
                 timeout=self._settings.pull_timeout_seconds,
             )
@@ -669,6 +815,9 @@ class DockerRuntime:
             ) from exc
         except Exception as exc:
             raise errors.PermanentError(f"image pull failed: {image}: {_message(exc)}") from exc
+        failure = _pull_failure(output)
+        if failure is not None:
+            raise errors.PermanentError(f"image pull failed: {image}: {failure}")
 
     async def stop(self, node: NodeRecord, container: str, timeout_seconds: float) -> None:
         client = self._client(node)

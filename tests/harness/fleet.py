@@ -170,6 +170,11 @@ class Operator:
             rows = (await conn.execute(query.order_by(REPLICAS.c.created_at))).all()
         return [r._mapping for r in rows]
 
+    async def node_statuses(self) -> list[str]:
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(NODES.c.status).order_by(NODES.c.name))).all()
+        return [str(getattr(r.status, "value", r.status)) for r in rows]
+
     async def live_replicas(self, deployment_id: uuid.UUID) -> list[RowMapping]:
         return await self.replicas(deployment_id, "pending", "starting", "running")
 
@@ -312,7 +317,8 @@ def container_details(urls: list[str], deployment_id: uuid.UUID) -> list[Detail]
                 restart_count=int(info.get("RestartCount") or 0),
                 exit_code=int(state.get("ExitCode") or 0),
                 oom_killed=bool(state.get("OOMKilled")),
-                health=(state.get("Health") or {}).get("Status"),
+                # Podman shows a Health with Status "" when the image has no HEALTHCHECK.
+                health=(state.get("Health") or {}).get("Status") or None,
             )
         )
     return out

@@ -40,6 +40,7 @@ from tests.harness.fleet import (
     running_controller,
     settings_for_tests,
 )
+from tests.integration.kinds import over_engine_kinds
 
 pytestmark = pytest.mark.docker
 
@@ -122,9 +123,11 @@ async def _fleet(url: str, engine: AsyncEngine, cluster: Cluster) -> Fleet:
 
 @pytest.fixture
 async def fleet(
-    db_url: str, engine: AsyncEngine, cluster: Cluster, images: None
+    db_url: str, engine: AsyncEngine, kind_cluster: Cluster, images: None
 ) -> AsyncIterator[Fleet]:
-    f = await _fleet(db_url, engine, cluster)
+    """Three nodes of the test's engine kind; `images` are built on the default kind only,
+    for the cases that run there alone."""
+    f = await _fleet(db_url, engine, kind_cluster)
     try:
         yield f
     finally:
@@ -185,9 +188,13 @@ async def _one_running(f: Fleet, d: uuid.UUID) -> Seen:
 # --- crashes, removals, backoff ----------------------------------------------------------
 
 
-async def test_host_sigkill_is_restarted_in_place_and_recorded(fleet: Fleet) -> None:
+@over_engine_kinds
+async def test_host_sigkill_is_restarted_in_place_and_recorded(
+    fleet: Fleet, kind_settings: dict[str, Any]
+) -> None:
     f = fleet
-    async with running_controller(settings_for_tests(f.url, resync_seconds=RESYNC_SECONDS)):
+    settings = settings_for_tests(f.url, resync_seconds=RESYNC_SECONDS, **kind_settings)
+    async with running_controller(settings):
         d = await f.op.add_deployment(f.user, "killed", replicas=1)
         await eventually(lambda: converged(f.op, f.urls, d, 1))
         victim = _only(await f.details(d))
