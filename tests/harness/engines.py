@@ -512,13 +512,20 @@ class Engine:
     # listener (kept across restarts, as a real node keeps its address).
     certs: EngineCertificates | None = None
     tls_port: int | None = None
+    # dockerd's --storage-driver (None: the engine's default, overlay2 here). "vfs" is what
+    # nested Docker and some edge boards run: no copy-on-write, and no disk quota on ext4.
+    storage_driver: str | None = None
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _lock: threading.RLock = field(default_factory=threading.RLock, init=False, repr=False)
 
     @classmethod
-    def in_dir(cls, name: str, base_dir: Path, *, tls: bool = False) -> Engine:
+    def in_dir(
+        cls, name: str, base_dir: Path, *, tls: bool = False, storage_driver: str | None = None
+    ) -> Engine:
         root = Path(base_dir).absolute() / name
-        engine = cls(name=name, url=f"unix://{root}/docker.sock", root=root)
+        engine = cls(
+            name=name, url=f"unix://{root}/docker.sock", root=root, storage_driver=storage_driver
+        )
         if tls:
             engine.certs = EngineCertificates.generate(root / "tls")
             engine.tls_port = free_port()
@@ -626,6 +633,8 @@ class Engine:
             "--containerd-plugins-namespace",
             f"{self.name}-plugins",
         ]
+        if self.storage_driver is not None:
+            cmd.append(f"--storage-driver={self.storage_driver}")
         if self.certs is not None:
             server = self.certs.server_dir
             cmd += [
@@ -817,16 +826,26 @@ class Cluster:
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     @classmethod
-    def start(cls, n: int = 3, base_dir: Path | str | None = None, *, tls: bool = False) -> Cluster:
+    def start(
+        cls,
+        n: int = 3,
+        base_dir: Path | str | None = None,
+        *,
+        tls: bool = False,
+        storage_driver: str | None = None,
+    ) -> Cluster:
         """Start ``n`` engines in parallel, or adopt the engines named in FOG_TEST_DOCKER_URLS.
 
         ``tls``: each engine also listens on a TLS-protected loopback port (``Engine.tls_url``)
         with certificates made for this run; never with external engines, whose certificates
-        the harness does not hold.
+        the harness does not hold. ``storage_driver``: dockerd's ``--storage-driver`` for every
+        engine (e.g. ``"vfs"``); never with external engines, whose driver is theirs.
         """
         external = _external_urls()
         if external and tls:
             raise RuntimeError(f"{URLS_ENV} is set: the harness holds no certificates for those")
+        if external and storage_driver is not None:
+            raise RuntimeError(f"{URLS_ENV} is set: the harness cannot choose their storage driver")
         if external:
             if len(external) < n:
                 raise RuntimeError(f"{URLS_ENV} names {len(external)} engines, {n} needed")
@@ -846,8 +865,13 @@ class Cluster:
             base.mkdir(parents=True, exist_ok=True)
             owns = False
         prefix = "fog-tls-node" if tls else "fog-node"
+        if storage_driver is not None:
+            prefix = f"fog-{storage_driver}-node"
         cluster = cls(
-            engines=[Engine.in_dir(f"{prefix}-{i}", base, tls=tls) for i in range(n)],
+            engines=[
+                Engine.in_dir(f"{prefix}-{i}", base, tls=tls, storage_driver=storage_driver)
+                for i in range(n)
+            ],
             base_dir=base,
             owns_base_dir=owns,
         )
