@@ -23,7 +23,7 @@ from sqlalchemy.schema import CreateTable
 from schema import engine as engine_mod
 from schema import migrate, models
 
-HEAD = "0003_replica_observations"
+HEAD = "0005_node_engine_facts"
 TABLES = {
     "users",
     "nodes",
