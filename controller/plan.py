@@ -234,9 +234,12 @@ def plan(
     mine: Sequence[ObservedContainer] | Observed | None = None,
     now: datetime | None = None,
     unhealthy_since: Mapping[str, datetime] | None = None,
+    over_limit: Mapping[str, str] | None = None,
 ) -> Plan:
     """What to do next for deployment `d`. Repeated planning over the world it leads to converges
-    to exactly `target_replicas` live replicas, never with two containers for one replica."""
+    to exactly `target_replicas` live replicas, never with two containers for one replica.
+    `over_limit`: containers the storage monitor found past their replica's `storage_gb`, each
+    with its reason; their replicas are replaced, as an unhealthy container's are."""
     fleet = Fleet.of(nodes)
     node_ids, up_since = fleet.ids, fleet.up_since
     obs = Observed.index(d.id, views, mine)
@@ -275,7 +278,10 @@ def plan(
                 actions.append(MarkFailed(r, "container is gone"))
             continue
         sick = (unhealthy_since or {}).get(c.id) if c.health == "unhealthy" else None
-        if sick is not None and now is not None and now - sick >= policy.unhealthy_grace:
+        too_big = over_limit.get(c.id) if over_limit else None
+        if too_big is not None:
+            actions.append(MarkFailed(r, too_big, c))
+        elif sick is not None and now is not None and now - sick >= policy.unhealthy_grace:
             seconds = int((now - sick).total_seconds())
             actions.append(MarkFailed(r, f"container unhealthy for {seconds}s", c))
         elif c.state in _ALIVE:

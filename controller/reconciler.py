@@ -185,6 +185,9 @@ class Reconciler:
         )
         # When each container was first seen unhealthy (in memory, as kubelet's probe state).
         self._unhealthy: dict[str, datetime] = {}
+        # Containers the storage monitor found past their limit, with the reason (replaced
+        # by each monitor pass, so it holds only what the last pass saw).
+        self._over_storage: dict[str, str] = {}
         # Exit codes from `die` events: a container restarted in place no longer shows its.
         self._exits: dict[str, int] = {}
         # Per deployment, the nodes its containers were last seen on (resync passes, events,
@@ -291,6 +294,7 @@ class Reconciler:
             mine=mine,
             now=self._clock(),
             unhealthy_since=self._unhealthy,
+            over_limit=self._over_storage,
         )
 
     def note_exit(self, container_id: str, code: int) -> None:
@@ -298,6 +302,13 @@ class Reconciler:
         self._exits[container_id] = code
         if len(self._exits) > EXITS_REMEMBERED:
             self._exits.pop(next(iter(self._exits)))
+
+    def note_storage(self, over: Mapping[str, tuple[uuid.UUID, str]]) -> None:
+        """What the storage monitor's last pass found: container id -> (deployment, reason).
+        Their deployments' converged judgements are dropped, so a resync pass sees them."""
+        self._over_storage = {container: reason for container, (_, reason) in over.items()}
+        for deployment_id, _ in over.values():
+            self._steady.pop(deployment_id, None)
 
     def note_problem(self, deployment_id: uuid.UUID, reason: str) -> None:
         """A problem found outside a reconcile (a node lost) for the deployment's reason."""
