@@ -568,15 +568,18 @@ def history_needed(d: Deployment, decision: StatusDecision) -> bool:
 
 _RESTART_COUNT = re.compile(r"restarted \d+ times")
 _ROLLOUT_COUNT = re.compile(r"\(\d+/\d+ updated\)")
+_REFUSED_COUNT = re.compile(r"refused \d+ times")
 
 
 def _problem_of(reason: str | None) -> str | None:
-    """The problem part of a reason, with rising counts masked: a container restarting again
-    or a rollout one replica further is the same problem, not a new history row per step."""
+    """The problem part of a reason, with rising counts masked: a container restarting again,
+    a node refusing again or a rollout one replica further is the same problem, not a new
+    history row per step."""
     if not reason:
         return None
     text = reason.removeprefix("no progress: ")
     _, sep, problem = text.partition("; ")
     if not sep:
         return None
+    problem = _REFUSED_COUNT.sub("refused N times", problem)
     return _ROLLOUT_COUNT.sub("(N updated)", _RESTART_COUNT.sub("restarted N times", problem))
