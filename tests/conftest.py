@@ -69,3 +69,23 @@ def tls_cluster() -> Iterator[Cluster]:
     finally:
         atexit.unregister(started.stop_all)
         started.stop_all()
+
+
+@pytest.fixture(scope="session")
+def vfs_cluster() -> Iterator[Cluster]:
+    """Three engines on the `vfs` storage driver (nested Docker, some edge boards): no
+    copy-on-write, no disk quota on this machine's ext4, and no Backing Filesystem in
+    `docker info`. Started only when a test asks."""
+    if os.environ.get(URLS_ENV):
+        pytest.skip(f"{URLS_ENV} is set: the harness cannot choose those engines' storage driver")
+    ensure_docker_installed()
+    started = Cluster.start(3, storage_driver="vfs")
+    atexit.register(started.stop_all)
+    try:
+        with ThreadPoolExecutor(max_workers=len(started.engines)) as pool:
+            for future in [pool.submit(build_test_image, e) for e in started.engines]:
+                future.result()
+        yield started
+    finally:
+        atexit.unregister(started.stop_all)
+        started.stop_all()
