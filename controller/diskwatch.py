@@ -19,10 +19,11 @@ from dataclasses import dataclass
 
 import structlog
 
+from controller.model import NodeRecord
 from controller.nodes import NodeMonitor
 from controller.reconciler import Reconciler
 from controller.runtime import Runtime
-from controller.storage import StorageLimits, exceeded
+from controller.storage import Excess, StorageLimits, exceeded
 
 log = structlog.get_logger(__name__)
 
@@ -48,14 +49,14 @@ class StorageMonitor:
         watched = [
             r for r in self._nodes.reachable() if r.storage_limits is StorageLimits.MONITORED
         ]
-        found = await asyncio.gather(*(self._runtime.disk_usage(r) for r in watched))
+        # Each node's containers are judged in its own task, as its listing arrives, so a
+        # pass over a large fog never holds the event loop for all of them at once.
+        found = await asyncio.gather(*(self._node(r) for r in watched))
         over: dict[str, tuple[uuid.UUID, str]] = {}
         measured = 0
-        for record, used in zip(watched, found, strict=True):
-            if used is None:
-                continue
-            measured += len(used)
-            for e in exceeded(used):
+        for record, (count, excesses) in zip(watched, found, strict=True):
+            measured += count
+            for e in excesses:
                 over[e.container_id] = (e.deployment_id, e.reason)
                 log.warning(
                     "storage_limit_exceeded",
@@ -76,3 +77,11 @@ class StorageMonitor:
             duration_ms=round(seconds * 1000, 2),
         )
         return CheckResult(len(watched), measured, deployments, seconds)
+
+    async def _node(self, record: NodeRecord) -> tuple[int, list[Excess]]:
+        """(containers measured, those over their limit) on one node; (0, []) when it could
+        not be listed (the runtime logged why)."""
+        used = await self._runtime.disk_usage(record)
+        if used is None:
+            return 0, []
+        return len(used), exceeded(used)

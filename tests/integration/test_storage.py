@@ -10,9 +10,14 @@ and a replica that writes past its `storage_gb` is replaced with the reason in t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
+import shutil
+import subprocess
+import tempfile
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import docker
@@ -20,7 +25,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from controller.store import NODES
-from tests.harness.engines import API_VERSION, Cluster, build_image
+from tests.harness.engines import API_VERSION, Cluster, build_image, build_test_image
 from tests.harness.fleet import (
     Operator,
     converged,
@@ -132,3 +137,93 @@ async def test_a_replica_that_writes_past_its_limit_is_replaced_with_the_reason(
     assert live["id"] != first["id"]
     # The failed replica's container is gone (removed with the replica, not left writing).
     assert str(first["id"]) not in {s.replica_id for s in managed_containers(urls, d)}
+
+
+# --- engines on xfs: where docker info says a size limit should work -------------------------
+
+
+def _run(*cmd: str) -> None:
+    result = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=120)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)}: exit {result.returncode}: {result.stderr[-2000:]}")
+
+
+@contextlib.contextmanager
+def xfs_engine(options: str) -> Iterator[Cluster]:
+    """One overlay2 engine whose whole root lives on a fresh 1 GiB xfs (a loop-mounted file,
+    mounted with `options`), so `docker info` reports Backing Filesystem xfs. Needs root and
+    xfsprogs (installed with apt-get when missing, as the harness installs docker.io)."""
+    if shutil.which("mkfs.xfs") is None:
+        _run("apt-get", "install", "-y", "-q", "xfsprogs")
+    base = Path(tempfile.mkdtemp(prefix="fogxfs-", dir="/tmp"))
+    image, mount = base / "xfs.img", base / "mnt"
+    mount.mkdir()
+    with image.open("wb") as f:
+        f.truncate(1024**3)
+    _run("mkfs.xfs", "-q", str(image))
+    _run("mount", "-o", f"loop,{options}", str(image), str(mount))
+    try:
+        with Cluster.start(1, base_dir=mount) as started:
+            build_test_image(started.engines[0])
+            yield started
+    finally:
+        _run("umount", str(mount))
+        shutil.rmtree(base, ignore_errors=True)
+
+
+async def _wait_node(op: Operator, limits: str) -> None:
+    async def shown() -> bool:
+        [row] = await _node_facts(op)
+        assert (row["storage_driver"], row["storage_limits"]) == ("overlay2", limits)
+        return True
+
+    await eventually(shown, within=30)
+
+
+def _storage_opt(url: str, container: str) -> Any:
+    client = docker.APIClient(base_url=url, version=API_VERSION)
+    try:
+        return client.inspect_container(container)["HostConfig"].get("StorageOpt")
+    finally:
+        client.close()
+
+
+async def test_xfs_with_pquota_caps_the_container_disk(db_url: str, engine: AsyncEngine) -> None:
+    with xfs_engine("pquota") as cluster:
+        op, url = Operator(engine), cluster.urls[0]
+        await op.add_node("xfs-0", url)
+        user = await op.add_user()
+        async with running_controller(settings_for_tests(db_url)):
+            await _wait_node(op, "enforced")
+            d = await op.add_deployment(user, "capped", replicas=1, storage_gb=1)
+            await eventually(lambda: converged(op, [url], d, 1), within=60)
+            [seen] = managed_containers([url], d)
+            assert _storage_opt(url, seen.id) == {"size": "1G"}
+            await _wait_node(op, "enforced")
+
+
+async def test_xfs_without_pquota_refuses_the_limit_once_then_is_monitored_until_restart(
+    db_url: str, engine: AsyncEngine
+) -> None:
+    """`docker info` says xfs, so the node starts `enforced`; the engine refuses the size
+    limit (no pquota), the same create without it succeeds: that experiment makes the node
+    `monitored`. An engine restart forgets it: the node is `enforced` again until a create
+    is refused again."""
+    with xfs_engine("noquota") as cluster:
+        op, url = Operator(engine), cluster.urls[0]
+        await op.add_node("xfs-0", url)
+        user = await op.add_user()
+        async with running_controller(settings_for_tests(db_url)):
+            await _wait_node(op, "enforced")
+            d = await op.add_deployment(user, "uncapped", replicas=2, storage_gb=1)
+            await eventually(lambda: converged(op, [url], d, 2), within=60)
+            for seen in managed_containers([url], d):
+                assert not _storage_opt(url, seen.id)
+            await _wait_node(op, "monitored")
+            assert all("pquota" not in h["reason"] for h in await op.history(d))
+            node = cluster.engines[0]
+            await asyncio.to_thread(node.stop)
+            await asyncio.sleep(2.0)  # a few heartbeats see it down
+            await asyncio.to_thread(node.start)
+            await _wait_node(op, "enforced")
+            await asyncio.to_thread(remove_managed_containers, [url])
