@@ -109,9 +109,11 @@ SIZES = {
     "tiny": Size("tiny", nodes=10, deployments=100, replicas=5),
     "small": Size("small", nodes=100, deployments=1000, replicas=5),
     "full": Size("full", nodes=1000, deployments=10000, replicas=5),
+    # One node holding 1,000 containers: the storage monitor's cost per node at that density.
+    "dense": Size("dense", nodes=1, deployments=200, replicas=5),
 }
 # What `--scale` runs: two sizes a factor of ten apart, so the resync statement counts compare.
-SCALES = {"small": ("tiny", "small"), "full": ("small", "full")}
+SCALES = {"small": ("tiny", "small"), "full": ("small", "full"), "dense": ("dense",)}
 
 
 @dataclass(frozen=True)
@@ -933,7 +935,8 @@ def _parser() -> argparse.ArgumentParser:
         "--scale",
         choices=sorted(SCALES),
         default="small",
-        help="small: 100 and 1,000 deployments (default); full: 1,000 and 10,000 (the aims)",
+        help="small: 100 and 1,000 deployments (default); full: 1,000 and 10,000 (the aims); "
+        "dense: 1,000 containers on one node (the storage monitor's per-node cost)",
     )
     p.add_argument(
         "--phases",
