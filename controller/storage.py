@@ -75,10 +75,18 @@ class Excess:
     reason: str
 
 
-def gigabytes(n_bytes: int) -> str:
-    """`1.3 GB` (binary gigabytes, as `storage_gb` and Docker's `size=` count them)."""
+def gigabytes(n_bytes: int, above: int | None = None) -> str:
+    """`1.3 GB` (binary gigabytes, as `storage_gb` and Docker's `size=` count them). With
+    `above` (a limit the figure is over), as many decimals as it takes not to read as the
+    limit itself: `1.01 GB`, not `1.0 GB`, of 1 GB."""
     value = n_bytes / BYTES_PER_GB
-    return f"{value:.1f} GB" if value < 100 else f"{value:.0f} GB"
+    if value >= 100:
+        return f"{value:.0f} GB"
+    for decimals in (1, 2, 3):
+        text = f"{value:.{decimals}f}"
+        if above is None or float(text) > above:
+            return f"{text} GB"
+    return f"{value:.3f} GB"
 
 
 def exceeded(
@@ -92,6 +100,7 @@ def exceeded(
         limit = u.limit_gb if u.limit_gb is not None else (limits or {}).get(u.deployment_id)
         if not limit or u.written_bytes <= limit * BYTES_PER_GB:
             continue
-        reason = f"storage limit exceeded: {gigabytes(u.written_bytes)} written of {limit} GB"
+        written = gigabytes(u.written_bytes, above=limit)
+        reason = f"storage limit exceeded: {written} written of {limit} GB"
         found.append(Excess(u.container_id, u.replica_id, u.deployment_id, reason))
     return found

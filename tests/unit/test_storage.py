@@ -100,6 +100,13 @@ def test_exceeded_exactly_when_written_bytes_pass_the_limit(written: int, limit:
     assert bool(exceeded([use(written, limit)])) == (written > limit * BYTES_PER_GB)
 
 
+def test_a_figure_just_over_the_limit_does_not_read_as_the_limit() -> None:
+    [e] = exceeded([use(int(1.004 * BYTES_PER_GB), 1)])
+    assert e.reason == "storage limit exceeded: 1.004 GB written of 1 GB"
+    [e] = exceeded([use(int(1.03 * BYTES_PER_GB), 1)])
+    assert e.reason == "storage limit exceeded: 1.03 GB written of 1 GB"
+
+
 def test_gigabytes_text() -> None:
     assert gigabytes(0) == "0.0 GB"
     assert gigabytes(int(99.94 * BYTES_PER_GB)) == "99.9 GB"
