@@ -21,6 +21,7 @@ import structlog
 from sqlalchemy.exc import SQLAlchemyError
 
 from controller import errors, sdnotify
+from controller.diskwatch import StorageMonitor
 from controller.events import EventWatcher
 from controller.leader import Lease, PgElector, SqliteLock
 from controller.metrics import Health, Metrics, ReconcileResult, Role, stall_seconds
@@ -77,6 +78,7 @@ class Controller:
         self.runtime = runtime
         self.nodes = NodeMonitor(store, runtime, settings, clock)
         self.reconciler = Reconciler(store, runtime, self.nodes, settings, clock)
+        self.storage = StorageMonitor(runtime, self.nodes, self.reconciler)
         # Observability is optional so tests and benchmarks can build a bare Controller; the CLI
         # passes the ones it serves on FOG_METRICS_ADDR and the systemd notifier.
         self.metrics = Metrics() if metrics is None else metrics
@@ -201,6 +203,7 @@ class Controller:
         timers = [
             asyncio.create_task(self._resync_loop()),
             asyncio.create_task(self._heartbeat_loop()),
+            asyncio.create_task(self._storage_loop()),
             asyncio.create_task(self._watch_loop()),
             asyncio.create_task(self._events.run(self._ended)),
         ]
@@ -330,6 +333,23 @@ class Controller:
                     self.queue.add(deployment_id)
             except errors.ControllerError as exc:
                 log.warning("heartbeat_failed", error=exc.reason)
+
+    async def _storage_loop(self) -> None:
+        """The storage monitor (controller.diskwatch), on its own cadence."""
+        interval = self.settings.storage_check_seconds
+        if interval <= 0:
+            return
+        while True:
+            await self._sleep(interval)
+            if self._ended.is_set():
+                return
+            try:
+                result = await self.storage.check()
+            except Exception:
+                log.exception("storage_check_crashed")
+                continue
+            for deployment_id in result.over:
+                self.queue.add(deployment_id)
 
     async def _resync_loop(self) -> None:
         while not self._ended.is_set():

@@ -12,6 +12,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from controller.storage import StorageLimits
 from schema.enums import (
     LIVE_REPLICA_STATUSES,
     DeploymentStatus,
@@ -40,6 +41,8 @@ LABEL_DEPLOYMENT = "fog.deployment-id"
 LABEL_REPLICA = "fog.replica-id"
 LABEL_SPEC = "fog.spec-hash"
 LABEL_EPOCH = "fog.epoch"
+# The replica's storage_gb, read by the storage monitor without a database lookup.
+LABEL_STORAGE_GB = "fog.storage-gb"
 CONTAINER_NAME_PREFIX = "fog-"
 
 
@@ -230,17 +233,23 @@ class NodeRecord:
     draining: bool = False
     last_heartbeat_at: datetime | None = None
     labels: tuple[tuple[str, str], ...] = ()
+    # Controller-owned engine facts (NULL until the first probe): see controller.storage.
+    storage_driver: str | None = None
+    storage_limits: StorageLimits | None = None
+    engine_version: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class EngineInfo:
-    """What an engine says about itself (docker info)."""
+    """What an engine says about itself (docker info), and what the runtime concluded from it
+    (`storage_limits`; None: the runtime does not judge, e.g. a test double)."""
 
     cpu_cores: float
     memory_mb: int
     storage_driver: str = ""
     server_version: str = ""
     engine: str = ""  # "docker" or "podman" (runtime.docker.EngineFlavour)
+    storage_limits: StorageLimits | None = None
 
 
 def resolve_node(

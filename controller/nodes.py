@@ -9,6 +9,11 @@ probably the one cut off, and tearing down a healthy fog would be the worst reac
 Kubernetes' full-disruption mode). Capacity columns left NULL are filled in memory from the
 engine's `docker info`. Transitions are a log trail (`node_ready`, `node_not_ready`,
 `node_evicted`, `eviction_halted`), not a table: nodes keep no status history of their own.
+
+Every probe also reads the engine's storage driver and version and how the runtime judged
+its disk limits (controller.storage); they are written to the node's row when they change
+(first probe, an engine restarted with another driver, a refused size limit), with a
+`node_storage_limits` log line, so `fogctl get nodes -o wide` shows them.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from controller import errors
 from controller.model import EngineInfo, Node, NodeRecord, NodeStatus, resolve_node
 from controller.runtime import Runtime
 from controller.settings import Settings
+from controller.storage import StorageLimits
 from controller.store import Store
 
 log = structlog.get_logger(__name__)
@@ -179,12 +185,14 @@ class NodeMonitor:
             ok = info is not None
             status = next_status(record, ok, now=now, grace=grace)
             values: dict[str, Any] = {}
+            facts = (record.storage_driver, record.storage_limits, record.engine_version)
             if ok:
                 assert info is not None
                 self._info[record.id] = info
                 self._up_since.setdefault(record.id, now)
                 values["last_heartbeat_at"] = now
                 self._probe_errors.pop(record.id, None)
+                facts = self._engine_facts(record, info, values)
             else:
                 self._up_since.pop(record.id, None)
                 if error is not None and self._probe_errors.get(record.id) != error:
@@ -220,11 +228,37 @@ class NodeMonitor:
                 draining=record.draining,
                 last_heartbeat_at=now if ok else record.last_heartbeat_at,
                 labels=record.labels,
+                storage_driver=facts[0],
+                storage_limits=facts[1],
+                engine_version=facts[2],
             )
         self._nodes = None  # probes changed `_info` and `_up_since`
         await self._store.update_nodes(changes)
         self._records = fresh
         self._nodes = None
+
+    @staticmethod
+    def _engine_facts(
+        record: NodeRecord, info: EngineInfo, values: dict[str, Any]
+    ) -> tuple[str | None, StorageLimits | None, str | None]:
+        """The node's engine facts after a probe; changed ones go into `values` (its row)."""
+        driver = info.storage_driver or record.storage_driver
+        limits = info.storage_limits or record.storage_limits
+        version = info.server_version or record.engine_version
+        if driver != record.storage_driver:
+            values["storage_driver"] = driver
+        if version != record.engine_version:
+            values["engine_version"] = version
+        if limits is not record.storage_limits:
+            values["storage_limits"] = limits.value if limits is not None else None
+            log.info(
+                "node_storage_limits",
+                node=record.name,
+                storage_driver=driver,
+                old=record.storage_limits.value if record.storage_limits else None,
+                new=limits.value if limits is not None else None,
+            )
+        return driver, limits, version
 
     async def _probe(self, record: NodeRecord) -> tuple[EngineInfo | None, str | None]:
         # A black-holed engine must not hold up the heartbeat of every other node.

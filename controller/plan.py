@@ -234,9 +234,12 @@ def plan(
     mine: Sequence[ObservedContainer] | Observed | None = None,
     now: datetime | None = None,
     unhealthy_since: Mapping[str, datetime] | None = None,
+    over_limit: Mapping[str, str] | None = None,
 ) -> Plan:
     """What to do next for deployment `d`. Repeated planning over the world it leads to converges
-    to exactly `target_replicas` live replicas, never with two containers for one replica."""
+    to exactly `target_replicas` live replicas, never with two containers for one replica.
+    `over_limit`: containers the storage monitor found past their replica's `storage_gb`, each
+    with its reason; their replicas are replaced, as an unhealthy container's are."""
     fleet = Fleet.of(nodes)
     node_ids, up_since = fleet.ids, fleet.up_since
     obs = Observed.index(d.id, views, mine)
@@ -279,7 +282,10 @@ def plan(
                 actions.append(MarkFailed(r, "container is gone"))
             continue
         sick = (unhealthy_since or {}).get(c.id) if c.health == "unhealthy" else None
-        if sick is not None and now is not None and now - sick >= policy.unhealthy_grace:
+        too_big = over_limit.get(c.id) if over_limit else None
+        if too_big is not None:
+            actions.append(MarkFailed(r, too_big, c))
+        elif sick is not None and now is not None and now - sick >= policy.unhealthy_grace:
             seconds = int((now - sick).total_seconds())
             actions.append(MarkFailed(r, f"container unhealthy for {seconds}s", c))
         elif c.state in _ALIVE:
@@ -566,15 +572,18 @@ def history_needed(d: Deployment, decision: StatusDecision) -> bool:
 
 _RESTART_COUNT = re.compile(r"restarted \d+ times")
 _ROLLOUT_COUNT = re.compile(r"\(\d+/\d+ updated\)")
+_REFUSED_COUNT = re.compile(r"refused \d+ times")
 
 
 def _problem_of(reason: str | None) -> str | None:
-    """The problem part of a reason, with rising counts masked: a container restarting again
-    or a rollout one replica further is the same problem, not a new history row per step."""
+    """The problem part of a reason, with rising counts masked: a container restarting again,
+    a node refusing again or a rollout one replica further is the same problem, not a new
+    history row per step."""
     if not reason:
         return None
     text = reason.removeprefix("no progress: ")
     _, sep, problem = text.partition("; ")
     if not sep:
         return None
+    problem = _REFUSED_COUNT.sub("refused N times", problem)
     return _ROLLOUT_COUNT.sub("(N updated)", _RESTART_COUNT.sub("restarted N times", problem))

@@ -17,11 +17,12 @@ failed start puts the deployment in crash backoff (10 s doubling to 5 min).
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 import structlog
@@ -84,6 +85,32 @@ _NOT_YET_PLACED = (DeploymentStatus.PENDING, DeploymentStatus.STOPPED)
 STABLE_RESET = timedelta(minutes=10)
 # The scheduler's view of node usage is re-read from the store at least this often (seconds).
 USAGE_MAX_AGE = 5.0
+# Identical start failures of one deployment on one node before that node is passed over for
+# it (whether the engine's answer was classified transient or permanent) ...
+REFUSALS_BEFORE_EXCLUSION = 5
+# ... for this long after the last one, or until the node's engine restarts or the operator
+# changes the deployment, whichever comes first.
+REFUSAL_TTL = timedelta(minutes=10)
+# What differs between two failures that are the same failure: container and image ids.
+_VOLATILE = re.compile(
+    r"\b[0-9a-f]{12,64}\b|\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b"
+)
+
+
+@dataclass
+class Refusal:
+    """Identical start failures of one deployment on one node."""
+
+    node_name: str
+    words: str  # the engine's answer, verbatim (the latest)
+    count: int
+    last_at: datetime
+    node_up_since: datetime | None  # the engine's uptime mark when it refused
+
+
+class NodeRefused(errors.PermanentError):
+    """A node refused one deployment's replicas `REFUSALS_BEFORE_EXCLUSION` times alike: its
+    replica fails and the replacement goes elsewhere, without crash backoff."""
 
 
 def _steady_key(
@@ -129,6 +156,8 @@ class DeploymentMemory:
     unschedulable: str | None = None  # the latest "0/N nodes fit: ..."
     last_ready: int = 0
     stable_since: datetime | None = None  # converged without a break since
+    # Start failures per (node, failure with ids masked).
+    refusals: dict[tuple[uuid.UUID, str], Refusal] = field(default_factory=dict)
 
     @property
     def problem(self) -> str | None:
@@ -136,6 +165,23 @@ class DeploymentMemory:
 
     def reset(self) -> None:
         self.failures, self.retry_at, self.error, self.unschedulable = 0, None, None, None
+        self.refusals.clear()
+
+    def excluded(self, nodes: Mapping[uuid.UUID, datetime | None], now: datetime) -> set[uuid.UUID]:
+        """Nodes not to try for this deployment now; forgets refusals that lapsed (TTL) or
+        whose engine restarted since (`nodes`: each node's up-since mark)."""
+        out = set()
+        for key, r in list(self.refusals.items()):
+            node_id = key[0]
+            if now - r.last_at > REFUSAL_TTL or nodes.get(node_id) != r.node_up_since:
+                del self.refusals[key]
+            elif r.count >= REFUSALS_BEFORE_EXCLUSION:
+                out.add(node_id)
+        return out
+
+    def last_exclusion(self) -> Refusal | None:
+        found = [r for r in self.refusals.values() if r.count >= REFUSALS_BEFORE_EXCLUSION]
+        return max(found, key=lambda r: r.last_at) if found else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +231,9 @@ class Reconciler:
         )
         # When each container was first seen unhealthy (in memory, as kubelet's probe state).
         self._unhealthy: dict[str, datetime] = {}
+        # Containers the storage monitor found past their limit, with the reason (replaced
+        # by each monitor pass, so it holds only what the last pass saw).
+        self._over_storage: dict[str, str] = {}
         # Exit codes from `die` events: a container restarted in place no longer shows its.
         self._exits: dict[str, int] = {}
         # Per deployment, the nodes its containers were last seen on (resync passes, events,
@@ -291,6 +340,7 @@ class Reconciler:
             mine=mine,
             now=self._clock(),
             unhealthy_since=self._unhealthy,
+            over_limit=self._over_storage,
         )
 
     def note_exit(self, container_id: str, code: int) -> None:
@@ -298,6 +348,13 @@ class Reconciler:
         self._exits[container_id] = code
         if len(self._exits) > EXITS_REMEMBERED:
             self._exits.pop(next(iter(self._exits)))
+
+    def note_storage(self, over: Mapping[str, tuple[uuid.UUID, str]]) -> None:
+        """What the storage monitor's last pass found: container id -> (deployment, reason).
+        Their deployments' converged judgements are dropped, so a resync pass sees them."""
+        self._over_storage = {container: reason for container, (_, reason) in over.items()}
+        for deployment_id, _ in over.values():
+            self._steady.pop(deployment_id, None)
 
     def note_problem(self, deployment_id: uuid.UUID, reason: str) -> None:
         """A problem found outside a reconcile (a node lost) for the deployment's reason."""
@@ -603,7 +660,7 @@ class Reconciler:
             while failed is None and len(in_flight) < window and (placed or unplaced):
                 if not placed:
                     chunk = [unplaced.popleft() for _ in range(min(window, len(unplaced)))]
-                    got, refusal = await self._place(d, chunk, request, spread)
+                    got, refusal = await self._place(d, chunk, request, spread, mem)
                     placed.extend(got)
                     mem.unschedulable = refusal
                     if refusal:
@@ -620,7 +677,7 @@ class Reconciler:
                     if not got:
                         break
                 r = placed.popleft()
-                in_flight.add(asyncio.create_task(self._ensure(d, r, records)))
+                in_flight.add(asyncio.create_task(self._ensure(d, r, records, mem)))
             if not in_flight:
                 break
             done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
@@ -631,6 +688,11 @@ class Reconciler:
                     window += 1
                     if failed is None:
                         mem.error = None  # backoff itself resets only after stable running
+                elif isinstance(outcome, NodeRefused):
+                    # The replacement goes to another node at once: no backoff, a quick look.
+                    mem.error = outcome.reason
+                    failed = failed or outcome
+                    transient = True
                 elif isinstance(outcome, errors.PermanentError):
                     if failed is None:
                         failed = outcome
@@ -670,14 +732,24 @@ class Reconciler:
         replicas: list[Replica],
         request: Resources,
         spread: Counter[uuid.UUID],
+        mem: DeploymentMemory,
     ) -> tuple[list[Replica], str | None]:
         called_at = time.monotonic()
         if self._index is None or called_at - self._usage_read_at > USAGE_MAX_AGE:
             await self._read_usage(called_at)
-        result = self._schedule(replicas, request, spread)
+        excluded: set[uuid.UUID] = set()
+        if mem.refusals:
+            up_since = {n.id: n.up_since for n in self._nodes.snapshot()}
+            excluded = mem.excluded(up_since, self._clock())
+        result = self._schedule(replicas, request, spread, excluded)
         if result.unplaced and self._usage_read_at < called_at:
             await self._read_usage(called_at)  # capacity may have been freed since
-            result = self._schedule(replicas, request, spread)
+            result = self._schedule(replicas, request, spread, excluded)
+        reason = result.reason
+        last = mem.last_exclusion() if excluded else None
+        if reason is not None and last is not None:
+            # "0/3 nodes fit: 3 refused this deployment" alone would hide the engine's words.
+            reason = f"{reason}; node {last.node_name} refused {last.count} times: {last.words}"
         # No await between choosing and assuming: the next reconcile sees these placements.
         for p in result.placements:
             self._assume(p.replica_id, p.node_id, request)
@@ -703,7 +775,7 @@ class Reconciler:
                 placed.append(
                     replace(by_id[p.replica_id], node_id=p.node_id, status=ReplicaStatus.STARTING)
                 )
-        return placed, result.reason
+        return placed, reason
 
     def _assume(self, replica_id: uuid.UUID, node_id: uuid.UUID, request: Resources) -> None:
         """Remember a placement the index already counts until its write is over."""
@@ -738,7 +810,11 @@ class Reconciler:
             self._usage_read_at = started
 
     def _schedule(
-        self, replicas: list[Replica], request: Resources, spread: Counter[uuid.UUID]
+        self,
+        replicas: list[Replica],
+        request: Resources,
+        spread: Counter[uuid.UUID],
+        excluded: set[uuid.UUID],
     ) -> scheduler.ScheduleResult:
         """`scheduler.schedule` over the cached usage; the placements count as used at once."""
         nodes = self._nodes.snapshot()
@@ -748,14 +824,18 @@ class Reconciler:
         if index.nodes is not nodes:
             # Nodes changed (a probe, a cordon): same usage, new node set.
             index = self._index = scheduler.NodeIndex(nodes, index.used)
-        return index.schedule([r.id for r in replicas], request, spread)
+        return index.schedule([r.id for r in replicas], request, spread, excluded)
 
     def new_term(self) -> None:
         """Leadership (re)gained: another leader may have placed replicas meanwhile."""
         self._index = None
 
     async def _ensure(
-        self, d: Deployment, r: Replica, records: Mapping[uuid.UUID, NodeRecord]
+        self,
+        d: Deployment,
+        r: Replica,
+        records: Mapping[uuid.UUID, NodeRecord],
+        mem: DeploymentMemory,
     ) -> errors.ControllerError | None:
         """Create/start one replica's container and record the outcome; errors are returned."""
         record = records.get(r.node_id) if r.node_id else None
@@ -764,22 +844,27 @@ class Reconciler:
         spec = ContainerSpec(r.id, d.id, d.image, d.resources, d.spec_hash, self._store.epoch)
         try:
             container_id = await self._runtime.ensure(record, spec)
-        except errors.PermanentError as exc:
-            await self._store.transition(
-                [
-                    Transition(
-                        r.id,
-                        (ReplicaStatus.STARTING,),
-                        ReplicaStatus.FAILED,
-                        (("stopped_at", self._clock()),),
-                    )
-                ]
-            )
-            log.warning(
-                "replica_start_failed", replica_id=str(r.id), node=record.name, reason=exc.reason
-            )
-            return exc
-        except errors.TransientError as exc:
+        except errors.ControllerError as exc:
+            refused = self._refused(mem, record, exc)
+            if isinstance(exc, errors.PermanentError) or isinstance(refused, NodeRefused):
+                await self._store.transition(
+                    [
+                        Transition(
+                            r.id,
+                            (ReplicaStatus.STARTING,),
+                            ReplicaStatus.FAILED,
+                            (("stopped_at", self._clock()),),
+                        )
+                    ]
+                )
+                log.warning(
+                    "replica_start_failed",
+                    replica_id=str(r.id),
+                    node=record.name,
+                    reason=exc.reason,
+                    node_excluded=isinstance(refused, NodeRefused),
+                )
+                return refused or exc
             log.warning(
                 "replica_start_deferred", replica_id=str(r.id), node=record.name, reason=exc.reason
             )
@@ -805,6 +890,40 @@ class Reconciler:
             container=container_id[:12],
         )
         return None
+
+    def _refused(
+        self, mem: DeploymentMemory, record: NodeRecord, exc: errors.ControllerError
+    ) -> errors.PermanentError | None:
+        """Count a start failure on `record`. From the second identical one the engine's words
+        are the deployment's reason with the node's name, transient or not (a deferred start
+        used to retry in silence; a permanent failure comes back as a `PermanentError` with
+        that reason); at `REFUSALS_BEFORE_EXCLUSION` the node is passed over for the
+        deployment, and the returned `NodeRefused` says which node refused and with what
+        words."""
+        if isinstance(exc, errors.ConflictError):
+            return None  # a stranger's container holds the name: not the engine refusing
+        now = self._clock()
+        up_since = next((n.up_since for n in self._nodes.snapshot() if n.id == record.id), None)
+        key = (record.id, _VOLATILE.sub("…", exc.reason))
+        seen = mem.refusals.get(key)
+        if seen is None or seen.node_up_since != up_since:
+            seen = mem.refusals[key] = Refusal(record.name, exc.reason, 0, now, up_since)
+        seen.count += 1
+        seen.words, seen.last_at = exc.reason, now
+        if seen.count < 2:
+            return None
+        text = f"node {record.name} refused {seen.count} times: {exc.reason}"
+        if seen.count < REFUSALS_BEFORE_EXCLUSION:
+            mem.error = text
+            return errors.PermanentError(text) if isinstance(exc, errors.PermanentError) else None
+        log.warning(
+            "node_refuses_deployment",
+            node=record.name,
+            count=seen.count,
+            reason=exc.reason,
+            detail="its replicas go to other nodes",
+        )
+        return NodeRefused(f"{text}; trying other nodes")
 
     async def _stop(self, records: Mapping[uuid.UUID, NodeRecord], a: StopReplica) -> bool:
         """Stop gracefully, remove, mark stopped; False when the node could not be reached."""

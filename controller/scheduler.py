@@ -10,7 +10,7 @@ from __future__ import annotations
 import heapq
 import uuid
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 from controller.model import ZERO, Node, NodeStatus, Resources
@@ -19,6 +19,8 @@ from controller.model import ZERO, Node, NodeStatus, Resources
 NOT_READY = "not ready"
 UNSCHEDULABLE = "unschedulable"
 INSUFFICIENT = "insufficient {}"
+# A node whose engine kept refusing this deployment's replicas (the reconciler's memory).
+REFUSED = "refused this deployment"
 # Tolerance for float CPU sums (0.1 + 0.2 must fit in 0.3).
 _EPSILON = 1e-9
 
@@ -40,8 +42,13 @@ class ScheduleResult:
         return self.reason is not None
 
 
-def refusals(node: Node, request: Resources, used: Resources) -> list[str]:
-    """Every reason `node` cannot take one more replica needing `request`; empty means it fits."""
+def refusals(
+    node: Node, request: Resources, used: Resources, excluded: Collection[uuid.UUID] = ()
+) -> list[str]:
+    """Every reason `node` cannot take one more replica needing `request`; empty means it fits.
+    `excluded`: nodes that refused this deployment too often to be tried again for now."""
+    if node.id in excluded:
+        return [REFUSED]
     if node.status is not NodeStatus.READY:
         return [NOT_READY]
     if node.unschedulable or node.draining:
@@ -58,12 +65,17 @@ def refusals(node: Node, request: Resources, used: Resources) -> list[str]:
     return reasons
 
 
-def explain(nodes: Sequence[Node], request: Resources, usage: Mapping[uuid.UUID, Resources]) -> str:
+def explain(
+    nodes: Sequence[Node],
+    request: Resources,
+    usage: Mapping[uuid.UUID, Resources],
+    excluded: Collection[uuid.UUID] = (),
+) -> str:
     """`0/N nodes fit: ...`, each reason counted once per node it applies to (as kube does)."""
     counts: Counter[str] = Counter()
     fitting = 0
     for node in nodes:
-        why = refusals(node, request, usage.get(node.id, ZERO))
+        why = refusals(node, request, usage.get(node.id, ZERO), excluded)
         if why:
             counts.update(why)
         else:
@@ -96,21 +108,23 @@ def schedule(
     nodes: Sequence[Node],
     usage: Mapping[uuid.UUID, Resources],
     spread: Mapping[uuid.UUID, int],
+    excluded: Collection[uuid.UUID] = (),
 ) -> ScheduleResult:
     """Place `replica_ids` (in order) one by one; stop at the first that fits nowhere.
 
     `usage` is what live replicas already hold per node; `spread` how many live replicas of
-    this deployment each node has. Each placement counts against the next one, so a single pass
-    never overcommits a node. Score: fewest replicas of this deployment first (spread), then the
-    least allocated node, then the name for a deterministic tie-break.
+    this deployment each node has; `excluded` the nodes not to try for this deployment. Each
+    placement counts against the next one, so a single pass never overcommits a node. Score:
+    fewest replicas of this deployment first (spread), then the least allocated node, then
+    the name for a deterministic tie-break.
     """
     used = {node.id: usage.get(node.id, ZERO) for node in nodes}
     mine = {node.id: spread.get(node.id, 0) for node in nodes}
     placements: list[Placement] = []
     for replica_id in replica_ids:
-        candidates = [n for n in nodes if not refusals(n, request, used[n.id])]
+        candidates = [n for n in nodes if not refusals(n, request, used[n.id], excluded)]
         if not candidates:
-            return ScheduleResult(tuple(placements), explain(nodes, request, used))
+            return ScheduleResult(tuple(placements), explain(nodes, request, used, excluded))
         best = min(
             candidates,
             key=lambda n: (mine[n.id], _utilisation(n, used[n.id] + request), n.name, str(n.id)),
@@ -180,8 +194,13 @@ class NodeIndex:
             if entry is not None:
                 heapq.heappush(heap, entry)
 
-    def _best_outside(self, request: Resources, taken: Mapping[uuid.UUID, int]) -> Node | None:
-        """The best fitting node holding none of the deployment's replicas."""
+    def _best_outside(
+        self,
+        request: Resources,
+        taken: Mapping[uuid.UUID, int],
+        excluded: Collection[uuid.UUID] = (),
+    ) -> Node | None:
+        """The best fitting node holding none of the deployment's replicas, and not excluded."""
         heap = self._heap(request)
         set_aside = []
         best: Node | None = None
@@ -191,7 +210,7 @@ class NodeIndex:
             if entry[3] != self._version[node_id]:
                 heapq.heappop(heap)  # stale: a fresh entry was pushed when usage changed
                 continue
-            if taken.get(node_id, 0) > 0:
+            if taken.get(node_id, 0) > 0 or node_id in excluded:
                 set_aside.append(heapq.heappop(heap))
                 continue
             best = self._by_id[node_id]
@@ -205,17 +224,18 @@ class NodeIndex:
         replica_ids: Sequence[uuid.UUID],
         request: Resources,
         spread: Mapping[uuid.UUID, int],
+        excluded: Collection[uuid.UUID] = (),
     ) -> ScheduleResult:
         """As `schedule()`, and the placements count as used from now on."""
         mine = {k: v for k, v in spread.items() if v > 0 and k in self._by_id}
         placements: list[Placement] = []
         for replica_id in replica_ids:
-            best = self._best_outside(request, mine)
+            best = self._best_outside(request, mine, excluded)
             if best is None:
                 holders = [
                     self._by_id[k]
                     for k in mine
-                    if not refusals(self._by_id[k], request, self.used[k])
+                    if not refusals(self._by_id[k], request, self.used[k], excluded)
                 ]
                 if holders:
                     best = min(
@@ -228,7 +248,9 @@ class NodeIndex:
                         ),
                     )
             if best is None:
-                return ScheduleResult(tuple(placements), explain(self.nodes, request, self.used))
+                return ScheduleResult(
+                    tuple(placements), explain(self.nodes, request, self.used, excluded)
+                )
             self.add(best.id, request)
             mine[best.id] = mine.get(best.id, 0) + 1
             placements.append(Placement(replica_id, best.id))

@@ -55,6 +55,8 @@ class Settings:
     max_unavailable: float = 0.25  # rolling update: replicas that may be unavailable
     min_ready_seconds: float = 5.0  # in a rollout, a new replica counts once up this long
     unhealthy_seconds: float = 30.0  # unhealthy this long: the replica is replaced
+    # How often containers on nodes that cannot cap disk are measured (0: never).
+    storage_check_seconds: float = 60.0
     eviction_seconds: float = 300.0  # after the grace, before a not-ready node's replicas move
     eviction_interval_seconds: float = 10.0  # at most one node evicted per interval
     disruption_threshold: float = 0.55  # above this fraction of nodes down, evict nothing
@@ -97,6 +99,10 @@ class Settings:
                 raise SettingsError(f"FOG_{name.upper()} must be > 0, got {getattr(self, name)}")
         if self.stop_timeout_seconds < 0 or self.keep_terminal_replicas < 0:
             raise SettingsError("FOG_STOP_TIMEOUT_SECONDS and FOG_KEEP_TERMINAL_REPLICAS >= 0")
+        if self.storage_check_seconds < 0:
+            raise SettingsError(
+                f"FOG_STORAGE_CHECK_SECONDS must be >= 0, got {self.storage_check_seconds}"
+            )
         if self.replica_burst < 1:
             raise SettingsError(f"FOG_REPLICA_BURST must be >= 1, got {self.replica_burst}")
         if self.log_format not in ("auto", "json", "console"):

@@ -65,6 +65,7 @@ from controller.model import (
     ReplicaStatus,
     Resources,
 )
+from controller.storage import StorageLimits
 from schema import models as tables
 from schema.engine import writer
 from schema.enums import LIVE_REPLICA_STATUSES, TERMINAL_REPLICA_STATUSES
@@ -606,6 +607,9 @@ class Store:
                 draining=bool(row.draining),
                 last_heartbeat_at=row.last_heartbeat_at,
                 labels=labels[row.id],
+                storage_driver=row.storage_driver,
+                storage_limits=StorageLimits(row.storage_limits) if row.storage_limits else None,
+                engine_version=row.engine_version,
             )
             for row in rows
         ]

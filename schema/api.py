@@ -388,6 +388,10 @@ class NodeResponse(_Response):
     last_heartbeat_at: datetime | None
     created_at: datetime
     updated_at: datetime
+    # What the controller read from the engine (NULL until its first probe).
+    storage_driver: str | None = None
+    storage_limits: str | None = None  # enforced | monitored
+    engine_version: str | None = None
 
 
 class UserResponse(_Response):

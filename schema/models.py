@@ -281,6 +281,7 @@ class Node(Base):
         CheckConstraint("memory_mb IS NULL OR memory_mb > 0", name="memory_mb_positive"),
         CheckConstraint("gpu_units IS NULL OR gpu_units >= 0", name="gpu_units_non_negative"),
         CheckConstraint("storage_gb IS NULL OR storage_gb > 0", name="storage_gb_positive"),
+        CheckConstraint("storage_limits IN ('enforced', 'monitored')", name="storage_limits_known"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(
@@ -308,6 +309,11 @@ class Node(Base):
     )
     draining: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     last_heartbeat_at: Mapped[datetime | None]
+    # Controller-owned engine facts from the last probe (migration 0005; controller/storage.py):
+    # how the node holds replicas to storage_gb, `enforced` or `monitored`.
+    storage_driver: Mapped[str | None] = mapped_column(String(64))
+    engine_version: Mapped[str | None] = mapped_column(String(64))
+    storage_limits: Mapped[str | None] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(default=_now, server_default=utc_now())
     updated_at: Mapped[datetime] = mapped_column(
         default=_now, server_default=utc_now(), onupdate=_now

@@ -132,3 +132,13 @@ def tls_cluster() -> Iterator[Cluster]:
     finally:
         atexit.unregister(started.stop_all)
         started.stop_all()
+
+
+@pytest.fixture(scope="session")
+def vfs_cluster(kind_clusters: KindClusters) -> Cluster:
+    """Three engines on the `vfs` storage driver (nested Docker, some edge boards): no
+    copy-on-write, no disk quota on this machine's ext4, and no Backing Filesystem in
+    `docker info`. The same engines the core cases run on as kind ``docker-vfs``."""
+    started = kind_clusters.get("docker-vfs")
+    started.ensure_running()
+    return started

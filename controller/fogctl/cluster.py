@@ -214,7 +214,7 @@ def _share(used: float, capacity: float | None, unit: str = "", missing: str = "
 def nodes_table(rows: Sequence[views.NodeRow], *, wide: bool) -> Table:
     columns = ["NAME", "STATUS", "REPLICAS", "CPU", "MEMORY", "GPU", "STORAGE", "AGE"]
     if wide:
-        columns += ["HEARTBEAT", "DOCKER URL", "LABELS"]
+        columns += ["HEARTBEAT", "STORAGE-DRIVER", "STORAGE-LIMITS", "DOCKER URL", "LABELS"]
     t = render.table(columns)
     for n in rows:
         a = n.allocated
@@ -230,7 +230,13 @@ def nodes_table(rows: Sequence[views.NodeRow], *, wide: bool) -> Table:
         ]
         if wide:
             labels = ",".join(f"{k}={v}" for k, v in sorted(n.labels.items())) or "-"
-            cells += [render.age(n.last_heartbeat_at), n.docker_url, labels]
+            cells += [
+                render.age(n.last_heartbeat_at),
+                n.storage_driver or "-",
+                n.storage_limits or "-",
+                n.docker_url,
+                labels,
+            ]
         t.add_row(*cells)
     return t
 

@@ -205,6 +205,9 @@ CONSTRAINTS: dict[str, Rule] = {
     "ck_nodes_memory_mb_positive": Rule("memory_mb", "must be greater than 0"),
     "ck_nodes_gpu_units_non_negative": Rule("gpu_units", "must be 0 or more"),
     "ck_nodes_storage_gb_positive": Rule("storage_gb", "must be greater than 0"),
+    "ck_nodes_storage_limits_known": Rule(
+        "storage_limits", "must be enforced or monitored (the controller writes it)"
+    ),
     "ck_users_username_not_empty": Rule("username", "must not be empty"),
     "ck_control_plane_single_row": Rule(
         "control_plane.id", "must be 1 (one row, the controller's fencing epoch)"

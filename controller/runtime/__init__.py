@@ -16,6 +16,7 @@ from controller.model import (
     LABEL_MANAGED_BY,
     LABEL_REPLICA,
     LABEL_SPEC,
+    LABEL_STORAGE_GB,
     MANAGED_BY_VALUE,
     EngineInfo,
     NodeRecord,
@@ -23,6 +24,7 @@ from controller.model import (
     Resources,
     container_name,
 )
+from controller.storage import DiskUse
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +51,8 @@ class ContainerSpec:
             labels[LABEL_SPEC] = self.spec_hash
         if self.epoch is not None:
             labels[LABEL_EPOCH] = str(self.epoch)
+        if self.resources is not None and self.resources.storage_gb > 0:
+            labels[LABEL_STORAGE_GB] = str(self.resources.storage_gb)
         return labels
 
 
@@ -66,5 +70,10 @@ class Runtime(Protocol):
 
     async def stop(self, node: NodeRecord, container: str, timeout_seconds: float) -> None:
         """Stop gracefully and remove; a container already gone is success."""
+
+    async def disk_usage(self, node: NodeRecord) -> tuple[DiskUse, ...] | None:
+        """Bytes written by each of our running containers on `node` (one listing); None
+        when the node could not be listed. For the storage monitor, never on a hot path:
+        the engine walks every container's writable layer to answer."""
 
     async def close(self) -> None: ...

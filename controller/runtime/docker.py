@@ -65,6 +65,7 @@ from controller.model import (
     LABEL_MANAGED_BY,
     LABEL_REPLICA,
     LABEL_SPEC,
+    LABEL_STORAGE_GB,
     MANAGED_BY_VALUE,
     ContainerState,
     EngineInfo,
@@ -74,6 +75,7 @@ from controller.model import (
 )
 from controller.runtime import ContainerSpec, tls
 from controller.settings import Settings
+from controller.storage import DiskUse, StorageLimits, storage_limits
 
 log = structlog.get_logger(__name__)
 
@@ -85,14 +87,17 @@ DOCKER_CALL_ATTEMPTS = 3
 # A running container that (re)started this recently is inspected for its restart count.
 RECENT_START_SECONDS = 60.0
 _MANAGED_FILTER = {"label": f"{LABEL_MANAGED_BY}={MANAGED_BY_VALUE}"}
-# Substrings of engine errors meaning "this storage driver cannot cap a container's disk".
-_STORAGE_OPT_UNSUPPORTED = ("storage-opt", "storage opt", "quota", "storage_opt")
 # The engine answers 500 for many errors that will never go away on retry (seen on Docker
-# 20.10: a GPU request on a node without the driver, an unsupported storage option, a command
-# missing from the image). These markers make such a 500 permanent.
+# 20.10: a GPU request on a node without the driver, an unsupported storage option (overlay2
+# and Podman: "--storage-opt is supported only for overlay over xfs with 'pquota' mount
+# option"; vfs: "Filesystem does not support, or has not enabled quotas"), a command missing
+# from the image). These markers make such a 500 permanent. Whether a node can cap disk is not
+# read from these words (see controller.storage); they only stop a hot retry loop.
 _PERMANENT_SERVER_ERRORS = (
     "could not select device driver",
     "storage-opt",
+    "quotas",
+    "does not support",
     "oci runtime",
     "executable file not found",
     "no such file or directory",
@@ -464,11 +469,18 @@ class DockerRuntime:
         # part of the key because the certificates are the node's, not the URL's.
         self._clients: dict[tuple[str, str], tuple[tls.EngineAccess, docker.APIClient]] = {}
         self._semaphores: dict[str, asyncio.Semaphore] = {}
-        # Per engine URL: whether its storage driver accepts a size limit (None: not tried).
-        self._storage_opt: dict[str, bool] = {}
         # Per (node name, URL): which engine answers there, asked once (and after a failed
         # probe: the engine behind a URL may be replaced while it is down).
         self._flavours: dict[tuple[str, str], EngineFlavour] = {}
+        # Per engine URL: what `docker info` said of its storage (driver, driver status, ID,
+        # version) and what we concluded (controller.storage). `_size_refused`: engines that
+        # refused a size limit their driver should take (xfs without pquota) and accepted the
+        # same create without it; forgotten when the engine restarts or changes, so a node
+        # remounted with pquota is tried again.
+        self._engine_facts: dict[str, tuple[object, ...]] = {}
+        self._limits: dict[str, StorageLimits] = {}
+        self._size_refused: dict[str, str] = {}
+        self._unreachable: set[str] = set()
         self._executor = ThreadPoolExecutor(
             max_workers=max(8, settings.node_concurrency * 8), thread_name_prefix="docker"
         )
@@ -562,6 +574,7 @@ class DockerRuntime:
     # --- the port --------------------------------------------------------------------------
 
     async def info(self, node: NodeRecord) -> EngineInfo:
+        url = node.docker_url
         try:
             # Together: on Podman each takes ~0.4 s (both run conmon and runc to report them),
             # and the first probe must fit in its timeout on a busy host.
@@ -570,12 +583,27 @@ class DockerRuntime:
             )
         except Exception as exc:
             self._flavours.pop((node.name, node.docker_url), None)
+            self._unreachable.add(url)
             raise translate(exc, "probe", self._certs(node)) from exc
+        driver = str(raw.get("Driver") or "")
+        status = tuple(tuple(str(x) for x in row) for row in raw.get("DriverStatus") or ())
+        version = str(raw.get("ServerVersion") or "")
+        facts = (raw.get("ID"), driver, status, version)
+        # An engine that went away and came back has restarted (or was restarted): what it
+        # refused before is tried again, as is everything after a change of its facts.
+        if url in self._unreachable or self._engine_facts.get(url, facts) != facts:
+            self._unreachable.discard(url)
+            if self._size_refused.pop(url, None) is not None:
+                log.info("storage_limit_recheck", node=node.name, storage_driver=driver)
+        self._engine_facts[url] = facts
+        limits = storage_limits(driver, status, size_refused=url in self._size_refused)
+        self._limits[url] = limits
         return EngineInfo(
             cpu_cores=float(raw.get("NCPU") or 0),
             memory_mb=int((raw.get("MemTotal") or 0) // (1024 * 1024)),
-            storage_driver=str(raw.get("Driver") or ""),
-            server_version=str(raw.get("ServerVersion") or ""),
+            storage_driver=driver,
+            server_version=version,
+            storage_limits=limits,
             engine=flavour.value,
         )
 
@@ -588,6 +616,35 @@ class DockerRuntime:
             known = self._flavours[key] = engine_flavour(version)
             log.info("engine_identified", node=node.name, engine=known.value)
         return known
+
+    async def disk_usage(self, node: NodeRecord) -> tuple[DiskUse, ...] | None:
+        try:
+            client = self._client(node)
+            raw = await self._raw(
+                node, client.containers, all=False, size=True, filters=_MANAGED_FILTER
+            )
+        except Exception as exc:
+            reason = translate(exc, "list sizes", self._certs(node)).reason
+            log.warning("storage_check_failed", node=node.name, error=reason)
+            return None
+        found = []
+        for item in raw:
+            labels = item.get("Labels") or {}
+            replica_id = _uuid(labels.get(LABEL_REPLICA))
+            deployment_id = _uuid(labels.get(LABEL_DEPLOYMENT))
+            if replica_id is None or deployment_id is None:
+                continue
+            limit = labels.get(LABEL_STORAGE_GB)
+            found.append(
+                DiskUse(
+                    container_id=str(item["Id"]),
+                    replica_id=replica_id,
+                    deployment_id=deployment_id,
+                    written_bytes=int(item.get("SizeRw") or 0),
+                    limit_gb=int(limit) if limit and limit.isdigit() else None,
+                )
+            )
+        return tuple(found)
 
     async def list(self, node: NodeRecord, deployment_id: uuid.UUID | None = None) -> NodeView:
         observed_at = datetime.now(UTC)
@@ -703,7 +760,11 @@ class DockerRuntime:
     async def _create(self, node: NodeRecord, spec: ContainerSpec) -> str:
         client = self._client(node)
         pulled = False
-        with_storage = self._storage_opt.get(node.docker_url, True)
+        url = node.docker_url
+        sized = spec.resources is not None and spec.resources.storage_gb > 0
+        # Not yet probed: try the limit, as an engine that can cap is the safe guess.
+        with_storage = sized and self._limits.get(url) is not StorageLimits.MONITORED
+        refused: str | None = None  # the engine's words for a create with the limit
         while True:
             try:
                 created = await self._call(
@@ -712,32 +773,37 @@ class DockerRuntime:
                     client.create_container,
                     **self._create_args(client, spec, with_storage=with_storage),
                 )
-                return str(created["Id"])
             except docker.errors.NotFound as exc:
                 if pulled or "image" not in _message(exc).lower():
                     raise errors.PermanentError(f"create container: {_message(exc)}") from exc
                 await self._pull(node, spec.image)
                 pulled = True
-            except errors.TransientError:
-                if await self._taken_on_podman(node, spec):
-                    return await self._adopt(node, spec)
-                raise
-            except errors.PermanentError as exc:
+                continue
+            except errors.ControllerError as exc:
                 if "conflict" in exc.reason.lower() or "already in use" in exc.reason:
                     return await self._adopt(node, spec)
                 if await self._taken_on_podman(node, spec):
                     return await self._adopt(node, spec)
-                if with_storage and _storage_unsupported(exc.reason, spec):
-                    with_storage = False
-                    self._storage_opt[node.docker_url] = False
-                    log.warning(
-                        "storage_limit_unenforced",
-                        node=node.name,
-                        error=exc.reason,
-                        detail="the storage driver cannot cap container disk; limits not applied",
-                    )
+                answered = isinstance(exc.__cause__, docker.errors.APIError)
+                if with_storage and answered and not isinstance(exc, errors.ConflictError):
+                    # The engine refused: try once without the limit, which tells whether the
+                    # limit was what it refused, whatever words it used.
+                    with_storage, refused = False, exc.reason
                     continue
                 raise
+            if refused is not None:
+                # Accepted without the limit: this engine cannot cap disk (xfs without
+                # pquota, say, which `docker info` does not show), so it is monitored.
+                self._size_refused[url] = refused
+                self._limits[url] = StorageLimits.MONITORED
+                log.warning(
+                    "storage_limit_unenforced",
+                    node=node.name,
+                    error=refused,
+                    detail="the engine refused a disk size limit its driver should take; "
+                    "storage_gb is monitored on this node instead",
+                )
+            return str(created["Id"])
 
     def _create_args(
         self, client: docker.APIClient, spec: ContainerSpec, *, with_storage: bool
@@ -850,10 +916,3 @@ class DockerRuntime:
             await self._remove(node, container)
         except errors.ControllerError as exc:
             log.warning("container_remove_failed", node=node.name, error=exc.reason)
-
-
-def _storage_unsupported(reason: str, spec: ContainerSpec) -> bool:
-    if spec.resources is None or spec.resources.storage_gb <= 0:
-        return False
-    lowered = reason.lower()
-    return any(marker in lowered for marker in _STORAGE_OPT_UNSUPPORTED)

@@ -4,8 +4,8 @@ We cannot start a thousand Docker engines on one machine, so, as Kubernetes does
 a scale benchmark gives the real controller (real store, planner, scheduler, work queue) a
 runtime whose nodes exist only in this process: `info` reports the capacity a node was given,
 `ensure` makes a container that is "running" at once, `list` returns it as an
-`ObservedContainer`, `stop` removes it. Engine cost is therefore zero, so what a benchmark
-measures is the controller's own cost.
+`ObservedContainer`, `stop` removes it, `disk_usage` reports what `set_written` wrote. Engine
+cost is therefore zero, so what a benchmark measures is the controller's own cost.
 
 Nothing in the daemon selects this class: `controller.cli` builds `DockerRuntime` and only
 `DockerRuntime`, whatever a node's URL says. Hollow nodes are addressed as `hollow://<name>`
@@ -37,6 +37,7 @@ from controller.model import (
     ObservedContainer,
 )
 from controller.runtime import ContainerSpec
+from controller.storage import DiskUse, storage_limits
 
 HOLLOW_SCHEME = "hollow://"
 
@@ -59,7 +60,16 @@ class HollowNode:
 class _Engine:
     """One hollow engine's containers, indexed by name, id and deployment."""
 
-    __slots__ = ("by_deployment", "by_id", "by_name", "down", "listing", "spec")
+    __slots__ = (
+        "by_deployment",
+        "by_id",
+        "by_name",
+        "down",
+        "limits",
+        "listing",
+        "spec",
+        "written",
+    )
 
     def __init__(self, spec: HollowNode) -> None:
         self.spec = spec
@@ -70,6 +80,9 @@ class _Engine:
         # The last full listing, kept until the next change: a thousand nodes are listed on
         # every pass, and rebuilding an unchanged tuple would charge the engine's cost to us.
         self.listing: tuple[ObservedContainer, ...] | None = None
+        # Per container id: its storage_gb label, and the bytes its writable layer holds.
+        self.limits: dict[str, int] = {}
+        self.written: dict[str, int] = {}
 
     def add(self, c: ObservedContainer) -> None:
         self.by_name[c.name] = c
@@ -83,6 +96,8 @@ class _Engine:
         if c is None:
             return False
         del self.by_id[c.id]
+        self.limits.pop(c.id, None)
+        self.written.pop(c.id, None)
         mine = self.by_deployment.get(c.deployment_id)
         if mine is not None:
             mine.pop(name, None)
@@ -122,6 +137,13 @@ class HollowRuntime:
         """Make a node unreachable (or reachable again); its containers are kept."""
         self._engine_of(docker_url).down = down
 
+    def set_written(self, docker_url: str, container_id: str, n_bytes: int) -> None:
+        """What a container's writable layer holds now (its SizeRw)."""
+        engine = self._engine_of(docker_url)
+        if container_id not in engine.by_id:
+            raise KeyError(f"no container {container_id} on {docker_url}")
+        engine.written[container_id] = n_bytes
+
     def containers(self, docker_url: str | None = None) -> list[ObservedContainer]:
         """Every container on one node, or on all of them."""
         engines = [self._engine_of(docker_url)] if docker_url else self._engines.values()
@@ -154,6 +176,7 @@ class HollowRuntime:
             memory_mb=spec.memory_mb,
             storage_driver=spec.storage_driver,
             server_version=spec.server_version,
+            storage_limits=storage_limits(spec.storage_driver),
         )
 
     async def list(self, node: NodeRecord, deployment_id: uuid.UUID | None = None) -> NodeView:
@@ -191,11 +214,30 @@ class HollowRuntime:
             spec_hash=spec.spec_hash or None,
         )
         engine.add(container)
+        if spec.resources is not None and spec.resources.storage_gb > 0:
+            engine.limits[container.id] = spec.resources.storage_gb
         return container.id
 
     async def stop(self, node: NodeRecord, container: str, timeout_seconds: float) -> None:
         engine = await self._reach(node, "stop")
         engine.remove(container)
+
+    async def disk_usage(self, node: NodeRecord) -> tuple[DiskUse, ...] | None:
+        try:
+            engine = await self._reach(node, "disk_usage")
+        except errors.TransientError:
+            return None
+        return tuple(
+            DiskUse(
+                container_id=c.id,
+                replica_id=c.replica_id,
+                deployment_id=c.deployment_id,
+                written_bytes=engine.written.get(c.id, 0),
+                limit_gb=engine.limits.get(c.id),
+            )
+            for c in engine.by_name.values()
+            if c.replica_id is not None and c.deployment_id is not None
+        )
 
     async def close(self) -> None:
         """Nothing to release; the fog stays readable for the benchmark's checks."""

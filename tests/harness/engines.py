@@ -522,15 +522,22 @@ class Engine:
     # listener (kept across restarts, as a real node keeps its address).
     certs: EngineCertificates | None = None
     tls_port: int | None = None
+    # dockerd's --storage-driver (None: the engine's default, overlay2 here). "vfs" is what
+    # nested Docker and some edge boards run: no copy-on-write, and no disk quota on ext4.
+    storage_driver: str | None = None
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _lock: threading.RLock = field(default_factory=threading.RLock, init=False, repr=False)
     # Process names of this kind of engine's daemons (their descendants count as well).
     engine_comms: ClassVar[frozenset[str]] = _ENGINE_COMMS
 
     @classmethod
-    def in_dir(cls, name: str, base_dir: Path, *, tls: bool = False) -> Engine:
+    def in_dir(
+        cls, name: str, base_dir: Path, *, tls: bool = False, storage_driver: str | None = None
+    ) -> Engine:
         root = Path(base_dir).absolute() / name
-        engine = cls(name=name, url=f"unix://{root}/docker.sock", root=root)
+        engine = cls(
+            name=name, url=f"unix://{root}/docker.sock", root=root, storage_driver=storage_driver
+        )
         if tls:
             engine.certs = EngineCertificates.generate(root / "tls")
             engine.tls_port = free_port()
@@ -638,6 +645,8 @@ class Engine:
             "--containerd-plugins-namespace",
             f"{self.name}-plugins",
         ]
+        if self.storage_driver is not None:
+            cmd.append(f"--storage-driver={self.storage_driver}")
         if self.certs is not None:
             server = self.certs.server_dir
             cmd += [
@@ -982,19 +991,26 @@ class Cluster:
         *,
         tls: bool = False,
         podman: bool = False,
+        storage_driver: str | None = None,
     ) -> Cluster:
         """Start ``n`` engines in parallel, or adopt the engines named in FOG_TEST_DOCKER_URLS.
 
         ``tls``: each engine also listens on a TLS-protected loopback port (``Engine.tls_url``)
         with certificates made for this run; never with external engines, whose certificates
         the harness does not hold. ``podman``: Podman services (``PodmanEngine``) instead of
-        dockerd; never with external engines either.
+        dockerd; never with external engines either. ``storage_driver``: dockerd's
+        ``--storage-driver`` for every engine (e.g. ``"vfs"``); never with external engines,
+        whose driver is theirs, nor with Podman.
         """
         external = _external_urls()
         if external and tls:
             raise RuntimeError(f"{URLS_ENV} is set: the harness holds no certificates for those")
         if external and podman:
             raise RuntimeError(f"{URLS_ENV} is set: the harness starts no Podman beside those")
+        if external and storage_driver is not None:
+            raise RuntimeError(f"{URLS_ENV} is set: the harness cannot choose their storage driver")
+        if podman and storage_driver is not None:
+            raise RuntimeError("storage_driver is a dockerd option; Podman engines keep overlay")
         if external:
             if len(external) < n:
                 raise RuntimeError(f"{URLS_ENV} names {len(external)} engines, {n} needed")
@@ -1014,9 +1030,16 @@ class Cluster:
             base.mkdir(parents=True, exist_ok=True)
             owns = False
         prefix = "fog-podman" if podman else "fog-tls-node" if tls else "fog-node"
-        kind = PodmanEngine if podman else Engine
+        if storage_driver is not None:
+            prefix = f"fog-{storage_driver}-node"
+        engines: list[Engine] = [
+            PodmanEngine.in_dir(f"{prefix}-{i}", base)
+            if podman
+            else Engine.in_dir(f"{prefix}-{i}", base, tls=tls, storage_driver=storage_driver)
+            for i in range(n)
+        ]
         cluster = cls(
-            engines=[kind.in_dir(f"{prefix}-{i}", base, tls=tls) for i in range(n)],
+            engines=engines,
             base_dir=base,
             owns_base_dir=owns,
         )
@@ -1148,6 +1171,9 @@ ENGINE_KINDS: dict[str, EngineKind] = {
         EngineKind(
             "podman", cluster_options={"podman": True}, container_network="none", podman=True
         ),
+        # dockerd on the vfs storage driver (nested Docker, some edge boards): no copy-on-write,
+        # no disk quota on ext4, so storage_gb is monitored rather than enforced.
+        EngineKind("docker-vfs", cluster_options={"storage_driver": "vfs"}),
     )
 }
 

@@ -181,8 +181,12 @@ def test_get_nodes_shows_capacity_and_allocation_of_live_replicas(fog: Fogctl) -
         "0G/unlimited",
     ]
     wide = fog.ok("get", "nodes", "-o", "wide").splitlines()
-    assert wide[0].split()[-4:] == ["HEARTBEAT", "DOCKER", "URL", "LABELS"]
+    assert wide[0].split()[-6:] == [
+        "HEARTBEAT", "STORAGE-DRIVER", "STORAGE-LIMITS", "DOCKER", "URL", "LABELS",
+    ]  # fmt: skip
     assert "tcp://n1:2375" in wide[1]
+    # Never probed: no engine facts yet.
+    assert wide[1].split()[-5:-3] == ["-", "-"]
     assert fog.json("get", "nodes", "-s", "ready") == []
     assert [n["name"] for n in fog.json("get", "nodes", "n2")] == ["n2"]
 

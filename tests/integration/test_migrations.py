@@ -23,7 +23,7 @@ from sqlalchemy.schema import CreateTable
 from schema import engine as engine_mod
 from schema import migrate, models
 
-HEAD = "0004_uuid_text_and_defaults"
+HEAD = "0005_node_engine_facts"
 TABLES = {
     "users",
     "nodes",

@@ -259,12 +259,76 @@ async def test_container_settings_match_the_deployment(db_url: str, fleet: Any) 
     assert info["Name"] == f"/fog-{labels['fog.replica-id']}"
 
 
-async def test_storage_limit_unenforced_is_tolerated(db_url: str, fleet: Any) -> None:
-    """These engines' overlay2 on ext4 refuses --storage-opt size: run without, say so once."""
+async def test_storage_limit_on_a_node_that_cannot_cap_disk_is_monitored(
+    db_url: str, fleet: Any
+) -> None:
+    """These engines' overlay2 on ext4 cannot cap a container's disk (`docker info` says
+    extfs): the nodes are `monitored`, containers run without a size limit and carry their
+    replica's storage_gb for the storage monitor to hold them to."""
     op, urls, user = fleet
     async with running_controller(settings_for_tests(db_url)):
         d = await op.add_deployment(user, "disk", replicas=2, storage_gb=5)
         await eventually(lambda: converged(op, urls, d, 2))
+        rows = await _node_facts(op)
+    assert {r["storage_driver"] for r in rows} == {"overlay2"}
+    assert {r["storage_limits"] for r in rows} == {"monitored"}
+    assert {r["engine_version"] for r in rows} != {None}
+    for seen in managed_containers(urls, d):
+        info = _api(seen.engine_url).inspect_container(seen.id)
+        assert not info["HostConfig"].get("StorageOpt"), info["HostConfig"].get("StorageOpt")
+        assert info["Config"]["Labels"]["fog.storage-gb"] == "5"
+
+
+async def _node_facts(op: Operator) -> list[Any]:
+    from controller.store import NODES
+
+    async with op.engine.connect() as conn:
+        query = NODES.select().order_by(NODES.c.name)
+        return [r._mapping for r in (await conn.execute(query)).all()]
+
+
+async def test_a_node_that_keeps_refusing_is_passed_over_with_its_words(
+    db_url: str, fleet: Any, cluster: Cluster
+) -> None:
+    """The image is on node-2 only, under a registry nobody serves: node-0 and node-1 refuse
+    every start ("image pull failed"). Their capacities make the scheduler prefer node-0,
+    then node-1, however many replicas each has taken. After five identical refusals each
+    is passed over, the replica runs on node-2, and the history says which nodes refused,
+    in their words."""
+    op, urls, user = fleet
+    from controller.store import NODES
+
+    async with op.engine.begin() as conn:
+        for name, cpu, memory in (("node-0", 1000, 10**7), ("node-1", 100, 10**6)):
+            await conn.execute(
+                NODES.update().where(NODES.c.name == name).values(cpu_cores=cpu, memory_mb=memory)
+            )
+        await conn.execute(
+            NODES.update().where(NODES.c.name == "node-2").values(cpu_cores=2, memory_mb=2048)
+        )
+    image = "127.0.0.1:9/fog-test/only-on-node-2:1"
+    build_image(cluster.engines[2], image, ["sh", "-c", "exec sleep 3600"])
+    settings = settings_for_tests(
+        db_url, crash_backoff_initial_seconds=0.1, crash_backoff_max_seconds=0.5
+    )
+    try:
+        async with running_controller(settings):
+            d = await op.add_deployment(
+                user, "picky", image=image, replicas=1, cpu_cores=0.5, memory_mb=512
+            )
+            await eventually(lambda: converged(op, urls, d, 1), within=90)
+            [seen] = managed_containers(urls, d)
+            assert seen.engine_url == urls[2]
+            reasons = [h["reason"] for h in await op.history(d)]
+        for refused in ("node-0", "node-1"):
+            words = [r for r in reasons if f"node {refused} refused" in r]
+            assert any("refused 5 times" in r and "trying other nodes" in r for r in words), reasons
+            assert all(
+                "image pull failed: 127.0.0.1:9/fog-test/only-on-node-2:1" in r for r in words
+            )
+        assert len(await op.replicas(d, "failed")) == 2 * 5
+    finally:
+        cluster.engines[2].client().images.remove(image, force=True)
 
 
 async def test_gpu_request_on_node_without_driver_fails_clearly(db_url: str, fleet: Any) -> None:

@@ -146,3 +146,19 @@ async def test_an_unknown_node_is_unreachable(runtime: HollowRuntime) -> None:
 def test_only_hollow_urls_are_accepted() -> None:
     with pytest.raises(ValueError, match="hollow://"):
         HollowRuntime({"unix:///var/run/docker.sock": HollowNode()})
+
+
+async def test_disk_usage_reports_written_bytes_and_the_replicas_limit(
+    runtime: HollowRuntime,
+) -> None:
+    first = await runtime.ensure(A, spec(1))
+    await runtime.ensure(A, spec(2))
+    runtime.set_written(A.docker_url, first, 3 * 1024**3)
+    used = {u.container_id: u for u in await runtime.disk_usage(A) or ()}
+    assert used[first].written_bytes == 3 * 1024**3
+    assert used[first].limit_gb == 1
+    assert used[first].replica_id == uuid.UUID(int=101)
+    assert sorted(u.written_bytes for u in used.values()) == [0, 3 * 1024**3]
+    assert await runtime.disk_usage(B) == ()
+    runtime.set_down(A.docker_url)
+    assert await runtime.disk_usage(A) is None

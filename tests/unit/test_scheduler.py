@@ -62,6 +62,15 @@ def test_storage_is_unconstrained_when_unknown() -> None:
     assert {p.node_id for p in result.placements} == {unknown.id}
 
 
+def test_a_node_that_refused_the_deployment_is_passed_over_and_counted() -> None:
+    a, b = node("a"), node("b")
+    result = schedule(IDS[:2], Resources(0.5, 512), [a, b], {}, {}, frozenset({a.id}))
+    assert {p.node_id for p in result.placements} == {b.id}
+    refused = schedule(IDS[:1], Resources(0.5, 512), [a, b], {}, {}, frozenset({a.id, b.id}))
+    assert refused.placements == ()
+    assert refused.reason == "0/2 nodes fit: 2 refused this deployment"
+
+
 def test_no_nodes_reason() -> None:
     assert explain([], Resources(1, 512), {}) == "0/0 nodes fit: no nodes registered"
 
@@ -125,7 +134,8 @@ def test_spread_differs_by_at_most_one_when_capacity_allows(n_nodes: int, count:
 def call_sequences(draw: st.DrawFn):  # type: ignore[no-untyped-def]
     """A fog of mixed nodes (ready, not ready, cordoned, draining, some with GPUs or a
     storage bound, some sharing a name's sort position) and a series of schedule calls, each
-    for some deployment with its own spread, sometimes with usage freed in between."""
+    for some deployment with its own spread and nodes it excludes (refused too often),
+    sometimes with usage freed in between."""
     count = draw(st.integers(1, 8))
     nodes = [
         node(
@@ -154,7 +164,10 @@ def call_sequences(draw: st.DrawFn):  # type: ignore[no-untyped-def]
     for _ in range(draw(st.integers(1, 12))):
         spread = {n.id: draw(st.integers(0, 3)) for n in nodes if draw(st.integers(0, 3)) == 0}
         freed = draw(st.sampled_from([None, *range(count)]))
-        calls.append((draw(st.sampled_from(requests)), draw(st.integers(0, 6)), spread, freed))
+        excluded = frozenset(n.id for n in nodes if draw(st.integers(0, 4)) == 0)
+        calls.append(
+            (draw(st.sampled_from(requests)), draw(st.integers(0, 6)), spread, freed, excluded)
+        )
     return nodes, usage, calls
 
 
@@ -166,7 +179,7 @@ def test_the_node_index_places_exactly_as_schedule_does(case) -> None:  # type: 
     nodes, usage, calls = case
     index = NodeIndex(nodes, usage)
     used = {n.id: usage.get(n.id, ZERO) for n in nodes}
-    for request, count, spread, freed in calls:
+    for request, count, spread, freed, excluded in calls:
         if freed is not None:  # a replica stopped: usage goes down between calls
             gone = nodes[freed].id
             index.add(gone, Resources(0.5, 512), sign=-1)
@@ -175,8 +188,8 @@ def test_the_node_index_places_exactly_as_schedule_does(case) -> None:  # type: 
                 max(u.cpu_cores - 0.5, 0.0), max(u.memory_mb - 512, 0), u.gpu_units, u.storage_gb
             )
         assert index.used == used
-        expected = schedule(IDS[:count], request, nodes, used, spread)
-        got = index.schedule(IDS[:count], request, spread)
+        expected = schedule(IDS[:count], request, nodes, used, spread, excluded)
+        got = index.schedule(IDS[:count], request, spread, excluded)
         assert got == expected
         for p in expected.placements:
             used[p.node_id] = used[p.node_id] + request
