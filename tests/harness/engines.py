@@ -724,17 +724,21 @@ class Engine:
             if proc is not None and proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
 
+    def _wait_exit(self) -> None:
+        """Wait for the daemon process to exit after SIGTERM; SIGKILL it past the deadline."""
+        proc = self._proc
+        if proc is not None:
+            try:
+                proc.wait(timeout=self.stop_timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=30)
+
     def wait_stopped(self) -> None:
         """Wait for a stop requested with ``request_stop``; SIGKILL what outlives the deadline."""
         with self._lock:
             self._root()
-            proc = self._proc
-            if proc is not None:
-                try:
-                    proc.wait(timeout=self.stop_timeout)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=30)
+            self._wait_exit()
             try:
                 wait_until(
                     lambda: not self._engine_pids(),
@@ -948,13 +952,7 @@ class PodmanEngine(Engine):
         run on without it)."""
         with self._lock:
             self._root()
-            proc = self._proc
-            if proc is not None:
-                try:
-                    proc.wait(timeout=self.stop_timeout)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=30)
+            self._wait_exit()
             self._kill_leftovers()
             self._forget()
 

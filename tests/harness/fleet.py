@@ -231,6 +231,22 @@ def remove_managed_containers(urls: list[str]) -> None:
             client.close()
 
 
+@asynccontextmanager
+async def fleet_of(
+    engine: AsyncEngine, urls: list[str], prefix: str = "node"
+) -> AsyncIterator[tuple[Operator, list[str], uuid.UUID]]:
+    """Each engine at `urls` added as node `<prefix>-<i>`, and one user; the containers the
+    test made are removed afterwards (the engines are shared by the session)."""
+    op = Operator(engine)
+    for i, url in enumerate(urls):
+        await op.add_node(f"{prefix}-{i}", url)
+    user = await op.add_user()
+    try:
+        yield op, urls, user
+    finally:
+        await asyncio.to_thread(remove_managed_containers, urls)
+
+
 def settings_for_tests(database_url: str, **overrides: Any) -> Settings:
     return replace(Settings(database_url=database_url, **TEST_SETTINGS), **overrides)
 

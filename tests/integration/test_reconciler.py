@@ -21,8 +21,8 @@ from tests.harness.fleet import (
     Operator,
     converged,
     eventually,
+    fleet_of,
     managed_containers,
-    remove_managed_containers,
     running_controller,
     settings_for_tests,
 )
@@ -37,13 +37,8 @@ async def fleet(
 ) -> AsyncIterator[tuple[Operator, list[str], uuid.UUID]]:
     """Three nodes of the test's engine kind (the default Docker engines unless the test is
     one of the core cases, `over_engine_kinds`)."""
-    urls = list(kind_cluster.urls)
-    op = Operator(engine)
-    for i, url in enumerate(urls):
-        await op.add_node(f"node-{i}", url)
-    user = await op.add_user()
-    yield op, urls, user
-    await asyncio.to_thread(remove_managed_containers, urls)
+    async with fleet_of(engine, list(kind_cluster.urls)) as made:
+        yield made
 
 
 def _api(url: str) -> docker.APIClient:

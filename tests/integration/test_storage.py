@@ -30,6 +30,7 @@ from tests.harness.fleet import (
     Operator,
     converged,
     eventually,
+    fleet_of,
     managed_containers,
     remove_managed_containers,
     running_controller,
@@ -44,14 +45,8 @@ pytestmark = pytest.mark.docker
 async def vfs_fleet(
     db_url: str, engine: AsyncEngine, vfs_cluster: Cluster
 ) -> AsyncIterator[tuple[Operator, list[str], uuid.UUID]]:
-    vfs_cluster.ensure_running()
-    urls = list(vfs_cluster.urls)
-    op = Operator(engine)
-    for i, url in enumerate(urls):
-        await op.add_node(f"vfs-{i}", url)
-    user = await op.add_user()
-    yield op, urls, user
-    await asyncio.to_thread(remove_managed_containers, urls)
+    async with fleet_of(engine, list(vfs_cluster.urls), prefix="vfs") as made:
+        yield made
 
 
 async def _node_facts(op: Operator) -> list[Any]:
