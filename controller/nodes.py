@@ -19,6 +19,7 @@ its disk limits (controller.storage); they are written to the node's row when th
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -215,22 +216,14 @@ class NodeMonitor:
                 )
             if values:
                 changes.append((record.id, values))
-            fresh[record.id] = NodeRecord(
-                id=record.id,
-                name=record.name,
-                docker_url=record.docker_url,
+            driver, limits, version = facts
+            fresh[record.id] = dataclasses.replace(
+                record,
                 status=status,
-                cpu_cores=record.cpu_cores,
-                memory_mb=record.memory_mb,
-                gpu_units=record.gpu_units,
-                storage_gb=record.storage_gb,
-                unschedulable=record.unschedulable,
-                draining=record.draining,
                 last_heartbeat_at=now if ok else record.last_heartbeat_at,
-                labels=record.labels,
-                storage_driver=facts[0],
-                storage_limits=facts[1],
-                engine_version=facts[2],
+                storage_driver=driver,
+                storage_limits=limits,
+                engine_version=version,
             )
         self._nodes = None  # probes changed `_info` and `_up_since`
         await self._store.update_nodes(changes)
