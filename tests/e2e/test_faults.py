@@ -221,6 +221,11 @@ async def test_sigkill_at_random_points_during_scale_up_down_and_delete(
         assert operations <= 25, f"too few kills landed mid-operation: {kills} (seed {seed})"
         before = target
         kind = rng.choice(("up", "up", "down", "down", "delete"))
+        # Enough kills landed but a kind had none yet: steer the walk to it, so a seed that
+        # rarely draws "delete" still ends within the bound below.
+        missing = [k for k in ("up", "down", "delete") if k not in kills.mid_operation]
+        if sum(kills.mid_operation.values()) >= KILL_POINTS and missing:
+            kind = rng.choice(missing)
         if current is None:
             kind, generation, target = "up", generation + 1, rng.randint(5, 10)
             label = f"create victim-{generation} with {target}"
