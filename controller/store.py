@@ -427,10 +427,12 @@ class Store:
             return await load()
         if self._unusable and time.monotonic() - self._scanned_at >= _RESCAN_SECONDS:
             await self.find_unusable()  # fixed rows come back
+        # What this load leaves out: a concurrent load may find a bad row between here and
+        # our failure, and then our own scan finds nothing new, yet our load did not skip it.
+        before = set(self._unusable)
         try:
             return await load()
         except (ValueError, TypeError):
-            before = set(self._unusable)
             await self.find_unusable()
             if set(self._unusable) <= before:
                 raise

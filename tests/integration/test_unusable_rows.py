@@ -19,6 +19,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from structlog.testing import capture_logs
 
+from controller.model import Deployment
 from controller.store import Store
 from schema import engine as engine_mod
 from tests.harness import database
@@ -112,6 +113,47 @@ async def test_sqlite_a_deployment_with_an_unreadable_value_is_held_with_a_reaso
     await store.find_unusable()
     assert store.held == frozenset()
     assert {d.id for d in await store.load_active()} == {good, bad}
+
+
+async def _load_after(store: Store, delay: float, ids: list[uuid.UUID]) -> list[Deployment]:
+    await asyncio.sleep(delay)
+    return await store.load_deployments(ids)
+
+
+async def test_sqlite_concurrent_loads_that_meet_one_bad_row_all_succeed(
+    sqlite_engine: AsyncEngine,
+) -> None:
+    """Workers load concurrently: a load that failed on a row another load's scan had just
+    found must run again without it, not fail (seen in CI as `reconcile_crashed`)."""
+    engine = sqlite_engine
+    op = Operator(engine)
+    user = await op.add_user()
+    good = [await op.add_deployment(user, f"good-{i}", replicas=1) for i in range(3)]
+    bad = await op.add_deployment(user, "bad", replicas=1)
+    await _sql(engine, f"UPDATE deployments SET deleted_at = 'now' WHERE id = '{bad}'")
+    store = Store(engine)
+
+    with capture_logs() as logs:
+        for _ in range(10):
+            # Starts spread over the time a scan takes, so some load begins before another's
+            # scan ends and fails after it.
+            loads = await asyncio.gather(
+                *(_load_after(store, i * 0.002, [*good, bad]) for i in range(12)),
+                return_exceptions=True,
+            )
+            failures = [r for r in loads if isinstance(r, BaseException)]
+            assert not failures, failures
+            for found in loads:
+                assert isinstance(found, list)
+                assert {d.id for d in found} == set(good)
+            assert store.held == {bad}
+            # Fixed and scanned, then broken again: each round starts from a clean set.
+            await _sql(engine, f"UPDATE deployments SET deleted_at = NULL WHERE id = '{bad}'")
+            await store.find_unusable()
+            assert store.held == frozenset()
+            await _sql(engine, f"UPDATE deployments SET deleted_at = 'now' WHERE id = '{bad}'")
+
+    assert len([e for e in logs if e["event"] == "row_unusable"]) == 10
 
 
 async def test_sqlite_an_id_written_past_the_checks_is_left_out_and_reported(
