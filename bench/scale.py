@@ -67,10 +67,11 @@ from controller import loop as loop_module
 from controller.loop import Controller
 from controller.model import NodeRecord, NodeStatus, Resources, spec_hash
 from controller.plan import Observed
+from controller.readmodel import DEPLOYMENTS, HISTORY, NODES, REPLICAS, RESOURCES
 from controller.runtime import ContainerSpec
 from controller.runtime.hollow import HollowNode, HollowRuntime, hollow_url
 from controller.settings import Settings
-from controller.store import DEPLOYMENTS, HISTORY, NODES, REPLICAS, RESOURCES, Store
+from controller.store import Store
 from schema.engine import create_engine
 from schema.models import User
 from tests.harness.database import TemplateDatabases, admin_url_from_env

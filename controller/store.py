@@ -19,7 +19,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import wraps
-from typing import Any, ParamSpec, TypeVar, cast
+from typing import Any, ParamSpec, TypeVar
 
 import structlog
 from sqlalchemy import (
@@ -38,6 +38,7 @@ from sqlalchemy import (
     text,
     true,
     type_coerce,
+    union_all,
     update,
 )
 from sqlalchemy.dialects import postgresql
@@ -53,7 +54,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from controller import errors
+from controller import errors, readmodel
 from controller.coalesce import Coalescer
 from controller.model import (
     Deployment,
@@ -65,10 +66,10 @@ from controller.model import (
     ReplicaStatus,
     Resources,
 )
+from controller.readmodel import CONTROL_PLANE, DEPLOYMENTS, HISTORY, NODES, REPLICAS, RESOURCES
 from controller.storage import StorageLimits
-from schema import models as tables
 from schema.engine import writer
-from schema.enums import LIVE_REPLICA_STATUSES, TERMINAL_REPLICA_STATUSES
+from schema.enums import TERMINAL_REPLICA_STATUSES
 from schema.models import REASON_MAX_LENGTH, UUIDType
 
 log = structlog.get_logger(__name__)
@@ -77,16 +78,8 @@ P = ParamSpec("P")
 T = TypeVar("T")
 R = TypeVar("R")
 
-# The tables as Core objects: the store speaks Core, not the ORM (no sessions, no lazy loads).
-DEPLOYMENTS = cast(Table, tables.Deployment.__table__)
-RESOURCES = cast(Table, tables.DeploymentResource.__table__)
-REPLICAS = cast(Table, tables.DeploymentReplica.__table__)
-HISTORY = cast(Table, tables.DeploymentStatusHistory.__table__)
-NODES = cast(Table, tables.Node.__table__)
-CONTROL_PLANE = cast(Table, tables.ControlPlane.__table__)
-
-_NOT_TERMINAL = [s.value for s in ReplicaStatus if s not in TERMINAL_REPLICA_STATUSES]
-_LIVE = [s.value for s in LIVE_REPLICA_STATUSES]
+_NOT_TERMINAL = readmodel.NOT_TERMINAL
+_LIVE = readmodel.LIVE
 DB_RETRY_ATTEMPTS = 5
 # Most ids in one IN list (well under SQLite's bound-parameter limit).
 _IN_CHUNK = 500
@@ -448,8 +441,7 @@ class Store:
         return await self._tolerant(lambda: self._load_deployments(ids))
 
     async def _load_deployments(self, ids: Sequence[uuid.UUID] | None) -> list[Deployment]:
-        d, res = DEPLOYMENTS, RESOURCES
-        rep, hist = REPLICAS, HISTORY
+        d, rep = DEPLOYMENTS, REPLICAS
         scope: ColumnElement[bool]
         if ids is not None:
             ids = list(ids)
@@ -460,13 +452,7 @@ class Store:
             scope = d.c.status != DeploymentStatus.DELETED.value
         scope = and_(scope, self._skip(d))
         async with self._engine.connect() as conn:
-            rows = (
-                await conn.execute(
-                    select(d, res.c.cpu_cores, res.c.memory_mb, res.c.gpu_units, res.c.storage_gb)
-                    .select_from(d.outerjoin(res, res.c.deployment_id == d.c.id))
-                    .where(scope)
-                )
-            ).all()
+            rows = (await conn.execute(readmodel.deployments_with_resources(scope))).all()
             replica_rows = (
                 await conn.execute(
                     select(rep)
@@ -475,29 +461,7 @@ class Store:
                     .order_by(rep.c.created_at, rep.c.id)
                 )
             ).all()
-            ranked = (
-                select(
-                    hist.c.deployment_id,
-                    hist.c.reason,
-                    hist.c.changed_at,
-                    func.row_number()
-                    .over(
-                        partition_by=hist.c.deployment_id,
-                        order_by=(hist.c.changed_at.desc(), hist.c.id.desc()),
-                    )
-                    .label("rn"),
-                )
-                .join(d, d.c.id == hist.c.deployment_id)
-                .where(scope)
-                .subquery()
-            )
-            last_rows = (
-                await conn.execute(
-                    select(ranked.c.deployment_id, ranked.c.reason, ranked.c.changed_at).where(
-                        ranked.c.rn == 1
-                    )
-                )
-            ).all()
+            last_rows = (await conn.execute(select(readmodel.newest_history(scope)))).all()
         replicas: dict[uuid.UUID, list[Replica]] = {}
         # PostgreSQL's column types already guarantee numbers: the check costs it nothing.
         checked = self._engine.dialect.name == "sqlite"
@@ -510,11 +474,7 @@ class Store:
         for row in rows:
             if checked:
                 _numbers(row, _DEPLOYMENT_NUMBERS)
-            resources = (
-                Resources(row.cpu_cores, row.memory_mb, row.gpu_units, row.storage_gb)
-                if row.cpu_cores is not None
-                else None
-            )
+            resources = readmodel.resources_of(row)
             reason, changed_at = last.get(row.id, (None, None))
             out.append(
                 Deployment(
@@ -638,25 +598,40 @@ class Store:
         return await self._tolerant(self._node_usage)
 
     async def _node_usage(self) -> dict[uuid.UUID, Resources]:
-        rep, res = REPLICAS, RESOURCES
+        query = readmodel.node_usage(self._skip(REPLICAS))
         async with self._engine.connect() as conn:
-            rows = (
-                await conn.execute(
-                    select(
-                        rep.c.node_id,
-                        func.coalesce(func.sum(res.c.cpu_cores), 0.0),
-                        func.coalesce(func.sum(res.c.memory_mb), 0),
-                        func.coalesce(func.sum(res.c.gpu_units), 0),
-                        func.coalesce(func.sum(res.c.storage_gb), 0),
-                    )
-                    .join(res, res.c.deployment_id == rep.c.deployment_id)
-                    .where(rep.c.node_id.is_not(None), rep.c.status.in_(_LIVE), self._skip(rep))
-                    .group_by(rep.c.node_id)
-                )
-            ).all()
-        return {
-            row[0]: Resources(float(row[1]), int(row[2]), int(row[3]), int(row[4])) for row in rows
-        }
+            rows = (await conn.execute(query)).all()
+        return {row.node_id: readmodel.usage_of(row) for row in rows}
+
+    async def changed_since(self, since: datetime | None) -> list[tuple[uuid.UUID, datetime]]:
+        """Deployments whose row or resources row changed after `since` (every one when None),
+        each with its newest change: the SQLite poller's question (controller/watch.py).
+
+        Values are read raw and parsed one by one: a row an operator wrote that cannot be read
+        (see `find_unusable`, which reports it) is left out, not a failure every second."""
+        d, res = DEPLOYMENTS, RESOURCES
+        changed = union_all(
+            select(d.c.id.label("id"), d.c.updated_at.label("at")),
+            select(res.c.deployment_id.label("id"), res.c.updated_at.label("at")),
+        ).subquery()
+        query = select(
+            type_coerce(changed.c.id, NullType()), type_coerce(func.max(changed.c.at), NullType())
+        ).group_by(changed.c.id)
+        if since is not None:
+            query = query.where(changed.c.at > since)
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+            parse_at = d.c.updated_at.type._cached_result_processor(conn.dialect, None)
+        out = []
+        for raw_id, raw_at in rows:
+            try:
+                deployment_id = uuid.UUID(str(raw_id))
+                at = parse_at(raw_at) if parse_at is not None else raw_at
+            except (ValueError, TypeError):
+                continue
+            if isinstance(at, datetime):
+                out.append((deployment_id, at))
+        return out
 
     # --- writes ----------------------------------------------------------------------------
 

@@ -1,5 +1,7 @@
 """Every SQL statement fogctl runs: the operator's side of the database, apart from the daemon's
-`controller.store` (which owns the controller's columns and is changed by other hands).
+`controller.store` (which owns the controller's columns and is changed by other hands). What
+both programs read alike (a deployment with its resources, its newest history row, what live
+replicas hold on each node) is built once in `controller.readmodel` and only run from here.
 
 Two rules shape every function here:
 - User isolation. Each deployment query takes the user's id and filters by it, in the read
@@ -16,14 +18,14 @@ Reads are a constant number of statements whatever the number of rows (no N+1).
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import Any, cast
+from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
     Select,
-    Table,
     and_,
     case,
     delete,
@@ -38,20 +40,15 @@ from sqlalchemy.engine import Row
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from controller import readmodel
 from controller.fogctl import views
 from controller.fogctl.errors import InputError, NotFound, constraint_message
+from controller.readmodel import DEPLOYMENTS, HISTORY, NODES, REPLICAS, RESOURCES, USERS
 from schema import api
 from schema import models as tables
-from schema.enums import LIVE_REPLICA_STATUSES, DeploymentStatus, NodeStatus, ReplicaStatus
+from schema.enums import DeploymentStatus, NodeStatus, ReplicaStatus
 
-USERS = cast(Table, tables.User.__table__)
-NODES = cast(Table, tables.Node.__table__)
-DEPLOYMENTS = cast(Table, tables.Deployment.__table__)
-RESOURCES = cast(Table, tables.DeploymentResource.__table__)
-REPLICAS = cast(Table, tables.DeploymentReplica.__table__)
-HISTORY = cast(Table, tables.DeploymentStatusHistory.__table__)
-
-_LIVE = [s.value for s in LIVE_REPLICA_STATUSES]
+_LIVE = readmodel.LIVE
 
 
 def refused(exc: DBAPIError, values: Mapping[str, object] | None = None) -> InputError:
@@ -105,7 +102,7 @@ def _deployment_select(scope: ColumnElement[bool]) -> Select[Any]:
     One statement: counts and the newest history row come from grouped/ranked subqueries
     restricted to the same scope, so a listing costs the same for 1 or 1,000 deployments.
     """
-    d, u, res, rep, hist = DEPLOYMENTS, USERS, RESOURCES, REPLICAS, HISTORY
+    d, u, rep = DEPLOYMENTS, USERS, REPLICAS
     in_scope = select(d.c.id).join(u, u.c.id == d.c.user_id).where(scope)
     counts = (
         select(
@@ -122,30 +119,12 @@ def _deployment_select(scope: ColumnElement[bool]) -> Select[Any]:
         .group_by(rep.c.deployment_id)
         .subquery()
     )
-    ranked = (
-        select(
-            hist.c.deployment_id,
-            hist.c.reason,
-            hist.c.changed_at,
-            func.row_number()
-            .over(
-                partition_by=hist.c.deployment_id,
-                order_by=(hist.c.changed_at.desc(), hist.c.id.desc()),
-            )
-            .label("rn"),
-        )
-        .where(hist.c.deployment_id.in_(in_scope))
-        .subquery()
-    )
-    last = select(ranked).where(ranked.c.rn == 1).subquery()
+    last = readmodel.newest_history(scope)
     return (
         select(
             d,
             u.c.username.label("user"),
-            res.c.cpu_cores,
-            res.c.memory_mb,
-            res.c.gpu_units,
-            res.c.storage_gb,
+            *readmodel.RESOURCE_COLUMNS,
             func.coalesce(counts.c.running, 0).label("running_replicas"),
             func.coalesce(counts.c.live, 0).label("live_replicas"),
             func.coalesce(counts.c.stopping, 0).label("stopping_replicas"),
@@ -153,8 +132,8 @@ def _deployment_select(scope: ColumnElement[bool]) -> Select[Any]:
             last.c.changed_at.label("status_changed_at"),
         )
         .select_from(
-            d.join(u, u.c.id == d.c.user_id)
-            .outerjoin(res, res.c.deployment_id == d.c.id)
+            readmodel.with_resources()
+            .join(u, u.c.id == d.c.user_id)
             .outerjoin(counts, counts.c.deployment_id == d.c.id)
             .outerjoin(last, last.c.deployment_id == d.c.id)
         )
@@ -164,15 +143,10 @@ def _deployment_select(scope: ColumnElement[bool]) -> Select[Any]:
 
 def _deployment(row: Row[Any]) -> views.DeploymentRow:
     m = dict(row._mapping)
-    resources = None
-    if m.get("cpu_cores") is not None:
-        resources = views.Resources(
-            cpu_cores=m["cpu_cores"],
-            memory_mb=m["memory_mb"],
-            gpu_units=m["gpu_units"],
-            storage_gb=m["storage_gb"],
-        )
-    m["resources"] = resources
+    resources = readmodel.resources_of(row)
+    m["resources"] = (
+        views.Resources.model_validate(resources, from_attributes=True) if resources else None
+    )
     return views.DeploymentRow.model_validate(m)
 
 
@@ -448,28 +422,12 @@ async def list_nodes(
     conn: AsyncConnection, *, statuses: Sequence[NodeStatus] = (), name: str | None = None
 ) -> list[views.NodeRow]:
     """Nodes with what their live replicas hold (the same sum the scheduler uses)."""
-    n, rep, res = NODES, REPLICAS, RESOURCES
-    usage = (
-        select(
-            rep.c.node_id,
-            func.count().label("live_replicas"),
-            func.coalesce(func.sum(res.c.cpu_cores), 0.0).label("used_cpu"),
-            func.coalesce(func.sum(res.c.memory_mb), 0).label("used_memory"),
-            func.coalesce(func.sum(res.c.gpu_units), 0).label("used_gpu"),
-            func.coalesce(func.sum(res.c.storage_gb), 0).label("used_storage"),
-        )
-        .select_from(rep.outerjoin(res, res.c.deployment_id == rep.c.deployment_id))
-        .where(rep.c.node_id.is_not(None), rep.c.status.in_(_LIVE))
-        .group_by(rep.c.node_id)
-        .subquery()
-    )
+    n = NODES
+    usage = readmodel.node_usage().subquery("usage")
     stmt = select(
         n,
         func.coalesce(usage.c.live_replicas, 0).label("live_replicas"),
-        func.coalesce(usage.c.used_cpu, 0.0).label("used_cpu"),
-        func.coalesce(usage.c.used_memory, 0).label("used_memory"),
-        func.coalesce(usage.c.used_gpu, 0).label("used_gpu"),
-        func.coalesce(usage.c.used_storage, 0).label("used_storage"),
+        *(usage.c[name].label(f"used_{name}") for name in readmodel.USAGE_COLUMNS),
     ).select_from(n.outerjoin(usage, usage.c.node_id == n.c.id))
     if statuses:
         stmt = stmt.where(n.c.status.in_([s.value for s in statuses]))
@@ -477,13 +435,11 @@ async def list_nodes(
         stmt = stmt.where(n.c.name == name)
     out = []
     for row in await conn.execute(stmt.order_by(n.c.name, n.c.id)):
-        m = dict(row._mapping)
-        m["allocated"] = views.Resources(
-            cpu_cores=round(float(m.pop("used_cpu")), 6),
-            memory_mb=int(m.pop("used_memory")),
-            gpu_units=int(m.pop("used_gpu")),
-            storage_gb=int(m.pop("used_storage")),
-        )
+        m = {k: v for k, v in row._mapping.items() if not k.startswith("used_")}
+        used = readmodel.usage_of(row, prefix="used_")
+        # Sums of floats carry noise (0.1 + 0.2): shown to the microcore.
+        used = dataclasses.replace(used, cpu_cores=round(used.cpu_cores, 6))
+        m["allocated"] = views.Resources.model_validate(used, from_attributes=True)
         m["labels"] = m.get("labels") or {}
         out.append(views.NodeRow.model_validate(m))
     return out

@@ -30,9 +30,10 @@ from controller.model import (
     LABEL_SPEC,
     MANAGED_BY_VALUE,
 )
+from controller.readmodel import DEPLOYMENTS, HISTORY, NODES, REPLICAS, RESOURCES
 from controller.runtime.docker import DockerRuntime
 from controller.settings import Settings
-from controller.store import DEPLOYMENTS, HISTORY, NODES, REPLICAS, RESOURCES, Store
+from controller.store import Store
 from schema.engine import create_engine
 from schema.models import User
 from tests.harness.engines import API_VERSION, TEST_IMAGE

@@ -26,7 +26,7 @@ import pytest
 from sqlalchemy import RowMapping
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from controller.store import NODES
+from controller.readmodel import NODES
 from tests.harness.engines import API_VERSION, DEFAULT_CMD, Cluster, build_image
 from tests.harness.fleet import (
     Detail,

@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from typer.testing import CliRunner, Result
 
 from controller.fogctl import app
-from controller.fogctl.queries import DEPLOYMENTS, HISTORY, NODES, REPLICAS, RESOURCES, USERS
+from controller.readmodel import DEPLOYMENTS, HISTORY, NODES, REPLICAS, RESOURCES, USERS
 from schema.engine import create_engine, writer
 
 T = TypeVar("T")

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from controller.fogctl import queries, session
 from controller.fogctl.errors import InputError
-from controller.fogctl.queries import NODES, USERS
+from controller.readmodel import NODES, USERS
 from schema import migrate
 from schema.api import DeploymentCreate, DeploymentResourceCreate, NodeCreate
 from tests.integration.test_fogctl import (

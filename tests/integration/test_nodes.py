@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from controller.store import NODES, REPLICAS
+from controller.readmodel import NODES, REPLICAS
 from tests.harness.engines import Cluster
 from tests.harness.fleet import (
     Operator,

@@ -275,7 +275,7 @@ async def test_storage_limit_on_a_node_that_cannot_cap_disk_is_monitored(
 
 
 async def _node_facts(op: Operator) -> list[Any]:
-    from controller.store import NODES
+    from controller.readmodel import NODES
 
     async with op.engine.connect() as conn:
         query = NODES.select().order_by(NODES.c.name)
@@ -291,7 +291,7 @@ async def test_a_node_that_keeps_refusing_is_passed_over_with_its_words(
     is passed over, the replica runs on node-2, and the history says which nodes refused,
     in their words."""
     op, urls, user = fleet
-    from controller.store import NODES
+    from controller.readmodel import NODES
 
     async with op.engine.begin() as conn:
         for name, cpu, memory in (("node-0", 1000, 10**7), ("node-1", 100, 10**6)):
@@ -329,7 +329,7 @@ async def test_a_node_that_keeps_refusing_is_passed_over_with_its_words(
 async def test_gpu_request_on_node_without_driver_fails_clearly(db_url: str, fleet: Any) -> None:
     op, urls, user = fleet
     async with op.engine.begin() as conn:
-        from controller.store import NODES
+        from controller.readmodel import NODES
 
         await conn.execute(NODES.update().where(NODES.c.name == "node-0").values(gpu_units=2))
     settings = settings_for_tests(db_url, progress_deadline_seconds=2.0)
@@ -344,7 +344,7 @@ async def test_gpu_request_on_node_without_driver_fails_clearly(db_url: str, fle
 async def test_unschedulable_reason(db_url: str, fleet: Any) -> None:
     op, _, user = fleet
     async with op.engine.begin() as conn:
-        from controller.store import NODES
+        from controller.readmodel import NODES
 
         await conn.execute(NODES.update().values(memory_mb=1024))
     async with running_controller(settings_for_tests(db_url)):
