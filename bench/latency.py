@@ -63,8 +63,8 @@ from bench.convergence import (
 )
 from bench.events import ContainerEvent, EventRecorder, has_label
 from bench.report import RESULTS_DIR
-from controller.leader import asyncpg_dsn
 from controller.model import LABEL_DEPLOYMENT
+from controller.pgsessions import asyncpg_dsn
 from schema.models import NOTIFY_CHANNEL
 from tests.e2e.daemon import FAST_ENV, Daemon, Sql, daemon_env, free_port
 from tests.harness.database import TemplateDatabases, admin_url_from_env

@@ -3,8 +3,9 @@
 PostgreSQL: many controllers may run against one database; the one holding a session-level
 advisory lock acts, the others stand by and retry every `retry_seconds`. The lock lives on a
 dedicated asyncpg connection outside any pool (a pool resets returned connections and would
-drop it). When that connection dies the server releases the lock, so a standby takes over
-within one retry period of the leader's death.
+drop it); its statements are the store's, in controller/pgsessions.py. When that connection
+dies the server releases the lock, so a standby takes over within one retry period of the
+leader's death.
 
 A lock alone cannot stop a leader that has lost it without noticing (a paused process, a
 partition): client-go's own docs say as much of leases. So on winning, the leader bumps
@@ -32,14 +33,11 @@ from typing import IO, Any
 
 import asyncpg
 import structlog
-from sqlalchemy.engine import make_url
 
-from controller import errors
+from controller import errors, pgsessions
 
 log = structlog.get_logger(__name__)
 
-# pg_advisory_lock key: any constant works if every controller uses the same one.
-ADVISORY_LOCK_KEY = 0x0F0C_0417
 # Kubernetes' leader election retries every 2 s; our lock is held by a live session, so the
 # retry period bounds takeover time.
 RETRY_SECONDS = 2.0
@@ -55,11 +53,6 @@ class AlreadyRunning(errors.PermanentError):
 
 def identity() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def asyncpg_dsn(url: str) -> str:
-    """A SQLAlchemy `postgresql+asyncpg://` URL as the DSN asyncpg itself takes."""
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 @dataclass
@@ -95,7 +88,7 @@ class PgElector:
         retry_seconds: float = RETRY_SECONDS,
         check_seconds: float = CHECK_SECONDS,
     ) -> None:
-        self._dsn = asyncpg_dsn(url)
+        self._dsn = pgsessions.asyncpg_dsn(url)
         self._holder = holder or identity()
         self._retry = retry_seconds
         self._check = check_seconds
@@ -107,13 +100,9 @@ class PgElector:
             conn = None
             try:
                 conn = await asyncio.wait_for(self._connect(), CHECK_TIMEOUT_SECONDS)
-                if await conn.fetchval("SELECT pg_try_advisory_lock($1)", ADVISORY_LOCK_KEY):
-                    epoch = await conn.fetchval(
-                        "UPDATE control_plane SET epoch = epoch + 1, holder = $1, "
-                        "acquired_at = now() WHERE id = 1 RETURNING epoch",
-                        self._holder,
-                    )
-                    lease = Lease(epoch=int(epoch), _conn=conn)
+                epoch = await pgsessions.try_lead(conn, self._holder)
+                if epoch is not None:
+                    lease = Lease(epoch=epoch, _conn=conn)
                     lease._monitor = asyncio.create_task(self._watch(lease))
                     log.info("leader_elected", epoch=lease.epoch, holder=self._holder)
                     return lease
@@ -151,7 +140,7 @@ class PgElector:
         try:
             while True:
                 await asyncio.sleep(self._check)
-                await asyncio.wait_for(conn.fetchval("SELECT 1"), CHECK_TIMEOUT_SECONDS)
+                await pgsessions.probe(conn, CHECK_TIMEOUT_SECONDS)
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -245,12 +245,12 @@ class Controller:
 
     async def _watch_loop(self) -> None:
         """Instant wake-ups: NOTIFY on PostgreSQL, the updated_at poll on SQLite."""
-        if self.store.engine.dialect.name == "postgresql":
+        if is_sqlite(self.settings.database_url):
+            await SqlitePoller(self.store, self.queue.add).run(self._ended)
+        else:
             await PgListener(self.settings.database_url, self.queue.add, self.resync_now).run(
                 self._ended
             )
-        else:
-            await SqlitePoller(self.store.engine, self.queue.add).run(self._ended)
 
     async def _wait_for_store(self) -> None:
         """The database may be down at boot: wait for it rather than exiting."""

@@ -10,8 +10,8 @@ silently dead connection only on its next use), and after reconnecting asks for 
 notifications sent while it was down are gone for good.
 
 SQLite: no NOTIFY; an indexed poll of `updated_at` every second (as k3s' kine polls) finds
-deployments and resources changed since the last look. Node edits are seen by the heartbeat,
-which re-reads the node rows anyway.
+deployments and resources changed since the last look (`Store.changed_since`). Node edits are
+seen by the heartbeat, which re-reads the node rows anyway.
 """
 
 from __future__ import annotations
@@ -26,14 +26,10 @@ from typing import Any
 
 import asyncpg
 import structlog
-from sqlalchemy import func, select, type_coerce, union_all
-from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.types import NullType
 
-from controller import errors
-from controller.leader import asyncpg_dsn
-from controller.store import DEPLOYMENTS, RESOURCES
-from schema.models import NOTIFY_CHANNEL
+from controller import errors, pgsessions
+from controller.pgsessions import NOTIFY_CHANNEL
+from controller.store import Store
 
 log = structlog.get_logger(__name__)
 
@@ -66,7 +62,7 @@ class PgListener:
         *,
         probe_seconds: float = PROBE_SECONDS,
     ) -> None:
-        self._dsn = asyncpg_dsn(url)
+        self._dsn = pgsessions.asyncpg_dsn(url)
         self._on_deployment = on_deployment
         self._on_resync = on_resync
         self._probe = probe_seconds
@@ -96,7 +92,7 @@ class PgListener:
                         await asyncio.wait_for(stop.wait(), self._probe)
                     if stop.is_set():
                         break
-                    await asyncio.wait_for(conn.fetchval("SELECT 1"), PROBE_TIMEOUT_SECONDS)
+                    await pgsessions.probe(conn, PROBE_TIMEOUT_SECONDS)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
                 log.warning(
                     "listener_lost",
@@ -116,43 +112,24 @@ class PgListener:
 
 class SqlitePoller:
     def __init__(
-        self, engine: AsyncEngine, on_deployment: OnDeployment, *, seconds: float = POLL_SECONDS
+        self, store: Store, on_deployment: OnDeployment, *, seconds: float = POLL_SECONDS
     ) -> None:
-        self._engine = engine
+        self._store = store
         self._on_deployment = on_deployment
         self._seconds = seconds
         self._since: datetime | None = None
 
     async def poll(self) -> int:
-        """Enqueue what changed since the last poll; returns how many keys."""
-        changed = union_all(
-            select(DEPLOYMENTS.c.id.label("id"), DEPLOYMENTS.c.updated_at.label("at")),
-            select(RESOURCES.c.deployment_id.label("id"), RESOURCES.c.updated_at.label("at")),
-        ).subquery()
-        # Raw values, parsed one by one: a row an operator wrote that cannot be read (see
-        # `Store.find_unusable`, which reports it) is skipped here, not a failure every second.
-        query = select(
-            type_coerce(changed.c.id, NullType()), type_coerce(func.max(changed.c.at), NullType())
-        ).group_by(changed.c.id)
-        if self._since is not None:
-            query = query.where(changed.c.at > self._since)
-        async with self._engine.connect() as conn:
-            rows = (await conn.execute(query)).all()
-            parse_at = DEPLOYMENTS.c.updated_at.type._cached_result_processor(conn.dialect, None)
+        """Enqueue what changed since the last poll; returns how many keys. The first poll
+        only takes the starting point: the first resync looks at everything anyway."""
         first = self._since is None
-        for row in rows:
-            try:
-                deployment_id = uuid.UUID(str(row[0]))
-                at = parse_at(row[1]) if parse_at is not None else row[1]
-            except (ValueError, TypeError):
-                continue
-            if not isinstance(at, datetime):
-                continue
+        changed = await self._store.changed_since(self._since)
+        for deployment_id, at in changed:
             if self._since is None or at > self._since:
                 self._since = at
             if not first:
                 self._on_deployment(deployment_id)
-        return 0 if first else len(rows)
+        return 0 if first else len(changed)
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

@@ -5,23 +5,31 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
+from structlog.testing import capture_logs
 
 from controller import errors
 from controller.leader import AlreadyRunning, PgElector, SqliteLock
 from controller.model import ReplicaStatus
 from controller.store import Store, Transition
-from tests.harness.fleet import Operator
+from tests.harness.fleet import Operator, eventually
+
+
+async def _logged(logs: list[dict[str, Any]], event: str) -> bool:
+    return any(e["event"] == event for e in logs)
 
 
 async def test_one_leader_and_a_standby_that_takes_over(pg_url: str) -> None:
     stop = asyncio.Event()
     first = await PgElector(pg_url, "a", retry_seconds=0.1).acquire(stop)
     assert first is not None
-    standby = asyncio.create_task(PgElector(pg_url, "b", retry_seconds=0.1).acquire(stop))
-    await asyncio.sleep(0.5)
+    with capture_logs() as logs:
+        standby = asyncio.create_task(PgElector(pg_url, "b", retry_seconds=0.1).acquire(stop))
+        # The standby has tried the lock and lost: it says so once, on its first refusal.
+        await eventually(lambda: _logged(logs, "leader_standby"), within=5)
     assert not standby.done(), "two leaders at once"
     await first.release()  # the leader dies: its session, and so its lock, ends
     second = await asyncio.wait_for(standby, 5)

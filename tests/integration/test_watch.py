@@ -6,11 +6,14 @@ import asyncio
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncEngine
+from structlog.testing import capture_logs
 
-from controller.store import NODES, RESOURCES
+from controller.readmodel import NODES, RESOURCES
+from controller.store import Store
 from controller.watch import PgListener, SqlitePoller, parse
 from schema import engine as engine_mod
 from schema import migrate
@@ -30,10 +33,11 @@ async def test_notify_on_operator_edits_only(pg_url: str, pg_engine: AsyncEngine
     keys, resyncs, on_key, on_resync = _collector()
     stop = asyncio.Event()
     listener = PgListener(pg_url, on_key, on_resync, probe_seconds=0.2)
-    task = asyncio.create_task(listener.run(stop))
+    with capture_logs() as logs:
+        task = asyncio.create_task(listener.run(stop))
+        await eventually(lambda: _logged(logs, "listener_connected"), within=10)
     try:
         user = await op.add_user()
-        await asyncio.sleep(0.5)  # the listener connects
         d = await op.add_deployment(user, "notified")
         await eventually(lambda: _has(keys, d), within=5)
         keys.clear()
@@ -52,8 +56,11 @@ async def test_notify_on_operator_edits_only(pg_url: str, pg_engine: AsyncEngine
         await eventually(lambda: _count(resyncs, 1), within=5)
         async with pg_engine.begin() as conn:
             await conn.execute(update(NODES).where(NODES.c.id == node).values(status="ready"))
-        await asyncio.sleep(0.5)
-        assert keys == []
+        # A barrier, not a pause: notifications arrive in commit order, so once the next
+        # operator edit's key is here, one for the status write above would have been too.
+        await op.scale(d, 4)
+        await eventually(lambda: _has(keys, d), within=5)
+        assert keys == [d]
         assert len(resyncs) == 1
     finally:
         stop.set()
@@ -68,6 +75,10 @@ async def _count(items: list[int], n: int) -> bool:
     return len(items) >= n
 
 
+async def _logged(logs: list[dict[str, Any]], event: str) -> bool:
+    return any(e["event"] == event for e in logs)
+
+
 async def test_sqlite_poll_finds_edits_since_last_look(tmp_path: Path) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path}/fog.db"
     await migrate.upgrade_async(url)
@@ -77,7 +88,7 @@ async def test_sqlite_poll_finds_edits_since_last_look(tmp_path: Path) -> None:
         user = await op.add_user()
         before = await op.add_deployment(user, "old")
         keys: list[uuid.UUID] = []
-        poller = SqlitePoller(engine, keys.append)
+        poller = SqlitePoller(Store(engine), keys.append)
         assert await poller.poll() == 0  # the first look only sets the mark
         d = await op.add_deployment(user, "new")
         assert await poller.poll() == 1
