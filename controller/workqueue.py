@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Generic, Protocol, TypeVar
 
 K = TypeVar("K", bound=Hashable)
@@ -35,6 +35,7 @@ class WorkQueue(Generic[K]):
         base_delay: float = BACKOFF_BASE_SECONDS,
         max_delay: float = BACKOFF_MAX_SECONDS,
         observer: QueueObserver | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._queue: deque[K] = deque()
         self._dirty: set[K] = set()
@@ -49,6 +50,7 @@ class WorkQueue(Generic[K]):
         # the get that hands it out (for a key re-added mid-reconcile, across the rest of it).
         self._observer = observer
         self._added_at: dict[K, float] = {}
+        self._clock = clock  # for the observer's waits (injectable: tests need no real waits)
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -63,7 +65,7 @@ class WorkQueue(Generic[K]):
         self._dirty.add(key)
         if self._observer is not None:
             self._observer.added()
-            self._added_at[key] = time.monotonic()
+            self._added_at[key] = self._clock()
         if key in self._processing:
             return  # re-queued by done()
         self._queue.append(key)
@@ -112,7 +114,7 @@ class WorkQueue(Generic[K]):
         self._processing.add(key)
         added_at = self._added_at.pop(key, None)
         if self._observer is not None and added_at is not None:
-            self._observer.waited(time.monotonic() - added_at)
+            self._observer.waited(self._clock() - added_at)
         return key
 
     def done(self, key: K) -> None:

@@ -3,7 +3,6 @@ instruments count. The HTTP side is in tests/integration/test_service.py."""
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import replace
 
 import pytest
@@ -150,34 +149,36 @@ def test_docker_errors_by_node_and_operation() -> None:
 
 async def test_queue_counts_real_adds_and_the_wait_until_get() -> None:
     m = Metrics()
-    q: WorkQueue[str] = WorkQueue(observer=m.workqueue)
+    clock = FakeClock()
+    q: WorkQueue[str] = WorkQueue(observer=m.workqueue, clock=clock)
     m.watch_queue(lambda: len(q), lambda: q.processing)
     q.add("a")
     q.add("a")  # already waiting: not an add
     q.add("b")
     assert sample(m, "fog_controller_workqueue_adds_total") == 2
     assert sample(m, "fog_controller_workqueue_depth") == 2
-    await asyncio.sleep(0.02)
+    clock.now += 0.02
     assert await q.get() == "a"
     assert sample(m, "fog_controller_workqueue_depth") == 1
     assert sample(m, "fog_controller_active_workers") == 1
     count = sample(m, "fog_controller_workqueue_queue_duration_seconds_count")
     total = sample(m, "fog_controller_workqueue_queue_duration_seconds_sum")
     assert count == 1
-    assert total is not None
-    assert total >= 0.02
+    assert total == pytest.approx(0.02)
 
 
 async def test_a_key_added_mid_reconcile_waits_from_that_add() -> None:
     m = Metrics()
-    q: WorkQueue[str] = WorkQueue(observer=m.workqueue)
+    clock = FakeClock()
+    q: WorkQueue[str] = WorkQueue(observer=m.workqueue, clock=clock)
     q.add("a")
+    clock.now += 5.0  # queued, not yet handed out: counted for the first get
     assert await q.get() == "a"
+    clock.now += 1.0  # reconciling: no wait yet
     q.add("a")  # an event during the reconcile: counted, queued when it is done
-    await asyncio.sleep(0.02)
+    clock.now += 0.02
     q.done("a")
     assert await q.get() == "a"
     assert sample(m, "fog_controller_workqueue_adds_total") == 2
     total = sample(m, "fog_controller_workqueue_queue_duration_seconds_sum")
-    assert total is not None
-    assert total >= 0.02
+    assert total == pytest.approx(5.0 + 0.02)  # the second wait runs from the mid-run add

@@ -40,10 +40,14 @@ async def test_add_after_fires_once_and_earliest_wins() -> None:
     q: WorkQueue[str] = WorkQueue()
     q.add_after("a", 10.0)
     q.add_after("a", 0.01)
+    q.add_after("a", 5.0)  # later than the pending timer: changes nothing
     got = await asyncio.wait_for(q.get(), 2.0)
     assert got == "a"
     q.done("a")
-    await asyncio.sleep(0.05)
+    # A barrier, not a pause: "b" fires after "a" did, so a second firing of "a" at or
+    # before its time would be queued ahead of "b".
+    q.add_after("b", 0.02)
+    assert await asyncio.wait_for(q.get(), 2.0) == "b"
     assert len(q) == 0
 
 
