@@ -23,8 +23,9 @@ from typing import Any
 import docker
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
+from structlog.testing import capture_logs
 
-from controller.store import NODES
+from controller.readmodel import NODES
 from tests.harness.engines import API_VERSION, Cluster, build_image, build_test_image
 from tests.harness.fleet import (
     Operator,
@@ -177,6 +178,15 @@ async def _wait_node(op: Operator, limits: str) -> None:
     await eventually(shown, within=30)
 
 
+def _logged_now(logs: list[dict[str, Any]], event: str) -> bool:
+    return any(e["event"] == event and e.get("node") == "xfs-0" for e in logs)
+
+
+async def _logged(logs: list[dict[str, Any]], event: str) -> bool:
+    """`event` logged for the xfs test's node (a probe failure: the engine seen down)."""
+    return _logged_now(logs, event)
+
+
 def _storage_opt(url: str, container: str) -> Any:
     client = docker.APIClient(base_url=url, version=API_VERSION)
     try:
@@ -196,17 +206,28 @@ async def test_xfs_without_pquota_refuses_the_limit_once_then_is_monitored_until
         op, url = Operator(engine), cluster.urls[0]
         await op.add_node("xfs-0", url)
         user = await op.add_user()
-        async with running_controller(settings_for_tests(db_url)):
-            await _wait_node(op, "enforced")
-            d = await op.add_deployment(user, "uncapped", replicas=2, storage_gb=1)
-            await eventually(lambda: converged(op, [url], d, 2), within=60)
-            for seen in managed_containers([url], d):
-                assert not _storage_opt(url, seen.id)
-            await _wait_node(op, "monitored")
-            assert all("pquota" not in h["reason"] for h in await op.history(d))
-            node = cluster.engines[0]
-            await asyncio.to_thread(node.stop)
-            await asyncio.sleep(2.0)  # a few heartbeats see it down
-            await asyncio.to_thread(node.start)
-            await _wait_node(op, "enforced")
-            await asyncio.to_thread(remove_managed_containers, [url])
+        with capture_logs() as logs:
+            async with running_controller(settings_for_tests(db_url)):
+                await _wait_node(op, "enforced")
+                d = await op.add_deployment(user, "uncapped", replicas=2, storage_gb=1)
+                await eventually(lambda: converged(op, [url], d, 2), within=60)
+                seen = managed_containers([url], d)
+                assert len(seen) == 2
+                for container in seen:
+                    assert not _storage_opt(url, container.id)
+                await _wait_node(op, "monitored")
+                # The fallback itself ran: a create with the limit was refused in the
+                # engine's words and the same create without it succeeded (creates racing
+                # before the first verdict may each have found that out).
+                fallbacks = [e for e in logs if e["event"] == "storage_limit_unenforced"]
+                assert fallbacks, [e["event"] for e in logs]
+                assert {e["node"] for e in fallbacks} == {"xfs-0"}
+                assert all(e["error"] for e in fallbacks)
+                assert all("pquota" not in h["reason"] for h in await op.history(d))
+                node = cluster.engines[0]
+                await asyncio.to_thread(node.stop)
+                await eventually(lambda: _logged(logs, "node_probe_failed"), within=30)
+                await asyncio.to_thread(node.start)
+                await _wait_node(op, "enforced")
+                assert _logged_now(logs, "storage_limit_recheck")
+                await asyncio.to_thread(remove_managed_containers, [url])

@@ -12,7 +12,6 @@ no key material ever reaches a log line.
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -31,10 +30,10 @@ from structlog.testing import capture_logs
 from controller import errors
 from controller.events import EventWatcher
 from controller.model import NodeRecord, NodeStatus
+from controller.readmodel import NODES
 from controller.runtime import ContainerSpec
 from controller.runtime.docker import DockerRuntime, EngineConnector
 from controller.settings import Settings
-from controller.store import NODES
 from tests.harness.engines import TEST_IMAGE, Cluster, Engine
 from tests.harness.fleet import (
     Operator,
@@ -298,7 +297,7 @@ async def test_a_reconcile_runs_replicas_on_a_tls_node_and_a_lost_key_makes_it_n
 
     with Relay(("127.0.0.1", tls_engine.tls_port)) as relay, capture_logs() as logs:
         bare_id = await op.add_node("edge-bare", relay.url)
-        async with running_controller(settings):
+        async with running_controller(settings) as controller:
             d = await op.add_deployment(user, "secure", replicas=2)
             await eventually(lambda: converged(op, [tls_engine.url], d, 2), within=60)
 
@@ -307,7 +306,19 @@ async def test_a_reconcile_runs_replicas_on_a_tls_node_and_a_lost_key_makes_it_n
             saved = key.read_bytes()
             key.unlink()
             await eventually(lambda: status_is("not_ready"), within=20)
-            await asyncio.sleep(1.0)  # a few more failed heartbeats and resyncs
+
+            # A few more resync passes (each after failed heartbeats) while it stays so.
+            def passes() -> float:
+                name = "fog_controller_resync_duration_seconds_count"
+                return controller.metrics.registry.get_sample_value(name) or 0.0
+
+            seen = passes()
+
+            async def resynced_twice() -> bool:
+                return passes() >= seen + 2
+
+            await eventually(resynced_twice, within=20)
+            assert await status_is("not_ready")
             assert len(managed_containers([tls_engine.url], d)) == 2
 
             key.write_bytes(saved)
