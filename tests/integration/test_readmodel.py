@@ -37,20 +37,25 @@ async def _replica(
         )
 
 
-async def _history(op: Operator, deployment: uuid.UUID, at: datetime, reason: str) -> uuid.UUID:
-    row_id = uuid.uuid4()
+async def _history(
+    op: Operator, deployment: uuid.UUID, rows: list[tuple[uuid.UUID, str]], at: datetime
+) -> None:
+    """History rows of one instant (as a status write makes them), `(id, reason)` each."""
     async with op.engine.begin() as conn:
         await conn.execute(
-            insert(HISTORY).values(
-                id=row_id,
-                deployment_id=deployment,
-                old_status="pending",
-                new_status="pending",
-                changed_at=at,
-                reason=reason,
-            )
+            insert(HISTORY),
+            [
+                {
+                    "id": row_id,
+                    "deployment_id": deployment,
+                    "old_status": "pending",
+                    "new_status": "pending",
+                    "changed_at": at,
+                    "reason": reason,
+                }
+                for row_id, reason in rows
+            ],
         )
-    return row_id
 
 
 async def test_node_usage_agrees_and_counts_a_replica_without_resources(
@@ -96,22 +101,11 @@ async def test_newest_reason_and_resources_agree(engine: AsyncEngine) -> None:
     quiet = await op.add_deployment(user, "quiet")
     async with engine.begin() as conn:
         await conn.execute(delete(RESOURCES).where(RESOURCES.c.deployment_id == quiet))
-    await _history(op, d, T0, "first")
+    await _history(op, d, [(uuid.uuid4(), "first")], T0)
     # Two rows of one instant: both programs must pick the same one (the greater id).
-    tied = sorted([uuid.uuid4(), uuid.uuid4()])
+    low, high = sorted([uuid.uuid4(), uuid.uuid4()])
     later = T0 + timedelta(seconds=5)
-    async with engine.begin() as conn:
-        for row_id, reason in zip(tied, ["tie low", "tie high"], strict=True):
-            await conn.execute(
-                insert(HISTORY).values(
-                    id=row_id,
-                    deployment_id=d,
-                    old_status="pending",
-                    new_status="pending",
-                    changed_at=later,
-                    reason=reason,
-                )
-            )
+    await _history(op, d, [(low, "tie low"), (high, "tie high")], later)
 
     loaded = {x.id: x for x in await Store(engine).load_deployments([d, quiet])}
     async with engine.connect() as conn:
