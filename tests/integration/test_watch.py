@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 from structlog.testing import capture_logs
 
@@ -97,6 +97,32 @@ async def test_sqlite_poll_finds_edits_since_last_look(tmp_path: Path) -> None:
         assert await poller.poll() == 1
         assert keys == [d, before]
         assert await poller.poll() == 0
+    finally:
+        await engine.dispose()
+
+
+async def test_sqlite_poll_passes_over_a_row_it_cannot_read(tmp_path: Path) -> None:
+    """Plain SQL can write any text into SQLite's `updated_at`: the poll leaves that row out
+    (the store's scan reports it) and still wakes the deployments it can read."""
+    url = f"sqlite+aiosqlite:///{tmp_path}/fog.db"
+    await migrate.upgrade_async(url)
+    engine = engine_mod.create_engine(url)
+    try:
+        op = Operator(engine)
+        user = await op.add_user()
+        bad = await op.add_deployment(user, "bad")
+        keys: list[uuid.UUID] = []
+        poller = SqlitePoller(Store(engine), keys.append)
+        assert await poller.poll() == 0
+        async with engine.begin() as conn:
+            result = await conn.execute(
+                text("UPDATE deployments SET updated_at = 'not a time' WHERE id = :id"),
+                {"id": str(bad)},
+            )
+        assert result.rowcount == 1
+        good = await op.add_deployment(user, "good")
+        assert await poller.poll() == 1
+        assert keys == [good]
     finally:
         await engine.dispose()
 
