@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-from sqlalchemy import ColumnElement, Join, Select, Subquery, Table, func, select
+from sqlalchemy import ColumnElement, Join, Select, Table, func, select
 
 from controller.model import Resources
 from schema import models as tables
@@ -60,10 +60,10 @@ def resources_of(row: Any) -> Resources | None:
 # --- the newest history row ------------------------------------------------------------------
 
 
-def newest_history(scope: ColumnElement[bool]) -> Subquery:
-    """One row per deployment in `scope` (a condition on DEPLOYMENTS): its newest history row's
-    `deployment_id`, `reason` and `changed_at`. Rows of one instant are ordered by id, so both
-    programs name the same row as newest."""
+def newest_history(scope: ColumnElement[bool]) -> Select[Any]:
+    """One row per deployment in `scope` (a condition on DEPLOYMENTS only): its newest history
+    row's `deployment_id`, `reason` and `changed_at`. Rows of one instant are ordered by id, so
+    both programs name the same row as newest. Run as it is, or joined as a `.subquery()`."""
     hist = HISTORY
     ranked = (
         select(
@@ -81,10 +81,8 @@ def newest_history(scope: ColumnElement[bool]) -> Subquery:
         .where(scope)
         .subquery()
     )
-    return (
-        select(ranked.c.deployment_id, ranked.c.reason, ranked.c.changed_at)
-        .where(ranked.c.rn == 1)
-        .subquery("newest_history")
+    return select(ranked.c.deployment_id, ranked.c.reason, ranked.c.changed_at).where(
+        ranked.c.rn == 1
     )
 
 

@@ -461,7 +461,7 @@ class Store:
                     .order_by(rep.c.created_at, rep.c.id)
                 )
             ).all()
-            last_rows = (await conn.execute(select(readmodel.newest_history(scope)))).all()
+            last_rows = (await conn.execute(readmodel.newest_history(scope))).all()
         replicas: dict[uuid.UUID, list[Replica]] = {}
         # PostgreSQL's column types already guarantee numbers: the check costs it nothing.
         checked = self._engine.dialect.name == "sqlite"

@@ -119,7 +119,7 @@ def _deployment_select(scope: ColumnElement[bool]) -> Select[Any]:
         .group_by(rep.c.deployment_id)
         .subquery()
     )
-    last = readmodel.newest_history(scope)
+    last = readmodel.newest_history(scope).subquery("newest_history")
     return (
         select(
             d,
