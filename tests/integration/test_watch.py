@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 from structlog.testing import capture_logs
@@ -79,52 +81,57 @@ async def _logged(logs: list[dict[str, Any]], event: str) -> bool:
     return any(e["event"] == event for e in logs)
 
 
-async def test_sqlite_poll_finds_edits_since_last_look(tmp_path: Path) -> None:
+@dataclass
+class Polled:
+    """A SQLite database with one deployment, and a poller that has taken its first look."""
+
+    op: Operator
+    user: uuid.UUID
+    first: uuid.UUID
+    keys: list[uuid.UUID]
+    poller: SqlitePoller
+
+
+@pytest.fixture
+async def polled(tmp_path: Path) -> AsyncIterator[Polled]:
     url = f"sqlite+aiosqlite:///{tmp_path}/fog.db"
     await migrate.upgrade_async(url)
     engine = engine_mod.create_engine(url)
     try:
         op = Operator(engine)
         user = await op.add_user()
-        before = await op.add_deployment(user, "old")
+        first = await op.add_deployment(user, "old")
         keys: list[uuid.UUID] = []
         poller = SqlitePoller(Store(engine), keys.append)
         assert await poller.poll() == 0  # the first look only sets the mark
-        d = await op.add_deployment(user, "new")
-        assert await poller.poll() == 1
-        assert keys == [d]
-        await op.scale(before, 5)
-        assert await poller.poll() == 1
-        assert keys == [d, before]
-        assert await poller.poll() == 0
+        yield Polled(op, user, first, keys, poller)
     finally:
         await engine.dispose()
 
 
-async def test_sqlite_poll_passes_over_a_row_it_cannot_read(tmp_path: Path) -> None:
+async def test_sqlite_poll_finds_edits_since_last_look(polled: Polled) -> None:
+    op, keys, poller = polled.op, polled.keys, polled.poller
+    d = await op.add_deployment(polled.user, "new")
+    assert await poller.poll() == 1
+    assert keys == [d]
+    await op.scale(polled.first, 5)
+    assert await poller.poll() == 1
+    assert keys == [d, polled.first]
+    assert await poller.poll() == 0
+
+
+async def test_sqlite_poll_passes_over_a_row_it_cannot_read(polled: Polled) -> None:
     """Plain SQL can write any text into SQLite's `updated_at`: the poll leaves that row out
     (the store's scan reports it) and still wakes the deployments it can read."""
-    url = f"sqlite+aiosqlite:///{tmp_path}/fog.db"
-    await migrate.upgrade_async(url)
-    engine = engine_mod.create_engine(url)
-    try:
-        op = Operator(engine)
-        user = await op.add_user()
-        bad = await op.add_deployment(user, "bad")
-        keys: list[uuid.UUID] = []
-        poller = SqlitePoller(Store(engine), keys.append)
-        assert await poller.poll() == 0
-        async with engine.begin() as conn:
-            result = await conn.execute(
-                text("UPDATE deployments SET updated_at = 'not a time' WHERE id = :id"),
-                {"id": str(bad)},
-            )
-        assert result.rowcount == 1
-        good = await op.add_deployment(user, "good")
-        assert await poller.poll() == 1
-        assert keys == [good]
-    finally:
-        await engine.dispose()
+    async with polled.op.engine.begin() as conn:
+        result = await conn.execute(
+            text("UPDATE deployments SET updated_at = 'not a time' WHERE id = :id"),
+            {"id": str(polled.first)},
+        )
+    assert result.rowcount == 1
+    good = await polled.op.add_deployment(polled.user, "good")
+    assert await polled.poller.poll() == 1
+    assert polled.keys == [good]
 
 
 def test_payload_parsing() -> None:
