@@ -50,6 +50,7 @@ DEPLOYMENTS = cast(Table, tables.Deployment.__table__)
 RESOURCES = cast(Table, tables.DeploymentResource.__table__)
 REPLICAS = cast(Table, tables.DeploymentReplica.__table__)
 HISTORY = cast(Table, tables.DeploymentStatusHistory.__table__)
+STATE = cast(Table, tables.DeploymentControllerState.__table__)
 
 _LIVE = [s.value for s in LIVE_REPLICA_STATUSES]
 
@@ -100,12 +101,13 @@ async def add_user(conn: AsyncConnection, spec: api.UserCreate) -> views.UserRow
 
 
 def _deployment_select(scope: ColumnElement[bool]) -> Select[Any]:
-    """Deployments in `scope` with user, resources, replica counts and the newest history row.
+    """Deployments in `scope` with user, resources, replica counts, the newest history row and
+    the spec's generation beside the one the controller last observed.
 
     One statement: counts and the newest history row come from grouped/ranked subqueries
     restricted to the same scope, so a listing costs the same for 1 or 1,000 deployments.
     """
-    d, u, res, rep, hist = DEPLOYMENTS, USERS, RESOURCES, REPLICAS, HISTORY
+    d, u, res, rep, hist, st = DEPLOYMENTS, USERS, RESOURCES, REPLICAS, HISTORY, STATE
     in_scope = select(d.c.id).join(u, u.c.id == d.c.user_id).where(scope)
     counts = (
         select(
@@ -151,12 +153,15 @@ def _deployment_select(scope: ColumnElement[bool]) -> Select[Any]:
             func.coalesce(counts.c.stopping, 0).label("stopping_replicas"),
             last.c.reason,
             last.c.changed_at.label("status_changed_at"),
+            func.coalesce(st.c.generation, 1).label("generation"),
+            func.coalesce(st.c.observed_generation, 0).label("observed_generation"),
         )
         .select_from(
             d.join(u, u.c.id == d.c.user_id)
             .outerjoin(res, res.c.deployment_id == d.c.id)
             .outerjoin(counts, counts.c.deployment_id == d.c.id)
             .outerjoin(last, last.c.deployment_id == d.c.id)
+            .outerjoin(st, st.c.deployment_id == d.c.id)
         )
         .where(scope)
     )
