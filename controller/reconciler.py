@@ -859,8 +859,10 @@ class Reconciler:
         return index.schedule([r.id for r in replicas], request, spread, excluded)
 
     def new_term(self) -> None:
-        """Leadership (re)gained: another leader may have placed replicas meanwhile."""
+        """Leadership (re)gained: another leader may have placed replicas, and moved the
+        persisted backoff and progress, meanwhile: both are read again."""
         self._index = None
+        self._memory.clear()
 
     async def _ensure(
         self,

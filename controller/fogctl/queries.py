@@ -339,7 +339,7 @@ async def apply(
     """Create or update each deployment by (user, name); run inside one write transaction.
 
     An update changes only what differs, and nothing at all for an identical document (so
-    `updated_at` does not move and the controller's backoff is not reset for nothing). A
+    the generation does not move and the controller's backoff is not reset for nothing). A
     document that leaves `target_replicas` out keeps the current count, so re-applying a file
     does not undo a `fogctl scale` (the count defaults to 1 only on create).
     """
@@ -396,8 +396,9 @@ async def _apply_one(
                 .where(res.c.deployment_id == current.id)
                 .values(updated_at=res.c.updated_at, **wanted)
             )
-    # The deployment row is touched even when only its resources changed: `deployments
-    # .updated_at` is how the controller learns that the operator changed the deployment.
+    # The deployment row is touched even when only its resources changed, so its `updated_at`
+    # dates the edit for readers of the deployment row (`rollout status` settles from it);
+    # the generation counts the resources change by itself (migration 0006).
     await conn.execute(
         update(d)
         .where(d.c.id == current.id, d.c.user_id == user.id, d.c.deleted_at.is_(None))
