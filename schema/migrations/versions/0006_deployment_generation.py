@@ -27,6 +27,7 @@ Create Date: 2026-12-03
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
@@ -69,7 +70,7 @@ def _uuid_check(c: str) -> str:
 def upgrade() -> None:
     sqlite = _is_sqlite()
     if sqlite:
-        uid: sa.types.TypeEngine[object] = sa.String(36, collation="NOCASE")
+        uid: sa.types.TypeEngine[Any] = sa.String(36, collation="NOCASE")
         id_default = sa.text(f"({SQLITE_NEW_UUID})")
     else:
         uid, id_default = sa.Uuid(), sa.text("gen_random_uuid()")
