@@ -536,6 +536,7 @@ class Store:
         for row in rows:
             if checked:
                 _numbers(row, _DEPLOYMENT_NUMBERS)
+                _numbers(row, _STATE_NUMBERS)
             resources = (
                 Resources(row.cpu_cores, row.memory_mb, row.gpu_units, row.storage_gb)
                 if row.cpu_cores is not None
@@ -1176,6 +1177,7 @@ _DEPLOYMENT_NUMBERS = (
     ("storage_gb", int),
 )
 _REPLICA_NUMBERS = (("restart_count", int), ("last_exit_code", int))
+_STATE_NUMBERS = (("generation", int), ("observed_generation", int), ("crash_failures", int))
 
 
 def _numbers(row: Any, names: Sequence[tuple[str, Any]]) -> None:

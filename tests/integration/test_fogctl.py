@@ -507,6 +507,8 @@ DEPLOYMENT_KEYS = [
     "reason",
     "status_changed_at",
     "deleted_at",
+    "generation",
+    "observed_generation",
 ]
 
 
@@ -536,6 +538,9 @@ def test_get_output_formats_are_stable(fog: Fogctl) -> None:
         "reason": "2/3 replicas running",
         "status_changed_at": listing[1]["status_changed_at"],
         "deleted_at": None,
+        # Inserted with its resources (2); the status describes that generation.
+        "generation": 2,
+        "observed_generation": 2,
     }
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z", listing[1]["created_at"])
     # Same bytes on every run; YAML holds the same values.

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from controller.model import DeploymentStatus, ProgressState
@@ -204,3 +205,23 @@ async def test_a_deployment_deleted_outright_takes_its_state_row_along(
             )
         ).scalar_one()
     assert left == 0
+
+
+async def test_a_state_row_that_holds_text_holds_its_deployment(engine: AsyncEngine) -> None:
+    """SQLite stores 'many' in an INTEGER column (and its CHECK compares text as greater than
+    any number): the deployment is held and reported, the others load. PostgreSQL refuses
+    the value itself."""
+    op, store = Operator(engine), Store(engine)
+    user = await op.add_user()
+    good = await op.add_deployment(user, "good", replicas=1)
+    bad = await op.add_deployment(user, "bad", replicas=1)
+    junk = "UPDATE deployment_controller_state SET crash_failures = 'many' WHERE deployment_id = :d"
+    if engine.dialect.name == "postgresql":
+        with pytest.raises(DBAPIError, match="invalid input syntax"):
+            await _sql(engine, junk, bad)
+        return
+    await _sql(engine, junk, bad)
+    assert [d.id for d in await store.load_active()] == [good]
+    assert store.held == frozenset({bad})
+    [h] = await op.history(bad)
+    assert "deployment_controller_state.crash_failures = 'many'" in h["reason"]
