@@ -161,7 +161,6 @@ class Deployment:
     replicas: tuple[Replica, ...] = ()
     # The newest history row: its reason is the deployment's current condition.
     last_reason: str | None = None
-    last_changed_at: datetime | None = None
     # The operator's spec version, counted by the database (see controller.generation), and
     # what the controller persisted about it (None: nothing yet).
     generation: int = 1

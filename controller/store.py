@@ -505,7 +505,6 @@ class Store:
                 select(
                     hist.c.deployment_id,
                     hist.c.reason,
-                    hist.c.changed_at,
                     func.row_number()
                     .over(
                         partition_by=hist.c.deployment_id,
@@ -519,9 +518,7 @@ class Store:
             )
             last_rows = (
                 await conn.execute(
-                    select(ranked.c.deployment_id, ranked.c.reason, ranked.c.changed_at).where(
-                        ranked.c.rn == 1
-                    )
+                    select(ranked.c.deployment_id, ranked.c.reason).where(ranked.c.rn == 1)
                 )
             ).all()
         replicas: dict[uuid.UUID, list[Replica]] = {}
@@ -531,7 +528,7 @@ class Store:
             if checked:
                 _numbers(r, _REPLICA_NUMBERS)
             replicas.setdefault(r.deployment_id, []).append(_replica(r))
-        last = {row.deployment_id: (row.reason, row.changed_at) for row in last_rows}
+        last = {row.deployment_id: row.reason for row in last_rows}
         out = []
         for row in rows:
             if checked:
@@ -542,7 +539,6 @@ class Store:
                 if row.cpu_cores is not None
                 else None
             )
-            reason, changed_at = last.get(row.id, (None, None))
             out.append(
                 Deployment(
                     id=row.id,
@@ -555,8 +551,7 @@ class Store:
                     updated_at=row.updated_at,
                     deleted_at=row.deleted_at,
                     replicas=tuple(replicas.get(row.id, ())),
-                    last_reason=reason,
-                    last_changed_at=changed_at,
+                    last_reason=last.get(row.id),
                     generation=row.generation or 1,
                     progress=_progress(row),
                 )
