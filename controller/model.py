@@ -12,6 +12,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from controller.generation import NEVER_OBSERVED
 from controller.storage import StorageLimits
 from schema.enums import (
     LIVE_REPLICA_STATUSES,
@@ -29,6 +30,7 @@ __all__ = [
     "NodeStatus",
     "NodeView",
     "ObservedContainer",
+    "ProgressState",
     "Replica",
     "ReplicaStatus",
     "Resources",
@@ -129,6 +131,20 @@ class Replica:
 
 
 @dataclass(frozen=True, slots=True)
+class ProgressState:
+    """What decides a deployment's behaviour beyond its rows, as the controller last persisted
+    it with a status (table `deployment_controller_state`): a controller that takes over
+    resumes from it instead of starting the backoff and the progress deadline afresh."""
+
+    observed_generation: int  # the generation the recorded status describes
+    failures: int = 0  # crash backoff: failures counted so far
+    retry_at: datetime | None = None  # crash backoff: no start before this
+    progress_since: datetime | None = None  # the progress deadline runs from here
+    stable_since: datetime | None = None  # converged without a break since
+    error: str | None = None  # the latest start failure, the reason's problem part
+
+
+@dataclass(frozen=True, slots=True)
 class Deployment:
     """Desired state (operator-owned) plus the status the controller last recorded."""
 
@@ -145,7 +161,10 @@ class Deployment:
     replicas: tuple[Replica, ...] = ()
     # The newest history row: its reason is the deployment's current condition.
     last_reason: str | None = None
-    last_changed_at: datetime | None = None
+    # The operator's spec version, counted by the database (see controller.generation), and
+    # what the controller persisted about it (None: nothing yet).
+    generation: int = 1
+    progress: ProgressState | None = None
     # Computed once: a resync pass compares it with every replica's (a sha256 each time
     # was a fifth of a pass over 50,000 replicas).
     _spec_hash: str = field(default="", init=False, repr=False, compare=False)
@@ -156,6 +175,12 @@ class Deployment:
     @property
     def deleting(self) -> bool:
         return self.deleted_at is not None
+
+    @property
+    def observed_generation(self) -> int:
+        if self.progress is None:
+            return NEVER_OBSERVED
+        return self.progress.observed_generation
 
     @property
     def spec_hash(self) -> str:

@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from controller import generation
 from controller.model import (
     ContainerState,
     Deployment,
@@ -457,7 +458,8 @@ def victims(live: Sequence[Replica], count: int) -> list[Replica]:
 
 @dataclass(frozen=True, slots=True)
 class Progress:
-    """What the reconciler remembers between passes (in memory, as kubelet keeps backoff)."""
+    """What the reconciler remembers between passes (persisted with the status it belongs to,
+    see `model.ProgressState`)."""
 
     last_progress_at: datetime
     problem: str | None = None  # the latest start failure or scheduling refusal
@@ -543,13 +545,8 @@ def derive_status(
         )
     reason = f"{progress_text}; {problem}" if problem else progress_text
     stalled = now - progress.last_progress_at > deadline
-    # Failed is sticky until the deployment converges or the operator changes it: a restarted
-    # controller must not flap a failed deployment back to scheduled for another deadline.
-    sticky = (
-        d.status is DeploymentStatus.FAILED
-        and d.last_changed_at is not None
-        and d.updated_at <= d.last_changed_at
-    )
+    # Failed is sticky until the deployment converges or the operator changes its spec.
+    sticky = generation.failed_is_sticky(d.status, d.generation, d.observed_generation)
     if target > 0 and (stalled or sticky):
         return StatusDecision(DeploymentStatus.FAILED, f"no progress: {reason}", False, ready)
     # Pending means "nothing placed yet" for a deployment starting up; one that got further

@@ -25,6 +25,7 @@ RESOURCES = cast(Table, tables.DeploymentResource.__table__)
 REPLICAS = cast(Table, tables.DeploymentReplica.__table__)
 HISTORY = cast(Table, tables.DeploymentStatusHistory.__table__)
 CONTROL_PLANE = cast(Table, tables.ControlPlane.__table__)
+STATE = cast(Table, tables.DeploymentControllerState.__table__)
 
 LIVE = [s.value for s in LIVE_REPLICA_STATUSES]
 NOT_TERMINAL = [s.value for s in ReplicaStatus if s not in TERMINAL_REPLICA_STATUSES]

@@ -38,6 +38,7 @@ from controller.model import (
     NodeStatus,
     NodeView,
     ObservedContainer,
+    ProgressState,
     Replica,
     ReplicaStatus,
     Resources,
@@ -145,11 +146,13 @@ def _steady_key(
 
 @dataclass
 class DeploymentMemory:
-    """What the reconciler remembers about one deployment between reconciles (in memory, as
-    kubelet keeps its crash backoff): failures, the current problem, progress time."""
+    """What the reconciler remembers about one deployment between reconciles: failures, the
+    current problem, progress time. What decides behaviour (`progress_state`) is persisted
+    with the status and resumed from on first sight, so a controller that takes over goes
+    on where the old leader stopped; node refusals and readiness counts stay in memory."""
 
     last_progress_at: datetime
-    spec_seen_at: datetime
+    spec_seen: int  # the generation last acted on (see controller.generation)
     failures: int = 0
     retry_at: datetime | None = None
     error: str | None = None  # the latest start failure
@@ -158,6 +161,37 @@ class DeploymentMemory:
     stable_since: datetime | None = None  # converged without a break since
     # Start failures per (node, failure with ids masked).
     refusals: dict[tuple[uuid.UUID, str], Refusal] = field(default_factory=dict)
+    persisted: ProgressState | None = None  # as last read from or written to the store
+
+    @classmethod
+    def resume(cls, d: Deployment, now: datetime) -> DeploymentMemory:
+        """Memory as the last leader persisted it. The ready count is the rows' running
+        replicas: at least what that leader counted ready, so resuming is never progress."""
+        p = d.progress
+        if p is None:
+            return cls(last_progress_at=now, spec_seen=d.observed_generation)
+        return cls(
+            last_progress_at=p.progress_since or now,
+            spec_seen=p.observed_generation,
+            failures=p.failures,
+            retry_at=p.retry_at,
+            error=p.error,
+            last_ready=sum(1 for r in d.replicas if r.status is ReplicaStatus.RUNNING),
+            stable_since=p.stable_since,
+            persisted=p,
+        )
+
+    def progress_state(self) -> ProgressState:
+        """What to persist. A converged deployment's progress time moves with every look and
+        decides nothing, so it is left out (resumed as "now")."""
+        return ProgressState(
+            observed_generation=self.spec_seen,
+            failures=self.failures,
+            retry_at=self.retry_at,
+            progress_since=None if self.stable_since is not None else self.last_progress_at,
+            stable_since=self.stable_since,
+            error=self.error,
+        )
 
     @property
     def problem(self) -> str | None:
@@ -314,13 +348,11 @@ class Reconciler:
         now = self._clock()
         mem = self._memory.get(d.id)
         if mem is None:
-            mem = self._memory[d.id] = DeploymentMemory(
-                last_progress_at=now, spec_seen_at=d.updated_at
-            )
-        elif d.updated_at > mem.spec_seen_at and d.updated_at != d.last_changed_at:
+            mem = self._memory[d.id] = DeploymentMemory.resume(d, now)
+        if d.generation > mem.spec_seen:
             # The operator changed the deployment: a fresh start, as a new rollout resets
             # Kubernetes' progress deadline and a changed pod resets kubelet's backoff.
-            mem.spec_seen_at = d.updated_at
+            mem.spec_seen = d.generation
             mem.reset()
             mem.last_progress_at = now
         return mem
@@ -827,8 +859,10 @@ class Reconciler:
         return index.schedule([r.id for r in replicas], request, spread, excluded)
 
     def new_term(self) -> None:
-        """Leadership (re)gained: another leader may have placed replicas meanwhile."""
+        """Leadership (re)gained: another leader may have placed replicas, and moved the
+        persisted backoff and progress, meanwhile: both are read again."""
         self._index = None
+        self._memory.clear()
 
     async def _ensure(
         self,
@@ -991,13 +1025,17 @@ class Reconciler:
         else:
             mem.stable_since = None
         mem.last_ready = decision.ready
+        state = mem.progress_state()
         if not history_needed(d, decision):
+            if state != mem.persisted:
+                await self._store.save_progress(d.id, state)
+                mem.persisted = state
             return d.status
         if not await self._store.record_status(
-            d.id, d.status, decision.status, decision.reason, now
+            d.id, d.status, decision.status, decision.reason, now, state
         ):
             return d.status
-        mem.spec_seen_at = max(mem.spec_seen_at, now)
+        mem.persisted = state
         log.info(
             "deployment_status_changed",
             old_status=d.status.value,

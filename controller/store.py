@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import wraps
 from typing import Any, ParamSpec, TypeVar
@@ -41,7 +41,7 @@ from sqlalchemy import (
     union_all,
     update,
 )
-from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from sqlalchemy.sql.selectable import TextualSelect
@@ -62,11 +62,20 @@ from controller.model import (
     EngineInfo,
     NodeRecord,
     NodeStatus,
+    ProgressState,
     Replica,
     ReplicaStatus,
     Resources,
 )
-from controller.readmodel import CONTROL_PLANE, DEPLOYMENTS, HISTORY, NODES, REPLICAS, RESOURCES
+from controller.readmodel import (
+    CONTROL_PLANE,
+    DEPLOYMENTS,
+    HISTORY,
+    NODES,
+    REPLICAS,
+    RESOURCES,
+    STATE,
+)
 from controller.storage import StorageLimits
 from schema.engine import writer
 from schema.enums import TERMINAL_REPLICA_STATUSES
@@ -136,10 +145,12 @@ _FINGERPRINTS = text(
     f"""
         SELECT d.id AS id,
                md5(min(d.xmin::text) || '/' || coalesce(min(res.xmin::text), '-') || '/' ||
+                   coalesce(min(st.xmin::text), '-') || '/' ||
                    coalesce(string_agg(r.id::text || ':' || r.xmin::text, ',' ORDER BY r.id), ''))
                AS fp
         FROM {DEPLOYMENTS.name} AS d
         LEFT JOIN {RESOURCES.name} AS res ON res.deployment_id = d.id
+        LEFT JOIN {STATE.name} AS st ON st.deployment_id = d.id
         LEFT JOIN {REPLICAS.name} AS r
                ON r.deployment_id = d.id AND r.status IN ({_NOT_TERMINAL_SQL})
         WHERE d.status <> '{DeploymentStatus.DELETED.value}'
@@ -165,9 +176,18 @@ class _StatusWrite:
     reason: str
     now: datetime
     history_id: uuid.UUID
+    state: ProgressState | None = None  # written with the status, only if the status is
 
 
-_Write = _NewReplicas | _StatusWrite
+@dataclass(frozen=True, slots=True)
+class _StateWrite:
+    """The controller's persisted progress alone (backoff moved, status unchanged)."""
+
+    deployment_id: uuid.UUID
+    state: ProgressState
+
+
+_Write = _NewReplicas | _StatusWrite | _StateWrite
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +226,7 @@ _SCANNED: dict[str, tuple[Table, str | None]] = {
     "deployment_resources": (RESOURCES, "deployment_id"),
     "deployment_replicas": (REPLICAS, "deployment_id"),
     "deployment_status_history": (HISTORY, "deployment_id"),
+    "deployment_controller_state": (STATE, "deployment_id"),
     "nodes": (NODES, None),
 }
 
@@ -436,12 +457,13 @@ class Store:
     @_retrying
     async def load_deployments(self, ids: Sequence[uuid.UUID] | None = None) -> list[Deployment]:
         """Deployments not yet `deleted` (all of them, or `ids`), with resources, non-terminal
-        replicas and newest history row: three queries whatever the count. Held deployments
+        replicas, newest history row and the controller's persisted progress: three queries
+        whatever the count (the progress joins the first). Held deployments
         (see `held`) are left out."""
         return await self._tolerant(lambda: self._load_deployments(ids))
 
     async def _load_deployments(self, ids: Sequence[uuid.UUID] | None) -> list[Deployment]:
-        d, rep = DEPLOYMENTS, REPLICAS
+        d, rep, st = DEPLOYMENTS, REPLICAS, STATE
         scope: ColumnElement[bool]
         if ids is not None:
             ids = list(ids)
@@ -452,7 +474,13 @@ class Store:
             scope = d.c.status != DeploymentStatus.DELETED.value
         scope = and_(scope, self._skip(d))
         async with self._engine.connect() as conn:
-            rows = (await conn.execute(readmodel.deployments_with_resources(scope))).all()
+            rows = (
+                await conn.execute(
+                    readmodel.deployments_with_resources(scope)
+                    .add_columns(*_STATE_COLUMNS)
+                    .outerjoin(st, st.c.deployment_id == d.c.id)
+                )
+            ).all()
             replica_rows = (
                 await conn.execute(
                     select(rep)
@@ -469,13 +497,13 @@ class Store:
             if checked:
                 _numbers(r, _REPLICA_NUMBERS)
             replicas.setdefault(r.deployment_id, []).append(_replica(r))
-        last = {row.deployment_id: (row.reason, row.changed_at) for row in last_rows}
+        last = {row.deployment_id: row.reason for row in last_rows}
         out = []
         for row in rows:
             if checked:
                 _numbers(row, _DEPLOYMENT_NUMBERS)
+                _numbers(row, _STATE_NUMBERS)
             resources = readmodel.resources_of(row)
-            reason, changed_at = last.get(row.id, (None, None))
             out.append(
                 Deployment(
                     id=row.id,
@@ -488,8 +516,9 @@ class Store:
                     updated_at=row.updated_at,
                     deleted_at=row.deleted_at,
                     replicas=tuple(replicas.get(row.id, ())),
-                    last_reason=reason,
-                    last_changed_at=changed_at,
+                    last_reason=last.get(row.id),
+                    generation=row.generation or 1,
+                    progress=_progress(row),
                 )
             )
         return out
@@ -720,15 +749,21 @@ class Store:
         new: DeploymentStatus,
         reason: str,
         now: datetime,
+        state: ProgressState | None = None,
     ) -> bool:
-        """Write the status and its history row together, only if the status is still `old`.
+        """Write the status, its history row and the progress `state` it belongs to in one
+        transaction, only if the status is still `old` (else none of them).
 
-        `updated_at` is set to the history row's time on purpose: the database trigger leaves
-        an explicitly set value alone, so "changed by the operator since our last status
-        write" stays answerable as `updated_at > changed_at`.
+        `updated_at` is set to the history row's time: the status is news for readers that
+        poll `updated_at`. It bumps no generation (see `controller.generation`).
         """
-        write = _StatusWrite(deployment_id, old, new, _clip(reason), now, uuid.uuid4())
+        state = _clip_state(state) if state is not None else None
+        write = _StatusWrite(deployment_id, old, new, _clip(reason), now, uuid.uuid4(), state)
         return bool(await self._writes.submit(write))
+
+    async def save_progress(self, deployment_id: uuid.UUID, state: ProgressState) -> None:
+        """Persist progress that changed without a status change (a backoff step, say)."""
+        await self._writes.submit(_StateWrite(deployment_id, _clip_state(state)))
 
     @_retrying
     async def prune_terminal_replicas(self, keep: int) -> int:
@@ -835,6 +870,9 @@ async def _write_one(conn: AsyncConnection, write: _Write) -> object:
         ]
         await conn.execute(insert(REPLICAS), rows)
         return None
+    if isinstance(write, _StateWrite):
+        await _sqlite_save_state(conn, write.deployment_id, write.state)
+        return None
     d = DEPLOYMENTS
     result = await conn.execute(
         update(d)
@@ -854,7 +892,64 @@ async def _write_one(conn: AsyncConnection, write: _Write) -> object:
             reason=write.reason,
         )
     )
+    if write.state is not None:
+        await _sqlite_save_state(conn, write.deployment_id, write.state)
     return True
+
+
+_STATE_COLUMNS = (
+    STATE.c.generation,
+    STATE.c.observed_generation,
+    STATE.c.crash_failures,
+    STATE.c.retry_at,
+    STATE.c.progress_since,
+    STATE.c.stable_since,
+    STATE.c.last_error,
+)
+
+
+def _progress(row: Any) -> ProgressState | None:
+    """The persisted progress of a loaded row; None when the controller never wrote any (or
+    the state row is missing: the next write makes it again)."""
+    if not row.observed_generation:
+        return None
+    return ProgressState(
+        observed_generation=row.observed_generation,
+        failures=row.crash_failures,
+        retry_at=row.retry_at,
+        progress_since=row.progress_since,
+        stable_since=row.stable_since,
+        error=row.last_error,
+    )
+
+
+def _clip_state(state: ProgressState) -> ProgressState:
+    if state.error is None or len(state.error) <= REASON_MAX_LENGTH:
+        return state
+    return replace(state, error=_clip(state.error))
+
+
+def _state_values(state: ProgressState) -> dict[str, Any]:
+    return {
+        "observed_generation": state.observed_generation,
+        "crash_failures": state.failures,
+        "retry_at": state.retry_at,
+        "progress_since": state.progress_since,
+        "stable_since": state.stable_since,
+        "last_error": state.error,
+    }
+
+
+async def _sqlite_save_state(
+    conn: AsyncConnection, deployment_id: uuid.UUID, state: ProgressState
+) -> None:
+    """Update the deployment's state row; a missing row (deleted by hand) is made again, with
+    the generation the controller saw. The generation itself is the database's to count."""
+    values = _state_values(state)
+    stmt = sqlite.insert(STATE).values(
+        deployment_id=deployment_id, generation=state.observed_generation, **values
+    )
+    await conn.execute(stmt.on_conflict_do_update(index_elements=["deployment_id"], set_=values))
 
 
 # PostgreSQL statements of a group-committed round take arrays (`unnest`), so each has one
@@ -938,7 +1033,55 @@ async def _pg_writes(conn: AsyncConnection, writes: Sequence[_Write]) -> list[ob
         done: set[uuid.UUID] = set(result.scalars())
         for w in batch:
             moved[w.history_id] = w.deployment_id in done
+    # Progress: of the status writes that moved (same transaction), and the ones alone. One
+    # row per deployment (an upsert may touch a row once); the latest write wins.
+    states: dict[uuid.UUID, ProgressState] = {}
+    for one in writes:
+        if isinstance(one, _StatusWrite) and not moved[one.history_id]:
+            continue
+        if isinstance(one, _StateWrite | _StatusWrite) and one.state is not None:
+            states[one.deployment_id] = one.state
+    if states:
+        await conn.execute(
+            _PG_SAVE_STATES,
+            {
+                "ids": list(states),
+                "observed": [s.observed_generation for s in states.values()],
+                "failures": [s.failures for s in states.values()],
+                "retry": [s.retry_at for s in states.values()],
+                "progress": [s.progress_since for s in states.values()],
+                "stable": [s.stable_since for s in states.values()],
+                "errors": [s.error for s in states.values()],
+            },
+        )
     return [moved[w.history_id] if isinstance(w, _StatusWrite) else None for w in writes]
+
+
+_STATE_SET = ", ".join(
+    f"{c} = EXCLUDED.{c}"
+    for c in (
+        "observed_generation",
+        "crash_failures",
+        "retry_at",
+        "progress_since",
+        "stable_since",
+        "last_error",
+    )
+)
+# Progress of many deployments in one statement; see `_sqlite_save_state` for a missing row.
+_PG_SAVE_STATES = text(
+    f"""
+    INSERT INTO {STATE.name} (deployment_id, generation, observed_generation, crash_failures,
+                              retry_at, progress_since, stable_since, last_error)
+    SELECT v.id, v.observed, v.observed, v.failures, v.retry, v.progress, v.stable, v.error
+    FROM unnest(CAST(:ids AS UUID[]), CAST(:observed AS BIGINT[]),
+                CAST(:failures AS INTEGER[]), CAST(:retry AS TIMESTAMPTZ[]),
+                CAST(:progress AS TIMESTAMPTZ[]), CAST(:stable AS TIMESTAMPTZ[]),
+                CAST(:errors AS TEXT[]))
+         AS v (id, observed, failures, retry, progress, stable, error)
+    ON CONFLICT (deployment_id) DO UPDATE SET {_STATE_SET}
+    """
+)
 
 
 @functools.cache
@@ -1009,6 +1152,7 @@ _DEPLOYMENT_NUMBERS = (
     ("storage_gb", int),
 )
 _REPLICA_NUMBERS = (("restart_count", int), ("last_exit_code", int))
+_STATE_NUMBERS = (("generation", int), ("observed_generation", int), ("crash_failures", int))
 
 
 def _numbers(row: Any, names: Sequence[tuple[str, Any]]) -> None:

@@ -471,6 +471,56 @@ class DeploymentStatusHistory(Base):
     deployment: Mapped[Deployment] = relationship(back_populates="status_history")
 
 
+class DeploymentControllerState(Base):
+    """Beyond the seed (migration 0006), 1:1 with `deployments`: the spec's generation and
+    what the controller needs to resume after a failover. Never written by operators.
+
+    `generation` is counted by database triggers: a deployment's insert makes the row, and
+    every change of its spec (`container_image`, `target_replicas`, `deleted_at`, its
+    `deployment_resources` row) adds one, plain SQL included. The other columns are the
+    controller's, written in the transaction of the status they belong to:
+    `observed_generation` is the generation that status describes.
+    """
+
+    __tablename__ = "deployment_controller_state"
+    __table_args__ = (
+        CheckConstraint("generation >= 1", name="generation_positive"),
+        CheckConstraint(
+            "observed_generation >= 0 AND observed_generation <= generation",
+            name="observed_generation_range",
+        ),
+        CheckConstraint("crash_failures >= 0", name="crash_failures_non_negative"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(
+        primary_key=True, default=uuid.uuid4, server_default=new_uuid()
+    )
+    deployment_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("deployments.id", ondelete="CASCADE"), unique=True
+    )
+    generation: Mapped[int] = mapped_column(BigInteger, server_default=text("1"))
+    observed_generation: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    crash_failures: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    retry_at: Mapped[datetime | None]  # the next start attempt (crash backoff)
+    progress_since: Mapped[datetime | None]  # the progress deadline runs from here
+    stable_since: Mapped[datetime | None]  # converged without a break since
+    last_error: Mapped[str | None] = mapped_column(String(REASON_MAX_LENGTH))
+
+
+# Triggers that count `DeploymentControllerState.generation` (migration 0006), per backend.
+GENERATION_TRIGGERS: dict[str, tuple[str, ...]] = {
+    "postgresql": ("trg_deployments_generation", "trg_deployment_resources_generation"),
+    "sqlite": (
+        "trg_deployments_generation_insert",
+        "trg_deployments_generation",
+        "trg_deployment_resources_generation_insert",
+        "trg_deployment_resources_generation",
+        "trg_deployment_resources_generation_delete",
+    ),
+}
+GENERATION_FUNCTIONS = ("fog_generation_deployments", "fog_generation_deployment_resources")
+
+
 # Tables whose `updated_at` a trigger keeps moving on every UPDATE, raw SQL included.
 TABLES_WITH_UPDATED_AT = ("deployments", "deployment_resources", "nodes")
 

@@ -18,6 +18,7 @@ from rich.table import Table
 from rich.text import Text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from controller import generation
 from controller.fogctl import documents, queries, render, rollout, session, views
 from controller.fogctl.errors import FogctlError, InputError, validation_messages
 from controller.fogctl.options import (
@@ -246,6 +247,13 @@ def history_table(rows: Sequence[views.HistoryRow]) -> Table:
     return t
 
 
+def _generation(d: views.DeploymentRow) -> str:
+    """The spec's generation, and whether the controller has acted on it yet."""
+    if not generation.spec_changed(d.generation, d.observed_generation):
+        return f"{d.generation} (observed)"
+    return f"{d.generation} (controller has observed {d.observed_generation})"
+
+
 def describe_renderables(d: views.DeploymentDetail) -> list[RenderableType]:
     fields = Table.grid(padding=(0, 2))
     fields.add_column(style="bold", no_wrap=True)
@@ -275,6 +283,7 @@ def describe_renderables(d: views.DeploymentDetail) -> list[RenderableType]:
         ("Resources:", resources),
         ("Created:", render.timestamp(d.created_at)),
         ("Updated:", render.timestamp(d.updated_at)),
+        ("Generation:", _generation(d)),
     ]
     if d.deleted_at is not None:
         rows.append(("Deleted:", render.timestamp(d.deleted_at)))

@@ -208,6 +208,16 @@ CONSTRAINTS: dict[str, Rule] = {
     "ck_nodes_storage_limits_known": Rule(
         "storage_limits", "must be enforced or monitored (the controller writes it)"
     ),
+    "ck_deployment_controller_state_generation_positive": Rule(
+        "generation", "must be 1 or more (the database counts it)"
+    ),
+    "ck_deployment_controller_state_observed_generation_range": Rule(
+        "observed_generation",
+        "must be between 0 and generation (the controller writes it)",
+    ),
+    "ck_deployment_controller_state_crash_failures_non_negative": Rule(
+        "crash_failures", "must be 0 or more (the controller writes it)"
+    ),
     "ck_users_username_not_empty": Rule("username", "must not be empty"),
     "ck_control_plane_single_row": Rule(
         "control_plane.id", "must be 1 (one row, the controller's fencing epoch)"

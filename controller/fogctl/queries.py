@@ -43,7 +43,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from controller import readmodel
 from controller.fogctl import views
 from controller.fogctl.errors import InputError, NotFound, constraint_message
-from controller.readmodel import DEPLOYMENTS, HISTORY, NODES, REPLICAS, RESOURCES, USERS
+from controller.readmodel import (
+    DEPLOYMENTS,
+    HISTORY,
+    NODES,
+    REPLICAS,
+    RESOURCES,
+    STATE,
+    USERS,
+)
 from schema import api
 from schema import models as tables
 from schema.enums import DeploymentStatus, NodeStatus, ReplicaStatus
@@ -97,12 +105,13 @@ async def add_user(conn: AsyncConnection, spec: api.UserCreate) -> views.UserRow
 
 
 def _deployment_select(scope: ColumnElement[bool]) -> Select[Any]:
-    """Deployments in `scope` with user, resources, replica counts and the newest history row.
+    """Deployments in `scope` with user, resources, replica counts, the newest history row and
+    the spec's generation beside the one the controller last observed.
 
     One statement: counts and the newest history row come from grouped/ranked subqueries
     restricted to the same scope, so a listing costs the same for 1 or 1,000 deployments.
     """
-    d, u, rep = DEPLOYMENTS, USERS, REPLICAS
+    d, u, rep, st = DEPLOYMENTS, USERS, REPLICAS, STATE
     in_scope = select(d.c.id).join(u, u.c.id == d.c.user_id).where(scope)
     counts = (
         select(
@@ -130,12 +139,15 @@ def _deployment_select(scope: ColumnElement[bool]) -> Select[Any]:
             func.coalesce(counts.c.stopping, 0).label("stopping_replicas"),
             last.c.reason,
             last.c.changed_at.label("status_changed_at"),
+            func.coalesce(st.c.generation, 1).label("generation"),
+            func.coalesce(st.c.observed_generation, 0).label("observed_generation"),
         )
         .select_from(
             readmodel.with_resources()
             .join(u, u.c.id == d.c.user_id)
             .outerjoin(counts, counts.c.deployment_id == d.c.id)
             .outerjoin(last, last.c.deployment_id == d.c.id)
+            .outerjoin(st, st.c.deployment_id == d.c.id)
         )
         .where(scope)
     )
@@ -308,7 +320,7 @@ async def apply(
     """Create or update each deployment by (user, name); run inside one write transaction.
 
     An update changes only what differs, and nothing at all for an identical document (so
-    `updated_at` does not move and the controller's backoff is not reset for nothing). A
+    the generation does not move and the controller's backoff is not reset for nothing). A
     document that leaves `target_replicas` out keeps the current count, so re-applying a file
     does not undo a `fogctl scale` (the count defaults to 1 only on create).
     """
@@ -365,8 +377,9 @@ async def _apply_one(
                 .where(res.c.deployment_id == current.id)
                 .values(updated_at=res.c.updated_at, **wanted)
             )
-    # The deployment row is touched even when only its resources changed: `deployments
-    # .updated_at` is how the controller learns that the operator changed the deployment.
+    # The deployment row is touched even when only its resources changed, so its `updated_at`
+    # dates the edit for readers of the deployment row (`rollout status` settles from it);
+    # the generation counts the resources change by itself (migration 0006).
     await conn.execute(
         update(d)
         .where(d.c.id == current.id, d.c.user_id == user.id, d.c.deleted_at.is_(None))

@@ -5,13 +5,13 @@
 (the deployment's status, its replica rows, the newest history row); it never guesses from the
 engines itself.
 
-A status written *before* the operator's last change may be stale, and kubectl's answer
-(observedGeneration) has no column here, so the rule is the controller's own: it keeps failed
-sticky only while `updated_at <=` the newest history row's `changed_at` (see
-`controller.plan.derive_status`). An older `failed` is waited out, as the controller will
-decide again; an older `running` is trusted only after a short settle time (see `judge`).
-Without these, `fogctl apply -f new.yaml && fogctl rollout status ...` would report the old
-failure, or the old success, at once.
+A status written *before* the operator's last change may be stale: as kubectl compares
+`observedGeneration` with `generation`, the rule is the controller's own
+(`controller.generation`, migration 0006). An older `failed` is waited out, as the controller
+will decide again (it keeps failed sticky only for the generation it failed under); an older
+`running` is trusted only after a short settle time (see `judge`). Without these,
+`fogctl apply -f new.yaml && fogctl rollout status ...` would report the old failure, or the
+old success, at once.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
 
+from controller import generation
 from controller.fogctl import views
 from controller.fogctl.errors import FogctlError, NotFound
 from schema.enums import DeploymentStatus
@@ -53,7 +54,7 @@ def _counts(d: views.DeploymentRow) -> str:
 
 def changed_since_status(d: views.DeploymentRow) -> bool:
     """The operator changed the deployment after the controller last recorded its status."""
-    return d.status_changed_at is not None and d.updated_at > d.status_changed_at
+    return generation.spec_changed(d.generation, d.observed_generation)
 
 
 def judge(
@@ -90,7 +91,7 @@ def judge(
         )
     if d.status is DeploymentStatus.STOPPED and d.target_replicas == 0 and settled:
         return Judgement(Verdict.DONE, f"deployment {name!r} scaled to 0 replicas")
-    if d.status is DeploymentStatus.FAILED and not changed_since_status(d):
+    if generation.failed_is_sticky(d.status, d.generation, d.observed_generation):
         reason = d.reason or "no reason recorded"
         return Judgement(Verdict.FAILED, f"deployment {name!r} failed: {reason}")
     waiting = f"waiting for deployment {name!r}: {_counts(d)}, status {d.status.value}"
@@ -136,8 +137,8 @@ async def wait(
     )
     said = ""
     task = None
-    # When this command first saw each version of the deployment (its updated_at).
-    first_seen: dict[datetime, float] = {}
+    # When this command first saw each version of the deployment's spec.
+    first_seen: dict[int, float] = {}
     if progress is not None:
         progress.start()
         task = progress.add_task(name, total=None, status="")
@@ -146,7 +147,7 @@ async def wait(
             d = await load()
             if d is None:
                 raise NotFound(f"deployment {name!r} not found")
-            seen = first_seen.setdefault(d.updated_at, time.monotonic())
+            seen = first_seen.setdefault(d.generation, time.monotonic())
             j = judge(
                 d,
                 watched_seconds=time.monotonic() - seen,

@@ -25,7 +25,9 @@ class Resources(BaseModel):
 
 
 class DeploymentRow(api.DeploymentListResponse):
-    """One deployment; `reason` and `status_changed_at` are the newest history row's."""
+    """One deployment; `reason` and `status_changed_at` are the newest history row's;
+    `generation` counts the operator's spec changes and `observed_generation` is the one the
+    recorded status describes (see controller.generation)."""
 
     user: str
     live_replicas: int  # pending + starting + running
@@ -34,6 +36,8 @@ class DeploymentRow(api.DeploymentListResponse):
     reason: str | None
     status_changed_at: datetime | None
     deleted_at: datetime | None
+    generation: int
+    observed_generation: int
 
 
 class ReplicaRow(api.DeploymentReplicaResponse):

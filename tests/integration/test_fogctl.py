@@ -31,7 +31,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from typer.testing import CliRunner, Result
 
 from controller.fogctl import app
-from controller.readmodel import DEPLOYMENTS, HISTORY, NODES, REPLICAS, RESOURCES, USERS
+from controller.readmodel import (
+    DEPLOYMENTS,
+    HISTORY,
+    NODES,
+    REPLICAS,
+    RESOURCES,
+    STATE,
+    USERS,
+)
 from schema.engine import create_engine, writer
 
 T = TypeVar("T")
@@ -190,7 +198,8 @@ def record_status(
     at: datetime | None = None,
 ) -> None:
     """What `controller.store.Store.record_status` writes: the status and a history row with
-    the same stamp in `updated_at` and `changed_at` (the database clock on PostgreSQL)."""
+    the same stamp in `updated_at` and `changed_at` (the database clock on PostgreSQL), and
+    the current generation as the one the status describes."""
 
     async def q(conn: AsyncConnection) -> None:
         d, h = DEPLOYMENTS, HISTORY
@@ -211,6 +220,11 @@ def record_status(
                 changed_at=stamp,
                 reason=reason,
             )
+        )
+        await conn.execute(
+            update(STATE)
+            .where(STATE.c.deployment_id == deployment_id)
+            .values(observed_generation=STATE.c.generation)
         )
 
     sql(db_url, q)
@@ -493,6 +507,8 @@ DEPLOYMENT_KEYS = [
     "reason",
     "status_changed_at",
     "deleted_at",
+    "generation",
+    "observed_generation",
 ]
 
 
@@ -522,6 +538,9 @@ def test_get_output_formats_are_stable(fog: Fogctl) -> None:
         "reason": "2/3 replicas running",
         "status_changed_at": listing[1]["status_changed_at"],
         "deleted_at": None,
+        # Inserted with its resources (2); the status describes that generation.
+        "generation": 2,
+        "observed_generation": 2,
     }
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z", listing[1]["created_at"])
     # Same bytes on every run; YAML holds the same values.

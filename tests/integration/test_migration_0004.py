@@ -139,8 +139,8 @@ async def test_upgrade_converts_a_filled_database_in_place_and_downgrade_reverse
         replica = await _raw(url, "SELECT id, deployment_id, node_id FROM deployment_replicas")
         assert replica == [(str(r.replica), str(r.deployment), str(r.node))]
         assert await _raw(url, "PRAGMA foreign_key_check") == []
-        # Every index and update trigger the rebuilt tables had is back.
-        assert set(await _raw(url, schema_objects)) == before
+        # Every index and update trigger the rebuilt tables had is back (0006 adds more).
+        assert before <= set(await _raw(url, schema_objects))
     # Plain SQL by canonical text now finds the rows (on SQLite, whatever the case).
     found = await _raw(
         url,

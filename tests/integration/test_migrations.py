@@ -23,7 +23,7 @@ from sqlalchemy.schema import CreateTable
 from schema import engine as engine_mod
 from schema import migrate, models
 
-HEAD = "0005_node_engine_facts"
+HEAD = "0006_deployment_generation"
 TABLES = {
     "users",
     "nodes",
@@ -32,12 +32,15 @@ TABLES = {
     "deployment_replicas",
     "deployment_status_history",
     "control_plane",
+    "deployment_controller_state",
 }
 TRIGGERS = {f"trg_{table}_touch_updated_at" for table in models.TABLES_WITH_UPDATED_AT}
 # PostgreSQL only: NOTIFY on changes of operator-owned columns.
 NOTIFY_TRIGGERS = {f"trg_{table}_notify" for table in models.NOTIFY_TABLES}
 NOTIFY_FUNCTIONS = {f"fog_notify_{table}" for table in models.NOTIFY_TABLES}
 ENUM_TYPES = {"deployment_status", "replica_status", "node_status"}
+# Triggers that count a deployment's generation (migration 0006), per backend.
+GENERATION_TRIGGERS = {name: set(found) for name, found in models.GENERATION_TRIGGERS.items()}
 
 
 async def _run(url: str, work: Any) -> Any:
@@ -116,11 +119,15 @@ async def test_upgrade_from_empty_matches_the_models(empty_db_url: str) -> None:
     objects = await _run(empty_db_url, _objects)
     assert objects["tables"] == TABLES
     if "enum_types" in objects:
-        assert objects["triggers"] == TRIGGERS | NOTIFY_TRIGGERS
+        assert objects["triggers"] == (
+            TRIGGERS | NOTIFY_TRIGGERS | GENERATION_TRIGGERS["postgresql"]
+        )
         assert objects["enum_types"] == ENUM_TYPES
-        assert objects["functions"] == {"fog_touch_updated_at"} | NOTIFY_FUNCTIONS
+        assert objects["functions"] == (
+            {"fog_touch_updated_at"} | NOTIFY_FUNCTIONS | set(models.GENERATION_FUNCTIONS)
+        )
     else:
-        assert objects["triggers"] == TRIGGERS
+        assert objects["triggers"] == TRIGGERS | GENERATION_TRIGGERS["sqlite"]
 
 
 async def test_check_constraints_carry_the_models_names(engine: AsyncEngine) -> None:
@@ -230,7 +237,7 @@ async def test_uuid_columns_are_canonical_text_on_sqlite_and_ids_default_to_rand
 ) -> None:
     async with engine.connect() as connection:
         found = await connection.run_sync(_uuid_columns)
-    assert len(found) == 12  # 6 ids, 6 foreign keys
+    assert len(found) == 14  # 7 ids, 7 foreign keys
     for (table, column), (declared, default) in found.items():
         if engine.dialect.name == "sqlite":
             nullable = column in {"node_id", "changed_by"}

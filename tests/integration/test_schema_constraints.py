@@ -603,6 +603,7 @@ async def test_sqlite_refuses_a_malformed_id_in_every_uuid_column_by_name(
         "deployment_resources": "cpu_cores, memory_mb, storage_gb, id, deployment_id",
         "deployment_replicas": "id, deployment_id, node_id",
         "deployment_status_history": "old_status, new_status, id, deployment_id, changed_by",
+        "deployment_controller_state": "id, deployment_id",
     }[table_name].split(", ")
     plain = {
         "username": "'u'",

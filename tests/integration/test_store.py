@@ -96,7 +96,7 @@ async def test_status_write_records_history_and_keeps_its_stamp(engine: AsyncEng
     assert row["updated_at"] == h["changed_at"]
     loaded = await store.load_deployment(d)
     assert loaded is not None
-    assert loaded.last_changed_at == h["changed_at"]
+    assert loaded.last_reason == h["reason"]
     await op.scale(d, 4)  # an operator edit moves updated_at past the last status write
     assert (await op.deployment(d))["updated_at"] > h["changed_at"]
 

@@ -40,6 +40,8 @@ def deployment(**changes: Any) -> views.DeploymentRow:
         "reason": "1/3 replicas running",
         "status_changed_at": T0,
         "deleted_at": None,
+        "generation": 1,
+        "observed_generation": 1,
     }
     return views.DeploymentRow.model_validate({**base, **changes})
 
@@ -66,7 +68,7 @@ RUNNING = {"status": DeploymentStatus.RUNNING, "running_replicas": 3}
             id="failed-by-hand-without-history",
         ),
         pytest.param(
-            {"status": DeploymentStatus.FAILED, "updated_at": T0 + timedelta(seconds=1)},
+            {"status": DeploymentStatus.FAILED, "generation": 2},
             Verdict.WAITING,
             id="failed-before-the-operators-change",
         ),
@@ -217,11 +219,11 @@ def test_a_running_status_older_than_an_edit_is_trusted_after_settling(
 ) -> None:
     # The image changed after the controller said `running`: until it acts, the old replicas
     # still look complete.
-    d = deployment(**RUNNING, updated_at=T0 + timedelta(seconds=5))
+    d = deployment(**RUNNING, updated_at=T0 + timedelta(seconds=5), generation=2)
     now = d.updated_at + timedelta(seconds=edited_ago)
     assert judge(d, now=now, watched_seconds=watched, settle_seconds=10).verdict is verdict
 
 
-def test_a_running_status_recorded_after_the_edit_is_trusted_at_once() -> None:
-    d = deployment(**RUNNING, status_changed_at=T0 + timedelta(seconds=1))
+def test_a_running_status_of_the_observed_generation_is_trusted_at_once() -> None:
+    d = deployment(**RUNNING, updated_at=T0 + timedelta(seconds=5))
     assert judge(d, now=T0, watched_seconds=0, settle_seconds=10).verdict is Verdict.DONE

@@ -16,6 +16,7 @@ from controller.model import (
     DeploymentStatus,
     NodeView,
     ObservedContainer,
+    ProgressState,
     ReplicaStatus,
 )
 from controller.plan import (
@@ -311,11 +312,12 @@ def test_status_failed_after_deadline_and_sticky_until_converged() -> None:
     late = T0 + timedelta(seconds=601)
     d = deployment(1, r, status=DeploymentStatus.SCHEDULED)
     assert _status(d, views((N1, [])), now=late).status is DeploymentStatus.FAILED
-    # After a controller restart the progress clock restarts, but failed stays failed...
-    failed = replace(d, status=DeploymentStatus.FAILED, last_changed_at=T0)
+    # With a fresh progress clock (a new leader's) failed stays failed for the generation it
+    # failed under...
+    failed = replace(d, status=DeploymentStatus.FAILED, generation=3, progress=ProgressState(3))
     assert _status(failed, views((N1, []))).status is DeploymentStatus.FAILED
-    # ...until the operator changes the deployment,
-    edited = replace(failed, updated_at=T0 + timedelta(seconds=1))
+    # ...until the operator changes the deployment (the database counts a new generation),
+    edited = replace(failed, generation=4)
     assert _status(edited, views((N1, []))).status is DeploymentStatus.SCHEDULED
     # or it converges.
     ok = replica(ReplicaStatus.RUNNING, N1, started=T0)

@@ -17,7 +17,7 @@ UP = T0 - timedelta(hours=1)
 
 
 def memory(*refusals: tuple[uuid.UUID, int]) -> DeploymentMemory:
-    mem = DeploymentMemory(last_progress_at=T0, spec_seen_at=T0)
+    mem = DeploymentMemory(last_progress_at=T0, spec_seen=1)
     for node_id, count in refusals:
         mem.refusals[(node_id, "words")] = Refusal(f"n{node_id.int}", "words", count, T0, UP)
     return mem
