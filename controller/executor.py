@@ -60,23 +60,6 @@ class Outcomes:
         return replace(d, replicas=tuple(self.changed.get(r.id, r) for r in rows))
 
 
-def _moved(r: Replica, status: ReplicaStatus, change: ReplicaChange) -> Replica:
-    """`r` after a transition to `status` with `change` (what the row now holds)."""
-    crash = change.crash
-    return replace(
-        r,
-        status=status,
-        node_id=change.node_id or r.node_id,
-        spec_hash=change.spec_hash or r.spec_hash,
-        container_id=change.container_id or r.container_id,
-        started_at=change.started_at or r.started_at,
-        stopped_at=change.stopped_at or r.stopped_at,
-        restart_count=crash.restart_count if crash else r.restart_count,
-        last_exit_code=crash.exit_code if crash else r.last_exit_code,
-        oom_killed=crash.oom_killed if crash else r.oom_killed,
-    )
-
-
 _Move = tuple[Replica, tuple[ReplicaStatus, ...], ReplicaStatus, ReplicaChange]
 
 
@@ -128,7 +111,7 @@ class Executor:
         )
         for r, _, status, change in batch:
             if r.id in moved:
-                out.note(_moved(r, status, change))
+                out.note(change.applied(r, status))
         return moved
 
     async def record_intent(

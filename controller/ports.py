@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -44,6 +44,22 @@ class ReplicaChange:
     started_at: datetime | None = None
     stopped_at: datetime | None = None
     crash: CrashCounts | None = None
+
+    def applied(self, r: Replica, status: ReplicaStatus) -> Replica:
+        """`r` as its row reads after a transition to `status` with this change."""
+        crash = self.crash
+        return replace(
+            r,
+            status=status,
+            node_id=self.node_id or r.node_id,
+            spec_hash=self.spec_hash or r.spec_hash,
+            container_id=self.container_id or r.container_id,
+            started_at=self.started_at or r.started_at,
+            stopped_at=self.stopped_at or r.stopped_at,
+            restart_count=crash.restart_count if crash else r.restart_count,
+            last_exit_code=crash.exit_code if crash else r.last_exit_code,
+            oom_killed=crash.oom_killed if crash else r.oom_killed,
+        )
 
 
 @dataclass(frozen=True, slots=True)

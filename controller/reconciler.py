@@ -13,8 +13,9 @@ The flow: `decide` (pure, controller.decide) over the loaded deployment and the 
 executor (controller.executor) applies the intent writes, removals and stops; the starter
 (controller.starts) places and starts under slow start unless the crash backoff
 (controller.progress) holds them; the status is derived from the loaded deployment plus what
-the actions changed, and recorded once. The engines are listed again only when containers
-were started, since only their listing says whether a new container is running and healthy.
+the actions changed, and recorded once (the deployment is not read again). After acting the
+engines are listed again: only their listing says whether a new container is running and
+healthy, or that a container exited while the reconcile ran.
 """
 
 from __future__ import annotations
@@ -205,7 +206,10 @@ class Reconciler:
         )
         try:
             gated, transient = await self._act(p, decision, now)
-            if p.out.started:
+            if not decision.empty:
+                # The engines are listed again after acting: what a started container shows
+                # (running, healthy) and what changed meanwhile (an exit that landed during
+                # the reconcile, whose grace sets the next look) is theirs to say.
                 p.views = await self.observer.observe_one(p.now_d)
             await self._record_status(p)
         finally:
@@ -225,6 +229,8 @@ class Reconciler:
             "reconcile_done",
             duration_ms=round((time.monotonic() - started) * 1000, 2),
             actions=decision.actions,
+            created=len(p.out.created),
+            started=p.out.started,
             status=p.d.status.value,
         )
         return Result(requeue_after=requeue, actions=decision.actions)

@@ -190,10 +190,10 @@ async def test_concurrent_transitions_share_one_transaction_and_keep_their_guard
     calls = [
         [running(r.id, i * 10 + j) for j, r in enumerate(d.replicas)] for i, d in enumerate(loaded)
     ]
-    rounds_before = store._transitions.rounds
+    rounds_before = store.group_commit["transitions"][0]
     with counting(engine) as statements:
         results = await asyncio.gather(*(store.transition(call) for call in calls))
-    assert store._transitions.rounds - rounds_before <= 2
+    assert store.group_commit["transitions"][0] - rounds_before <= 2
     for call, moved in zip(calls, results, strict=True):
         assert moved == {c.replica_id for c in call} - {stale.id}
     updates = [s for s in statements if s.lstrip().upper().startswith("UPDATE")]
@@ -316,13 +316,13 @@ async def test_status_writes_and_new_rows_of_many_callers_share_a_round(
     stale = ids[0]
     assert await store.record_status(stale, pending, DeploymentStatus.FAILED, "bad image", now)
     history_before = len(await op.history(stale))
-    rounds_before = store._writes.rounds
+    rounds_before = store.group_commit["writes"][0]
     with counting(engine) as statements:
         results = await asyncio.gather(
             *(store.record_status(d, pending, scheduled, f"placed {d}", now) for d in ids),
             *(store.create_replicas(d, 2, now) for d in ids),
         )
-    assert store._writes.rounds - rounds_before <= 2
+    assert store.group_commit["writes"][0] - rounds_before <= 2
     assert results[:6] == [False, True, True, True, True, True]
     for d, new in zip(ids, results[6:], strict=True):
         rows = {row["id"]: row for row in await op.replicas(d)}

@@ -111,19 +111,7 @@ class MemoryStore:
             r = self.replicas.get(t.replica_id)
             if r is None or r.status not in t.expected:
                 continue
-            c = t.change
-            self.replicas[r.id] = replace(
-                r,
-                status=t.status,
-                node_id=c.node_id or r.node_id,
-                spec_hash=c.spec_hash or r.spec_hash,
-                container_id=c.container_id or r.container_id,
-                started_at=c.started_at or r.started_at,
-                stopped_at=c.stopped_at or r.stopped_at,
-                restart_count=c.crash.restart_count if c.crash else r.restart_count,
-                last_exit_code=c.crash.exit_code if c.crash else r.last_exit_code,
-                oom_killed=c.crash.oom_killed if c.crash else r.oom_killed,
-            )
+            self.replicas[r.id] = t.change.applied(r, t.status)
             moved.add(r.id)
         return moved
 
