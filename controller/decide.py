@@ -134,9 +134,9 @@ def crashes_counted(
     moved: set[uuid.UUID],
     now: datetime,
     backoff: Backoff,
-) -> tuple[DeploymentMemory, list[float]]:
+) -> tuple[DeploymentMemory, list[tuple[int, float]]]:
     """The memory after the failures the store recorded (each a crash toward the backoff),
-    and the backoff delays they started."""
+    and the backoffs they started: (failures so far, delay in seconds)."""
     delays = []
     for f in failures:
         if f.replica.id not in moved:
@@ -145,7 +145,7 @@ def crashes_counted(
             mem, f"replica {short_id(f.replica.id)} failed: {f.reason}", now, backoff
         )
         if delay is not None:
-            delays.append(delay)
+            delays.append((mem.failures, delay))
     return mem, delays
 
 

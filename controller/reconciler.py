@@ -89,6 +89,7 @@ class Reconciler:
         self._backoff = Backoff.of(settings)
         self._deadline = timedelta(seconds=settings.progress_deadline_seconds)
         self._memory: dict[uuid.UUID, DeploymentMemory] = {}
+        self._problems: dict[uuid.UUID, str] = {}  # found outside a reconcile (a node lost)
         self.observer = Observer(runtime, lambda: nodes.records, clock)
         self.placement = PlacementCache(store, nodes.snapshot)
         self.executor = Executor(
@@ -125,12 +126,13 @@ class Reconciler:
     def note_problem(self, deployment_id: uuid.UUID, reason: str) -> None:
         """A problem found outside a reconcile (a node lost) for the deployment's reason."""
         self._triage.forget(deployment_id)
-        mem = self._memory.get(deployment_id)
-        if mem is not None:
-            self._memory[deployment_id] = replace(mem, error=reason)
+        if deployment_id in self._memory:
+            # Taken up by the next reconcile: one in flight now writes its memory back last.
+            self._problems[deployment_id] = reason
 
     def forget(self, deployment_id: uuid.UUID) -> None:
         self._memory.pop(deployment_id, None)
+        self._problems.pop(deployment_id, None)
         self._triage.forget(deployment_id)
         self.observer.forget(deployment_id)
 
@@ -144,8 +146,14 @@ class Reconciler:
         """Leadership (re)gained: another leader may have placed replicas meanwhile."""
         self.placement.new_term()
 
-    def memory(self, d: Deployment) -> DeploymentMemory:
-        mem = self._memory[d.id] = remember(self._memory.get(d.id), d, self._clock())
+    def memory(self, d: Deployment, *, take_problem: bool = False) -> DeploymentMemory:
+        """The deployment's memory, kept; a reconcile also takes up a problem found outside
+        (`note_problem`)."""
+        mem = self._memory.get(d.id)
+        problem = self._problems.pop(d.id, None) if take_problem else None
+        if mem is not None and problem is not None:
+            mem = replace(mem, error=problem)
+        mem = self._memory[d.id] = remember(mem, d, self._clock())
         return mem
 
     def _fleet(self) -> Fleet:
@@ -193,7 +201,7 @@ class Reconciler:
             self.forget(deployment_id)
             return Result()
         structlog.contextvars.bind_contextvars(deployment=d.name)
-        p = Pass(d, await self.observer.observe_one(d), self.memory(d))
+        p = Pass(d, await self.observer.observe_one(d), self.memory(d, take_problem=True))
         now = self._clock()
         decision = decide(
             d,
@@ -243,8 +251,8 @@ class Reconciler:
         # 1. Intent: everything the engines will be asked to do is committed first.
         moved = await self.executor.record_intent(p.d, decision, now, p.out)
         p.mem, delays = crashes_counted(p.mem, decision.failures, moved, now, self._backoff)
-        for delay in delays:
-            log.warning("deployment_backoff", failures=p.mem.failures, retry_in_seconds=delay)
+        for failures, delay in delays:
+            log.warning("deployment_backoff", failures=failures, retry_in_seconds=delay)
         created = []
         if decision.create:
             created = await self.executor.create(p.d, decision.create, now, p.out)

@@ -85,7 +85,7 @@ def test_only_recorded_failures_count_toward_the_backoff() -> None:
     assert (one.failures, delays) == (1, [])
     assert start_gate(one, NOW) is None  # the first replacement is immediate
     two, delays = crashes_counted(mem, failures, {r.id for r in rows}, NOW, backoff)
-    assert (two.failures, delays) == (2, [10])
+    assert (two.failures, delays) == (2, [(2, 10)])
     assert start_gate(two, NOW) == 10
 
 
