@@ -29,6 +29,7 @@ from controller.model import (
 from controller.plan import StopReplica
 from controller.ports import CrashCounts, ReconcileStore, ReplicaChange, Transition
 from controller.runtime import ContainerSpec, Runtime
+from schema.enums import TERMINAL_REPLICA_STATUSES
 
 log = structlog.get_logger(__name__)
 
@@ -52,12 +53,15 @@ class Outcomes:
         self.changed[r.id] = r
 
     def applied_to(self, d: Deployment) -> Deployment:
-        """`d` as the store holds it now, as far as our own writes go."""
+        """`d` as a load would return it now, as far as our own writes go (terminal rows,
+        stopped or failed, are not loaded)."""
         if not self.changed and not self.created:
             return d
         known = {r.id for r in d.replicas}
         rows = [*d.replicas, *(r for r in self.created if r.id not in known)]
-        return replace(d, replicas=tuple(self.changed.get(r.id, r) for r in rows))
+        now = (self.changed.get(r.id, r) for r in rows)
+        loaded = tuple(r for r in now if r.status not in TERMINAL_REPLICA_STATUSES)
+        return replace(d, replicas=loaded)
 
 
 _Move = tuple[Replica, tuple[ReplicaStatus, ...], ReplicaStatus, ReplicaChange]

@@ -25,8 +25,8 @@ from controller.model import (
     Resources,
 )
 from controller.ports import Transition
+from schema.enums import TERMINAL_REPLICA_STATUSES
 
-_TERMINAL = (ReplicaStatus.STOPPED, ReplicaStatus.FAILED)
 _LIVE = (ReplicaStatus.PENDING, ReplicaStatus.STARTING, ReplicaStatus.RUNNING)
 
 
@@ -73,7 +73,7 @@ class MemoryStore:
         d = self.deployments.get(deployment_id)
         if d is None:
             return None
-        mine = [r for r in self.rows(deployment_id) if r.status not in _TERMINAL]
+        mine = [r for r in self.rows(deployment_id) if r.status not in TERMINAL_REPLICA_STATUSES]
         mine.sort(key=lambda r: (r.created_at or datetime.min, r.id))
         last = [h for h in self.history if h.deployment_id == deployment_id]
         return replace(
