@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bench.scale import SqlCounter, Size, Tuning, seed
+from bench.scale import Size, SqlCounter, Tuning, seed
 from controller.loop import Controller
 from controller.runtime.hollow import HollowNode, HollowRuntime, hollow_url
 from controller.store import Store
@@ -68,8 +69,6 @@ async def walk(workdir: Path) -> dict[str, Any]:
 
 
 def main() -> None:
-    import tempfile
-
     with tempfile.TemporaryDirectory(prefix="fog-walk-") as workdir:
         print(json.dumps(asyncio.run(walk(Path(workdir))), indent=2))
 
