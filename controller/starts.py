@@ -77,9 +77,18 @@ class Starter:
         self._executor = executor
         self._placement = placement
         self._records = records
-        self._up_since = {n.id: n.up_since for n in nodes}
+        self._nodes = nodes
+        self._up_since_map: dict[uuid.UUID, datetime | None] | None = None
         self._clock = clock
         self._backoff = backoff
+
+    @property
+    def _up_since(self) -> Mapping[uuid.UUID, datetime | None]:
+        """Each node's engine up-since mark: only needed once refusals are counted, so not
+        built per reconcile (a large fog has a thousand nodes)."""
+        if self._up_since_map is None:
+            self._up_since_map = {n.id: n.up_since for n in self._nodes}
+        return self._up_since_map
 
     async def run(
         self,
