@@ -462,6 +462,48 @@ async def test_a_new_deployment_is_loaded_once_per_reconcile(db_url: str, fleet:
         await store.close()
 
 
+async def test_the_resync_pass_removes_a_container_of_no_deployment(
+    db_url: str, fleet: Any
+) -> None:
+    """A labelled container whose deployment is not in the database is removed by the
+    resync pass (through the executor the reconciler uses), and said at info; a pass with
+    nothing to do says so at debug only."""
+    _op, urls, _user = fleet
+    settings = settings_for_tests(db_url)
+    store = Store(create_engine(db_url))
+    runtime = DockerRuntime(settings)
+    controller = Controller(settings, store, runtime)
+    api = _api(urls[0])
+    try:
+        await controller.nodes.refresh()
+        stray = api.create_container(
+            "fog-test/busybox:latest",
+            name=f"fog-{uuid.uuid4()}",
+            labels={
+                "fog.managed-by": "fog-controller",
+                "fog.deployment-id": str(uuid.uuid4()),
+                "fog.replica-id": str(uuid.uuid4()),
+            },
+        )
+        api.start(stray["Id"])
+        with capture_logs() as logs:
+            await controller.resync()
+        assert stray["Id"] not in {s.id for s in managed_containers(urls)}
+        [removed] = [e for e in logs if e["event"] == "container_removed"]
+        assert removed["why"] == "no deployment"
+        [done] = [e for e in logs if e["event"] == "resync_done"]
+        assert (done["log_level"], done["strays_removed"]) == ("info", 1)
+
+        with capture_logs() as logs:
+            await controller.resync()
+        [idle] = [e for e in logs if e["event"] == "resync_done"]
+        assert (idle["log_level"], idle["enqueued"], idle["strays_removed"]) == ("debug", 0, 0)
+    finally:
+        api.close()
+        await runtime.close()
+        await store.close()
+
+
 def _replanned(logs: list[dict[str, Any]]) -> int:
     """How many deployments the resync pass in `logs` planned (it logs one `resync_done`)."""
     [done] = [e for e in logs if e["event"] == "resync_done"]
