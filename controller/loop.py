@@ -415,16 +415,21 @@ class Controller:
             if c.deployment_id not in known
         ]
         if strays:
-            await asyncio.gather(*(self._remove_stray(c.node_id, c.id, c.name) for c in strays))
+            await asyncio.gather(
+                *(self.reconciler.executor.remove(c, "no deployment") for c in strays)
+            )
         pruned = await self.store.prune_terminal_replicas(self.settings.keep_terminal_replicas)
         self.passes += 1
         self._report(deployments)
         self.metrics.resync_duration.observe(time.monotonic() - started)
-        log.info(
+        # An idle pass is debug: operators read the info lines as "something happened".
+        quiet = not (enqueued or strays or pruned)
+        (log.debug if quiet else log.info)(
             "resync_done",
             duration_ms=round((time.monotonic() - started) * 1000, 2),
             deployments=len(deployments),
             enqueued=enqueued,
+            replanned=self.reconciler.replanned,
             strays_removed=len(strays),
             replicas_pruned=pruned,
             queue_depth=len(self.queue),
@@ -465,13 +470,3 @@ class Controller:
                 log.error("watchdog_withheld", reason=why)
             withheld = not ok
             await asyncio.sleep(interval)
-
-    async def _remove_stray(self, node_id: uuid.UUID, container: str, name: str) -> None:
-        record = self.nodes.records.get(node_id)
-        if record is None:
-            return
-        try:
-            await self.runtime.stop(record, container, 0)
-            log.info("container_removed", container=name, node=record.name, why="no deployment")
-        except errors.ControllerError as exc:
-            log.warning("container_remove_failed", container=name, reason=exc.reason)

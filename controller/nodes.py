@@ -30,10 +30,10 @@ import structlog
 
 from controller import errors
 from controller.model import EngineInfo, Node, NodeRecord, NodeStatus, resolve_node
+from controller.ports import NodeStore
 from controller.runtime import Runtime
 from controller.settings import Settings
 from controller.storage import StorageLimits
-from controller.store import Store
 
 log = structlog.get_logger(__name__)
 
@@ -95,7 +95,7 @@ def next_status(
 
 class NodeMonitor:
     def __init__(
-        self, store: Store, runtime: Runtime, settings: Settings, clock: Callable[[], datetime]
+        self, store: NodeStore, runtime: Runtime, settings: Settings, clock: Callable[[], datetime]
     ) -> None:
         self._store = store
         self._runtime = runtime

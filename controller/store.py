@@ -67,6 +67,7 @@ from controller.model import (
     ReplicaStatus,
     Resources,
 )
+from controller.ports import ReplicaChange, Transition
 from controller.readmodel import (
     CONTROL_PLANE,
     DEPLOYMENTS,
@@ -190,14 +191,18 @@ class _StateWrite:
 _Write = _NewReplicas | _StatusWrite | _StateWrite
 
 
-@dataclass(frozen=True, slots=True)
-class Transition:
-    """Move one replica from one of `expected` statuses to `status`, setting `values`."""
-
-    replica_id: uuid.UUID
-    expected: tuple[ReplicaStatus, ...]
-    status: ReplicaStatus
-    values: tuple[tuple[str, Any], ...] = ()
+def _columns(change: ReplicaChange) -> tuple[tuple[str, Any], ...]:
+    """The replica columns a typed change sets, in a fixed order (one UPDATE shape per kind)."""
+    out: list[tuple[str, Any]] = []
+    for name in ("node_id", "spec_hash", "container_id", "started_at", "stopped_at"):
+        value = getattr(change, name)
+        if value is not None:
+            out.append((name, value))
+    if change.crash is not None:
+        out.append(("restart_count", change.crash.restart_count))
+        out.append(("last_exit_code", change.crash.exit_code))
+        out.append(("oom_killed", change.crash.oom_killed))
+    return tuple(out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1114,7 +1119,7 @@ async def _apply_transitions(conn: AsyncConnection, changes: list[Transition]) -
             result = await conn.execute(
                 update(rep)
                 .where(rep.c.id == c.replica_id, rep.c.status.in_([s.value for s in c.expected]))
-                .values(status=c.status.value, **dict(c.values))
+                .values(status=c.status.value, **dict(_columns(c.change)))
             )
             if result.rowcount:
                 moved.add(c.replica_id)
@@ -1126,19 +1131,20 @@ async def _apply_transitions(conn: AsyncConnection, changes: list[Transition]) -
     else:
         kinds: dict[tuple[Any, ...], list[Transition]] = {}
         for c in changes:
-            key = (c.expected, c.status, tuple(name for name, _ in c.values))
+            key = (c.expected, c.status, tuple(name for name, _ in _columns(c.change)))
             kinds.setdefault(key, []).append(c)
         groups = list(kinds.values())
     for group in groups:
         first = group[0]
-        names = tuple(name for name, _ in first.values)
+        values = [_columns(c.change) for c in group]
+        names = tuple(name for name, _ in values[0])
         params: dict[str, Any] = {
             "status": first.status.value,
             "expected": [s.value for s in first.expected],
             "v_id": [c.replica_id for c in group],
         }
         for k, name in enumerate(names):
-            params[f"v_{name}"] = [c.values[k][1] for c in group]
+            params[f"v_{name}"] = [v[k][1] for v in values]
         result = await conn.execute(_pg_transition_sql(names), params)
         moved.update(result.scalars())
     return moved
@@ -1182,4 +1188,4 @@ def _replica(row: Any) -> Replica:
     )
 
 
-__all__ = ["Store", "Transition"]
+__all__ = ["ReplicaChange", "Store", "Transition"]

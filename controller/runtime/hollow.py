@@ -24,8 +24,8 @@ import asyncio
 import secrets
 import uuid
 from collections import Counter
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from controller import errors
@@ -112,6 +112,7 @@ class HollowRuntime:
 
     `latency_seconds` adds a sleep to every call, to model an engine's round trip; with the
     default (0) a call completes without yielding, so a benchmark charges the engine nothing.
+    `clock` stamps listings (a unit test drives the reconciler and the engine on one clock).
     """
 
     def __init__(
@@ -119,9 +120,13 @@ class HollowRuntime:
         nodes: Mapping[str, HollowNode] | None = None,
         *,
         latency_seconds: float = 0.0,
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
         self._engines: dict[str, _Engine] = {}
         self._latency = latency_seconds
+        self._clock = clock or (lambda: datetime.now(UTC))
+        # Images whose creates the engines refuse, with the engine's words.
+        self._refused: dict[str, str] = {}
         self.calls: Counter[str] = Counter()  # port method name -> calls, for reports
         for url, spec in (nodes or {}).items():
             self.add_node(url, spec)
@@ -143,6 +148,29 @@ class HollowRuntime:
         if container_id not in engine.by_id:
             raise KeyError(f"no container {container_id} on {docker_url}")
         engine.written[container_id] = n_bytes
+
+    def refuse(self, image: str, words: str) -> None:
+        """Every engine refuses to create containers of `image`, saying `words` (as an engine
+        answers a create of an image it cannot pull)."""
+        self._refused[image] = words
+
+    def exit(self, container_id: str, code: int, at: datetime) -> None:
+        """The container exits with `code` at `at` (its process died; nothing restarts it)."""
+        for engine in self._engines.values():
+            name = engine.by_id.get(container_id)
+            if name is not None:
+                c = engine.by_name[name]
+                engine.add(
+                    replace(
+                        c,
+                        state=ContainerState.EXITED,
+                        exit_code=code,
+                        finished_at=at,
+                        inspected=True,
+                    )
+                )
+                return
+        raise KeyError(f"no container {container_id}")
 
     def containers(self, docker_url: str | None = None) -> list[ObservedContainer]:
         """Every container on one node, or on all of them."""
@@ -180,7 +208,7 @@ class HollowRuntime:
         )
 
     async def list(self, node: NodeRecord, deployment_id: uuid.UUID | None = None) -> NodeView:
-        observed_at = datetime.now(UTC)
+        observed_at = self._clock()
         try:
             engine = await self._reach(node, "list")
         except errors.TransientError as exc:
@@ -196,6 +224,9 @@ class HollowRuntime:
 
     async def ensure(self, node: NodeRecord, spec: ContainerSpec) -> str:
         engine = await self._reach(node, "ensure")
+        refused = self._refused.get(spec.image)
+        if refused is not None:
+            raise errors.PermanentError(refused)
         existing = engine.by_name.get(spec.name)
         if existing is not None:
             if existing.replica_id != spec.replica_id:

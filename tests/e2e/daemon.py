@@ -36,7 +36,9 @@ T = TypeVar("T")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # Fast timings: a resync pass and a heartbeat every half second, stops that do not linger.
+# Debug logs: tests count resync passes by `resync_done`, which an idle pass logs at debug.
 FAST_ENV: dict[str, str] = {
+    "FOG_LOG_LEVEL": "debug",
     "FOG_RESYNC_SECONDS": "0.5",
     "FOG_NODE_HEARTBEAT_SECONDS": "0.5",
     "FOG_STOP_TIMEOUT_SECONDS": "2",

@@ -10,7 +10,9 @@ from typing import Any
 
 import docker
 import pytest
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
+from structlog.testing import capture_logs
 
 from controller.loop import Controller
 from controller.runtime.docker import DockerRuntime
@@ -410,16 +412,99 @@ async def test_resync_remembers_converged_deployments_but_not_past_a_change(
         for d in (steady, touched):
             await settle(d)
         assert await controller.resync() == 0  # judged converged...
-        assert await controller.resync() == 0  # ...and remembered
+        with capture_logs() as logs:
+            assert await controller.resync() == 0  # ...and remembered
         if store.engine.dialect.name == "postgresql":  # rows come from the store's snapshot
-            assert set(controller.reconciler._steady) == {steady, touched}
+            assert _replanned(logs) == 0
 
         victim = managed_containers(urls, touched)[0]
         await asyncio.to_thread(_api(victim.engine_url).stop, victim.id, timeout=0)
-        assert await controller.resync() == 1
-        assert touched not in controller.reconciler._steady
+        with capture_logs() as logs:
+            assert await controller.resync() == 1
+        assert _replanned(logs) >= 1
         await settle(touched)  # the repair
         assert await controller.resync() == 0
     finally:
         await runtime.close()
         await store.close()
+
+
+async def test_a_new_deployment_is_loaded_once_per_reconcile(db_url: str, fleet: Any) -> None:
+    """Wake-up to Docker calls for a new deployment of 3 replicas: one deployment load (the
+    status after acting comes from what the actions changed, not from reading it again),
+    one read of node usage for the scheduler, and every replica started in that reconcile."""
+    op, _urls, user = fleet
+    settings = settings_for_tests(db_url)
+    store = Store(create_engine(db_url))
+    runtime = DockerRuntime(settings)
+    controller = Controller(settings, store, runtime)
+    statements: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(" ".join(statement.split()).upper())
+
+    try:
+        await controller.nodes.refresh()
+        d = await op.add_deployment(user, "counted", replicas=3)
+        event.listen(store.engine.sync_engine, "before_cursor_execute", record)
+        try:
+            await controller.reconciler.reconcile(d)
+        finally:
+            event.remove(store.engine.sync_engine, "before_cursor_execute", record)
+        loads = [s for s in statements if s.startswith("SELECT") and "FROM DEPLOYMENTS " in s]
+        assert len(loads) == 1, loads
+        selects = [s for s in statements if s.startswith("SELECT")]
+        assert len(selects) <= 5, selects  # the load's three queries, usage, (fencing)
+        assert await op.status(d) == "running"
+        assert len(await op.replicas(d, "running")) == 3
+    finally:
+        await runtime.close()
+        await store.close()
+
+
+async def test_the_resync_pass_removes_a_container_of_no_deployment(
+    db_url: str, fleet: Any
+) -> None:
+    """A labelled container whose deployment is not in the database is removed by the
+    resync pass (through the executor the reconciler uses), and said at info; a pass with
+    nothing to do says so at debug only."""
+    _op, urls, _user = fleet
+    settings = settings_for_tests(db_url)
+    store = Store(create_engine(db_url))
+    runtime = DockerRuntime(settings)
+    controller = Controller(settings, store, runtime)
+    api = _api(urls[0])
+    try:
+        await controller.nodes.refresh()
+        stray = api.create_container(
+            "fog-test/busybox:latest",
+            name=f"fog-{uuid.uuid4()}",
+            labels={
+                "fog.managed-by": "fog-controller",
+                "fog.deployment-id": str(uuid.uuid4()),
+                "fog.replica-id": str(uuid.uuid4()),
+            },
+        )
+        api.start(stray["Id"])
+        with capture_logs() as logs:
+            await controller.resync()
+        assert stray["Id"] not in {s.id for s in managed_containers(urls)}
+        [removed] = [e for e in logs if e["event"] == "container_removed"]
+        assert removed["why"] == "no deployment"
+        [done] = [e for e in logs if e["event"] == "resync_done"]
+        assert (done["log_level"], done["strays_removed"]) == ("info", 1)
+
+        with capture_logs() as logs:
+            await controller.resync()
+        [idle] = [e for e in logs if e["event"] == "resync_done"]
+        assert (idle["log_level"], idle["enqueued"], idle["strays_removed"]) == ("debug", 0, 0)
+    finally:
+        api.close()
+        await runtime.close()
+        await store.close()
+
+
+def _replanned(logs: list[dict[str, Any]]) -> int:
+    """How many deployments the resync pass in `logs` planned (it logs one `resync_done`)."""
+    [done] = [e for e in logs if e["event"] == "resync_done"]
+    return int(done["replanned"])

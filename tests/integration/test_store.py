@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from controller.model import DeploymentStatus, NodeStatus, ReplicaStatus
 from controller.readmodel import DEPLOYMENTS, REPLICAS
-from controller.store import Store, Transition
+from controller.store import ReplicaChange, Store, Transition
 from tests.harness.fleet import Operator
 
 
@@ -114,7 +114,7 @@ async def test_prune_keeps_the_newest_terminal_rows(engine: AsyncEngine) -> None
                     r.id,
                     (ReplicaStatus.PENDING,),
                     ReplicaStatus.STOPPED if i % 2 else ReplicaStatus.FAILED,
-                    (("stopped_at", base + timedelta(seconds=i)),),
+                    ReplicaChange(stopped_at=base + timedelta(seconds=i)),
                 )
             ]
         )
@@ -185,7 +185,7 @@ async def test_concurrent_transitions_share_one_transaction_and_keep_their_guard
             r_id,
             (ReplicaStatus.PENDING,),
             ReplicaStatus.RUNNING,
-            (("container_id", f"c{n:03d}"), ("started_at", when + timedelta(seconds=n))),
+            ReplicaChange(container_id=f"c{n:03d}", started_at=when + timedelta(seconds=n)),
         )
 
     calls = [
@@ -224,7 +224,10 @@ async def test_a_bad_row_fails_only_its_own_call(engine: AsyncEngine) -> None:
     def place(r_id: uuid.UUID, node_id: uuid.UUID) -> list[Transition]:
         return [
             Transition(
-                r_id, (ReplicaStatus.PENDING,), ReplicaStatus.STARTING, (("node_id", node_id),)
+                r_id,
+                (ReplicaStatus.PENDING,),
+                ReplicaStatus.STARTING,
+                ReplicaChange(node_id=node_id),
             )
         ]
 

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from controller.generation import NEVER_OBSERVED, failed_is_sticky, spec_changed
 from controller.model import DeploymentStatus, ProgressState, ReplicaStatus
-from controller.reconciler import DeploymentMemory
+from controller.progress import DeploymentMemory
 from tests.unit.factories import T0, deployment, node, replica
 
 N1 = node("n1")

@@ -1,0 +1,112 @@
+"""The scheduler's view of node usage, kept between reconciles: read from the store, then
+kept current by our own placements.
+
+A placement is assumed the moment it is chosen and before it is written (kube-scheduler's
+"assume, then bind"), so concurrent reconciles schedule against each other's choices without
+a lock held across a database write. Capacity freed meanwhile is seen at the next read: the
+cache can overestimate usage, never underestimate it, and a refusal always re-reads first.
+The choice itself is `scheduler.NodeIndex.schedule` (pure).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Collection, Sequence
+
+from controller import errors, scheduler
+from controller.model import ZERO, Node, Resources
+from controller.ports import ReconcileStore
+
+# The scheduler's view of node usage is re-read from the store at least this often (seconds).
+USAGE_MAX_AGE = 5.0
+
+
+class PlacementCache:
+    """Node usage for the scheduler, with placements assumed until their write is over."""
+
+    def __init__(self, store: ReconcileStore, nodes: Callable[[], tuple[Node, ...]]) -> None:
+        self._store = store
+        self._nodes = nodes
+        self._index: scheduler.NodeIndex | None = None
+        self._read_at = 0.0  # monotonic seconds
+        self._lock = asyncio.Lock()  # one read at a time
+        # Placements chosen but not yet written, and (during a read) every one chosen meanwhile.
+        self._assumed: dict[uuid.UUID, tuple[uuid.UUID, Resources]] = {}
+        self._assumed_during_read: dict[uuid.UUID, tuple[uuid.UUID, Resources]] | None = None
+
+    def new_term(self) -> None:
+        """Leadership (re)gained: another leader may have placed replicas meanwhile."""
+        self._index = None
+
+    async def choose(
+        self,
+        replica_ids: Sequence[uuid.UUID],
+        request: Resources,
+        spread: Counter[uuid.UUID],
+        excluded: Collection[uuid.UUID],
+    ) -> scheduler.ScheduleResult:
+        """Nodes for `replica_ids`, each assumed at once; `settle` every placement after its
+        write. A refusal re-reads usage first (capacity may have been freed since)."""
+        called_at = time.monotonic()
+        if self._index is None or called_at - self._read_at > USAGE_MAX_AGE:
+            await self._read(called_at)
+        result = self._schedule(replica_ids, request, spread, excluded)
+        if result.unplaced and self._read_at < called_at:
+            await self._read(called_at)
+            result = self._schedule(replica_ids, request, spread, excluded)
+        # No await between choosing and assuming: the next reconcile sees these placements.
+        for p in result.placements:
+            self._assume(p.replica_id, p.node_id, request)
+        return result
+
+    def settle(self, replica_id: uuid.UUID, *, written: bool) -> None:
+        """The placement's write is over: kept if it was written, taken back if not."""
+        assumed = self._assumed.pop(replica_id, None)
+        if assumed is None or written or self._index is None:
+            return
+        node_id, request = assumed
+        self._index.add(node_id, request, sign=-1)
+
+    def _assume(self, replica_id: uuid.UUID, node_id: uuid.UUID, request: Resources) -> None:
+        """Remember a placement the index already counts until its write is over."""
+        self._assumed[replica_id] = (node_id, request)
+        if self._assumed_during_read is not None:
+            self._assumed_during_read[replica_id] = (node_id, request)
+
+    async def _read(self, wanted_after: float) -> None:
+        """Re-read usage from the store, plus every placement that may be missing from that
+        read: those being written when it began and those chosen while it ran (a placement
+        both written and counted is counted twice, which errs on the safe side)."""
+        async with self._lock:
+            if self._index is not None and self._read_at >= wanted_after:
+                return  # another reconcile re-read meanwhile
+            started = time.monotonic()
+            pending = self._assumed_during_read = dict(self._assumed)
+            try:
+                usage = await self._store.node_usage()
+            finally:
+                self._assumed_during_read = None
+            for node_id, request in pending.values():
+                usage[node_id] = usage.get(node_id, ZERO) + request
+            self._index = scheduler.NodeIndex(self._nodes(), usage)
+            self._read_at = started
+
+    def _schedule(
+        self,
+        replica_ids: Sequence[uuid.UUID],
+        request: Resources,
+        spread: Counter[uuid.UUID],
+        excluded: Collection[uuid.UUID],
+    ) -> scheduler.ScheduleResult:
+        """`NodeIndex.schedule` over the cached usage; the placements count as used at once."""
+        nodes = self._nodes()
+        index = self._index
+        if index is None:  # a new term began while this reconcile waited
+            raise errors.TransientError("scheduler cache not loaded yet")
+        if index.nodes is not nodes:
+            # Nodes changed (a probe, a cordon): same usage, new node set.
+            index = self._index = scheduler.NodeIndex(nodes, index.used)
+        return index.schedule(list(replica_ids), request, spread, excluded)
