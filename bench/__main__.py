@@ -44,6 +44,10 @@ from bench.report import (
     table,
     write_json,
 )
+from bench.swarm import SIZES as SWARM_SIZES
+from bench.swarm import STEADY_SECONDS as SWARM_STEADY_SECONDS
+from bench.swarm import VARIANTS as SWARM_VARIANTS
+from bench.swarm import Plan
 from tests.harness.database import TemplateDatabases, admin_url_from_env
 from tests.harness.engines import (
     API_VERSION,
@@ -119,6 +123,22 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="instead: the side-by-side with Docker Swarm mode (bench.swarm; N=10 and 50)",
     )
+    p.add_argument(
+        "--sizes",
+        default=",".join(str(n) for n in SWARM_SIZES),
+        help="--swarm: replica counts to compare (default 10,50; repair runs at 10)",
+    )
+    p.add_argument(
+        "--compare",
+        default=",".join(SWARM_VARIANTS),
+        help=f"--swarm: comma-separated subset of {','.join(SWARM_VARIANTS)}",
+    )
+    p.add_argument(
+        "--steady-seconds",
+        type=float,
+        default=SWARM_STEADY_SECONDS,
+        help="--swarm: the idle controller's CPU/RSS window (default 60; 0 skips it)",
+    )
     return p
 
 
@@ -139,6 +159,19 @@ def _config(args: argparse.Namespace) -> Config:
         resync_seconds=args.resync_seconds,
         phase_timeout=args.timeout,
     )
+
+
+def _plan(args: argparse.Namespace) -> Plan:
+    compare = tuple(v.strip() for v in args.compare.split(",") if v.strip())
+    if not compare or set(compare) - set(SWARM_VARIANTS):
+        raise SystemExit(f"--compare: choose from {', '.join(SWARM_VARIANTS)}")
+    try:
+        sizes = tuple(int(n) for n in args.sizes.split(",") if n.strip())
+    except ValueError:
+        raise SystemExit("--sizes: comma-separated replica counts") from None
+    if not sizes or min(sizes) < 1:
+        raise SystemExit("--sizes: comma-separated replica counts, each at least 1")
+    return Plan(sizes=sizes, variants=compare, steady_seconds=args.steady_seconds)
 
 
 def _git() -> dict[str, Any]:
@@ -270,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.swarm:
         from bench import swarm  # imported here: only this suite needs Swarm and matplotlib
 
-        return swarm.main(config, command)
+        return swarm.main(config, command, plan=_plan(args))
     workdir = Path(tempfile.mkdtemp(prefix="fogbench-"))
     cluster: Cluster | None = None
     try:
