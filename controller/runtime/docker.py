@@ -34,7 +34,7 @@ import socket
 import ssl
 import threading
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -86,6 +86,12 @@ DOCKER_API_VERSION = "1.41"
 DOCKER_CALL_ATTEMPTS = 3
 # A running container that (re)started this recently is inspected for its restart count.
 RECENT_START_SECONDS = 60.0
+# Graceful stops in flight per node. A stop spends the container's grace period waiting for it
+# to exit, which costs the engine nothing, so stops do not take the node's
+# FOG_NODE_CONCURRENCY slots (creates, starts, removes): a scale-down signals its containers
+# together, as Swarm's agent does, instead of one slot-full at a time, and a slow-stopping
+# container cannot hold up the creates of a rollout beside it.
+STOPS_PER_NODE = 64
 _MANAGED_FILTER = {"label": f"{LABEL_MANAGED_BY}={MANAGED_BY_VALUE}"}
 # The engine answers 500 for many errors that will never go away on retry (seen on Docker
 # 20.10: a GPU request on a node without the driver, an unsupported storage option (overlay2
@@ -469,6 +475,7 @@ class DockerRuntime:
         # part of the key because the certificates are the node's, not the URL's.
         self._clients: dict[tuple[str, str], tuple[tls.EngineAccess, docker.APIClient]] = {}
         self._semaphores: dict[str, asyncio.Semaphore] = {}
+        self._stop_slots: dict[str, asyncio.Semaphore] = {}
         # Per (node name, URL): which engine answers there, asked once (and after a failed
         # probe: the engine behind a URL may be replaced while it is down).
         self._flavours: dict[tuple[str, str], EngineFlavour] = {}
@@ -483,6 +490,10 @@ class DockerRuntime:
         self._unreachable: set[str] = set()
         self._executor = ThreadPoolExecutor(
             max_workers=max(8, settings.node_concurrency * 8), thread_name_prefix="docker"
+        )
+        # Stops wait out grace periods in their own threads, so they never starve other calls.
+        self._stopper = ThreadPoolExecutor(
+            max_workers=STOPS_PER_NODE, thread_name_prefix="docker-stop"
         )
 
     # --- plumbing --------------------------------------------------------------------------
@@ -499,7 +510,7 @@ class DockerRuntime:
             client = self._connector.client(
                 access,
                 timeout=self._settings.docker_timeout_seconds,
-                max_pool_size=self._settings.node_concurrency + 1,
+                max_pool_size=self._settings.node_concurrency + 1 + STOPS_PER_NODE,
             )
         except Exception as exc:
             raise translate(exc, "connect", access.certs) from exc
@@ -532,11 +543,19 @@ class DockerRuntime:
     ) -> T:
         """A call outside the per-node limit: heartbeat probes must not queue behind a
         rollout's creates, or a busy node would look dead (its pool has one spare slot)."""
+        return await self._in(self._executor, node, fn, *args, **kwargs)
+
+    async def _in(
+        self,
+        executor: ThreadPoolExecutor,
+        node: NodeRecord,
+        fn: Callable[..., T],
+        *args: Any,
+        **kwargs: Any,
+    ) -> T:
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(
-                self._executor, functools.partial(fn, *args, **kwargs)
-            )
+            return await loop.run_in_executor(executor, functools.partial(fn, *args, **kwargs))
         except docker.errors.NotFound:
             raise  # an answer (gone, no such image), not a failing engine
         except Exception:
@@ -550,6 +569,9 @@ class DockerRuntime:
         self, node: NodeRecord, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any
     ) -> T:
         """One Docker call, retried on transient failure (3 tries, jittered backoff)."""
+        return await self._retried(node, what, lambda: self._raw(node, fn, *args, **kwargs))
+
+    async def _retried(self, node: NodeRecord, what: str, once: Callable[[], Awaitable[T]]) -> T:
         async for attempt in AsyncRetrying(
             retry=retry_if_exception_type(errors.TransientError),
             stop=stop_after_attempt(DOCKER_CALL_ATTEMPTS),
@@ -558,7 +580,7 @@ class DockerRuntime:
         ):
             with attempt:
                 try:
-                    return await self._raw(node, fn, *args, **kwargs)
+                    return await once()
                 except docker.errors.NotFound:
                     raise
                 except Exception as exc:
@@ -570,6 +592,7 @@ class DockerRuntime:
             client.close()
         self._clients.clear()
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._stopper.shutdown(wait=False, cancel_futures=True)
 
     # --- the port --------------------------------------------------------------------------
 
@@ -886,14 +909,27 @@ class DockerRuntime:
             raise errors.PermanentError(f"image pull failed: {image}: {failure}")
 
     async def stop(self, node: NodeRecord, container: str, timeout_seconds: float) -> None:
-        client = self._client(node)
-        try:
-            await self._call(
-                node, "stop container", client.stop, container, timeout=int(timeout_seconds)
-            )
-        except docker.errors.NotFound:
-            return
+        """The engine's own stop (the image's stop signal, the grace, then SIGKILL), then a
+        remove; with no grace a force-remove alone, which kills it the same way in one call."""
+        if int(timeout_seconds) > 0:
+            client = self._client(node)
+            try:
+                await self._stop_call(node, client.stop, container, timeout=int(timeout_seconds))
+            except docker.errors.NotFound:
+                return
         await self._remove(node, container)
+
+    async def _stop_call(self, node: NodeRecord, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
+        """A stop, retried as `_call` does, in the node's stop slots and the stop threads."""
+        slots = self._stop_slots.get(node.docker_url)
+        if slots is None:
+            slots = self._stop_slots[node.docker_url] = asyncio.Semaphore(STOPS_PER_NODE)
+
+        async def once() -> T:
+            async with slots:
+                return await self._in(self._stopper, node, fn, *args, **kw)
+
+        return await self._retried(node, "stop container", once)
 
     async def _remove(self, node: NodeRecord, container: str) -> None:
         try:
