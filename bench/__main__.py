@@ -30,7 +30,14 @@ from typing import Any
 
 import docker
 
-from bench.convergence import PG, VARIANTS, Config, ConvergenceBench, setting_default
+from bench.convergence import (
+    PG,
+    VARIANTS,
+    Config,
+    ConvergenceBench,
+    setting_default,
+    with_image,
+)
 from bench.events import EventRecorder
 from bench.latency import BACKENDS, LatencyConfig, run_latency
 from bench.logs import ControllerLog
@@ -124,6 +131,19 @@ def _parser() -> argparse.ArgumentParser:
         help="instead: the side-by-side with Docker Swarm mode (bench.swarm; N=10 and 50)",
     )
     p.add_argument(
+        "--stop-grace",
+        type=int,
+        default=defaults.stop_timeout_seconds,
+        help="stop grace period, seconds: FOG_STOP_TIMEOUT_SECONDS, Swarm's stop_grace_period, "
+        "raw stop's timeout (default 1)",
+    )
+    p.add_argument(
+        "--stop-after",
+        type=float,
+        default=defaults.stop_after_seconds,
+        help="seconds a container takes to exit after SIGTERM (default 0: at once)",
+    )
+    p.add_argument(
         "--sizes",
         default=",".join(str(n) for n in SWARM_SIZES),
         help="--swarm: replica counts to compare (default 10,50; repair runs at 10)",
@@ -149,6 +169,8 @@ def _config(args: argparse.Namespace) -> Config:
         raise SystemExit(f"--variants: unknown {unknown}; choose from {', '.join(VARIANTS)}")
     if args.rounds < 1 or args.replicas < 1 or args.threads < 1:
         raise SystemExit("--rounds, --replicas and --threads must be at least 1")
+    if args.stop_grace < 0 or args.stop_after < 0:
+        raise SystemExit("--stop-grace and --stop-after must not be negative")
     return replace(
         Config(),
         rounds=args.rounds,
@@ -158,6 +180,8 @@ def _config(args: argparse.Namespace) -> Config:
         kick=not args.no_kick,
         resync_seconds=args.resync_seconds,
         phase_timeout=args.timeout,
+        stop_timeout_seconds=args.stop_grace,
+        stop_after_seconds=args.stop_after,
     )
 
 
@@ -311,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         # Under our own directory, so that our dockerd is told apart from the test suite's.
         cluster = Cluster.start(1, base_dir=workdir)
         build_test_image(cluster.engines[0])
+        config = with_image(config, cluster.engines[0])
         return asyncio.run(_suites(args, config, cluster.engines[0], workdir, command))
     except KeyboardInterrupt:
         print("\ninterrupted: stopping the engine and dropping the databases", file=sys.stderr)

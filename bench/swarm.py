@@ -67,6 +67,7 @@ from bench.convergence import (
     controller_host_config,
     production_settings,
     remove_labelled,
+    with_image,
 )
 from bench.events import ContainerEvent, EventRecorder, distinct, has_label
 from bench.logs import ControllerLog
@@ -75,7 +76,7 @@ from bench.trace import Trace
 from controller.model import LABEL_DEPLOYMENT
 from schema.engine import create_engine
 from tests.harness.database import TemplateDatabases, admin_url_from_env
-from tests.harness.engines import API_VERSION, TEST_IMAGE, Cluster, Engine, build_test_image
+from tests.harness.engines import API_VERSION, Cluster, Engine, build_test_image
 from tests.harness.fleet import Operator, running_controller
 
 RAW = "raw"
@@ -195,7 +196,7 @@ class SwarmBench:
         c = self.config
         res = c.resources
         created = self.client.services.create(  # type: ignore[no-untyped-call]
-            TEST_IMAGE,
+            c.image,
             name=f"bench-{tag}",
             mode=ServiceMode("replicated", replicas=0),
             endpoint_spec=EndpointSpec(mode="dnsrr"),
@@ -278,7 +279,7 @@ class SwarmBench:
         c, n = self.config, run.size
         tag = f"raw-{n}-{run.round}-{uuid.uuid4().hex[:8]}"
         host = controller_host_config(production_settings("sqlite://", c), c.resources)
-        calls = RawCalls(self.engine.url, c.threads, Trace())
+        calls = RawCalls(self.engine.url, c.threads, Trace(), c.image)
         select = has_label(BENCH_LABEL, tag)
         mark = self.recorder.mark()
         ids, t0, _ = await asyncio.to_thread(calls.up, n, f"bench-{tag}", {BENCH_LABEL: tag}, host)
@@ -319,6 +320,7 @@ class SwarmBench:
             d = await op.add_deployment(
                 user,
                 "bench",
+                image=c.image,
                 replicas=0,
                 cpu_cores=res.cpu_cores,
                 memory_mb=res.memory_mb,
@@ -597,6 +599,10 @@ async def _main_async(
         await templates.pg_template()
         swarm_info = await asyncio.to_thread(bench.swarm_init)
         say(f"swarm: {swarm_info}")
+        say(
+            f"stop grace {config.stop_timeout_seconds} s for every variant; containers exit "
+            f"{config.stop_after_seconds:g} s after SIGTERM ({config.image})"
+        )
         runs = await bench.rounds()
         steady: dict[str, Any] = {"skipped": True}
         if plan.steady_seconds > 0 and PG in plan.variants:
@@ -625,6 +631,8 @@ async def _main_async(
             "rounds": config.rounds,
             "threads": config.threads,
             "stop_timeout_seconds": config.stop_timeout_seconds,
+            "stop_after_seconds": config.stop_after_seconds,
+            "image": config.image,
             "resync_seconds": config.resync_seconds,
             "sizes": plan.sizes,
             "variants": plan.variants,
@@ -650,7 +658,7 @@ def main(config: Config, command: str, say: Say = print, plan: Plan = EVERYTHING
         say("starting a private Docker engine for the Swarm comparison ...")
         cluster = Cluster.start(1, base_dir=workdir)
         build_test_image(cluster.engines[0])
-        config = replace(config, variants=(RAW_STOP, PG, SQLITE))
+        config = with_image(replace(config, variants=(RAW_STOP, PG, SQLITE)), cluster.engines[0])
         return asyncio.run(_main_async(config, plan, cluster.engines[0], workdir, command, say))
     finally:
         if cluster is not None:
