@@ -33,6 +33,7 @@ import re
 import socket
 import ssl
 import threading
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -86,6 +87,8 @@ DOCKER_API_VERSION = "1.41"
 DOCKER_CALL_ATTEMPTS = 3
 # A running container that (re)started this recently is inspected for its restart count.
 RECENT_START_SECONDS = 60.0
+# Inspect answers kept before the old ones are dropped (only ones under two minutes old stay).
+INSPECTED_KEPT = 1024
 # Graceful stops in flight per node. A stop spends the container's grace period waiting for it
 # to exit, which costs the engine nothing, so stops do not take the node's
 # FOG_NODE_CONCURRENCY slots (creates, starts, removes): a scale-down signals its containers
@@ -488,6 +491,11 @@ class DockerRuntime:
         self._limits: dict[str, StorageLimits] = {}
         self._size_refused: dict[str, str] = {}
         self._unreachable: set[str] = set()
+        # Per container id: when an inspect of it (running) was sent, and what it said. A
+        # later listing whose uptime is at least the time since then shows that the container
+        # has not restarted meanwhile, so the answer still holds (see `_recent_inspect`).
+        self._inspected: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._inspected_limit = INSPECTED_KEPT
         self._executor = ThreadPoolExecutor(
             max_workers=max(8, settings.node_concurrency * 8), thread_name_prefix="docker"
         )
@@ -678,6 +686,7 @@ class DockerRuntime:
         try:
             client = self._client(node)  # may refuse (runtime.tls): this never raises
             raw = await self._raw(node, client.containers, all=True, filters=filters)
+            listed_by = time.monotonic()
             health: dict[str, str] = {}
             if self._flavours.get((node.name, node.docker_url)) is EngineFlavour.PODMAN:
                 health = await self._podman_health(node, filters, raw)
@@ -686,7 +695,7 @@ class DockerRuntime:
             log.warning("node_list_failed", node=node.name, error=reason)
             return NodeView(node.id, complete=False, observed_at=observed_at, error=reason)
         try:
-            found = await asyncio.gather(*(self._observe(node, item) for item in raw))
+            found = await asyncio.gather(*(self._observe(node, item, listed_by) for item in raw))
         except Exception as exc:
             # An engine that lists but cannot inspect is going away or unwell: a half-read
             # node is unknown, not a node whose containers died.
@@ -715,7 +724,9 @@ class DockerRuntime:
             found.update((str(item["Id"]), state) for item in matching)
         return found
 
-    async def _observe(self, node: NodeRecord, item: dict[str, Any]) -> ObservedContainer | None:
+    async def _observe(
+        self, node: NodeRecord, item: dict[str, Any], listed_by: float
+    ) -> ObservedContainer | None:
         labels = item.get("Labels") or {}
         state = ContainerState.parse(str(item.get("State", "")))
         names = item.get("Names") or ["/"]
@@ -740,7 +751,7 @@ class DockerRuntime:
         if state is ContainerState.RUNNING and (uptime is None or uptime >= RECENT_START_SECONDS):
             return container
         try:
-            detail = await self._raw(node, self._client(node).inspect_container, container.id)
+            detail = await self._recent_inspect(node, container.id, uptime, listed_by)
         except docker.errors.NotFound:
             return None  # removed between list and inspect
         st = detail.get("State") or {}
@@ -757,6 +768,32 @@ class DockerRuntime:
             oom_killed=bool(st.get("OOMKilled")),
             finished_at=_timestamp(st.get("FinishedAt")),
         )
+
+    async def _recent_inspect(
+        self, node: NodeRecord, container_id: str, uptime: float | None, listed_by: float
+    ) -> dict[str, Any]:
+        """Inspect, or reuse the last answer for a container that is running and has not
+        restarted since that inspect was sent: the listing's uptime (rounded down, so never
+        more than the truth) is at least the time from then to the listing's return, where a
+        restart after the inspect would show less. Without it a scale-down right after a
+        scale-up inspects every replica twice before its first stop (the resync pass's
+        listing, then the reconcile's), in the node's call slots."""
+        held = self._inspected.get(container_id)
+        if held is not None and uptime is not None and uptime >= listed_by - held[0]:
+            return held[1]
+        sent = time.monotonic()
+        detail: dict[str, Any] = await self._raw(
+            node, self._client(node).inspect_container, container_id
+        )
+        if (detail.get("State") or {}).get("Running"):
+            self._inspected[container_id] = (sent, detail)
+            if len(self._inspected) > self._inspected_limit:
+                old = sent - 2 * RECENT_START_SECONDS
+                self._inspected = {k: v for k, v in self._inspected.items() if v[0] >= old}
+                self._inspected_limit = max(INSPECTED_KEPT, 2 * len(self._inspected))
+        else:
+            self._inspected.pop(container_id, None)
+        return detail
 
     async def ensure(self, node: NodeRecord, spec: ContainerSpec) -> str:
         client = self._client(node)

@@ -17,11 +17,17 @@ import docker
 import docker.errors
 import pytest
 
-from controller.model import NodeRecord, NodeStatus
+from controller.model import (
+    LABEL_DEPLOYMENT,
+    LABEL_MANAGED_BY,
+    MANAGED_BY_VALUE,
+    NodeRecord,
+    NodeStatus,
+)
 from controller.runtime import ContainerSpec
 from controller.runtime.docker import DockerRuntime
 from controller.settings import Settings
-from tests.harness.engines import API_VERSION, TEST_IMAGE, TEST_LABEL, Cluster
+from tests.harness.engines import API_VERSION, TEST_IMAGE, TEST_LABEL, Cluster, wait_until
 from tests.harness.fleet import remove_managed_containers
 
 pytestmark = pytest.mark.docker
@@ -110,3 +116,39 @@ async def test_a_stop_signals_first_kills_after_the_grace_and_leaves_nothing(
     for container in made:
         mine = [what for c, what in events if c == container]
         assert mine == ["15", "9", "die", "destroy"]
+
+
+async def test_a_restart_between_two_listings_shows_in_the_second(
+    cluster: Cluster, runtime: DockerRuntime
+) -> None:
+    """A listing may reuse an earlier inspect of a recently started container, but a restart
+    the engine made after that inspect must show: the second listing has the new count."""
+    engine = cluster.engines[0]
+    node = NodeRecord(uuid.uuid4(), engine.name, engine.url, NodeStatus.READY)
+    deployment = uuid.uuid4()
+    api = docker.APIClient(base_url=engine.url, version=API_VERSION)
+    labels = {LABEL_MANAGED_BY: MANAGED_BY_VALUE, LABEL_DEPLOYMENT: str(deployment)}
+    made = api.create_container(
+        TEST_IMAGE,
+        ["/bin/sh", "-c", "sleep 2; exit 3"],
+        labels=labels,
+        host_config=api.create_host_config(restart_policy={"Name": "always"}),
+    )["Id"]
+
+    def listed_up(restarts: int) -> bool:
+        status = api.containers(filters={"id": made})[0]["Status"]
+        count = api.inspect_container(made)["RestartCount"]
+        return count == restarts and status.startswith("Up 1 second")
+
+    try:
+        api.start(made)
+        wait_until(lambda: listed_up(0), 30, "the container up for a second")
+        first = await runtime.list(node, deployment)
+        wait_until(lambda: listed_up(1), 30, "its restart, up for a second again")
+        second = await runtime.list(node, deployment)
+    finally:
+        api.remove_container(made, force=True)
+        api.close()
+
+    assert [(c.id, c.restart_count) for c in first.containers] == [(made, 0)]
+    assert [(c.id, c.restart_count) for c in second.containers] == [(made, 1)]
