@@ -48,8 +48,11 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# Convergence and reaction latency, then scale-down (and up) 0 -> 50 -> 0 side by side with
+# Docker Swarm and raw SDK calls on one engine: ratios per round against baselines of that run.
 bench: install services
 	$(BIN)/python -m bench
+	$(BIN)/python -m bench --swarm --sizes 50 --steady-seconds 0 --compare raw,raw-rmf,swarm,pg
 
 # The controller on hollow nodes (no Docker): 100 and 1,000 deployments. The issue's aims are
 # stated for 1,000 nodes / 10,000 deployments: `$(BIN)/python -m bench scale --scale full`.

@@ -30,7 +30,14 @@ from typing import Any
 
 import docker
 
-from bench.convergence import PG, VARIANTS, Config, ConvergenceBench, setting_default
+from bench.convergence import (
+    PG,
+    VARIANTS,
+    Config,
+    ConvergenceBench,
+    setting_default,
+    with_image,
+)
 from bench.events import EventRecorder
 from bench.latency import BACKENDS, LatencyConfig, run_latency
 from bench.logs import ControllerLog
@@ -44,6 +51,10 @@ from bench.report import (
     table,
     write_json,
 )
+from bench.swarm import SIZES as SWARM_SIZES
+from bench.swarm import STEADY_SECONDS as SWARM_STEADY_SECONDS
+from bench.swarm import VARIANTS as SWARM_VARIANTS
+from bench.swarm import Plan
 from tests.harness.database import TemplateDatabases, admin_url_from_env
 from tests.harness.engines import (
     API_VERSION,
@@ -119,6 +130,35 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="instead: the side-by-side with Docker Swarm mode (bench.swarm; N=10 and 50)",
     )
+    p.add_argument(
+        "--stop-grace",
+        type=int,
+        default=defaults.stop_timeout_seconds,
+        help="stop grace period, seconds: FOG_STOP_TIMEOUT_SECONDS, Swarm's stop_grace_period, "
+        "raw stop's timeout (default 1)",
+    )
+    p.add_argument(
+        "--stop-after",
+        type=float,
+        default=defaults.stop_after_seconds,
+        help="seconds a container takes to exit after SIGTERM (default 0: at once)",
+    )
+    p.add_argument(
+        "--sizes",
+        default=",".join(str(n) for n in SWARM_SIZES),
+        help="--swarm: replica counts to compare (default 10,50; repair runs at 10)",
+    )
+    p.add_argument(
+        "--compare",
+        default=",".join(SWARM_VARIANTS),
+        help=f"--swarm: comma-separated subset of {','.join(SWARM_VARIANTS)}",
+    )
+    p.add_argument(
+        "--steady-seconds",
+        type=float,
+        default=SWARM_STEADY_SECONDS,
+        help="--swarm: the idle controller's CPU/RSS window (default 60; 0 skips it)",
+    )
     return p
 
 
@@ -129,6 +169,8 @@ def _config(args: argparse.Namespace) -> Config:
         raise SystemExit(f"--variants: unknown {unknown}; choose from {', '.join(VARIANTS)}")
     if args.rounds < 1 or args.replicas < 1 or args.threads < 1:
         raise SystemExit("--rounds, --replicas and --threads must be at least 1")
+    if args.stop_grace < 0 or args.stop_after < 0:
+        raise SystemExit("--stop-grace and --stop-after must not be negative")
     return replace(
         Config(),
         rounds=args.rounds,
@@ -138,7 +180,22 @@ def _config(args: argparse.Namespace) -> Config:
         kick=not args.no_kick,
         resync_seconds=args.resync_seconds,
         phase_timeout=args.timeout,
+        stop_timeout_seconds=args.stop_grace,
+        stop_after_seconds=args.stop_after,
     )
+
+
+def _plan(args: argparse.Namespace) -> Plan:
+    compare = tuple(v.strip() for v in args.compare.split(",") if v.strip())
+    if not compare or set(compare) - set(SWARM_VARIANTS):
+        raise SystemExit(f"--compare: choose from {', '.join(SWARM_VARIANTS)}")
+    try:
+        sizes = tuple(int(n) for n in args.sizes.split(",") if n.strip())
+    except ValueError:
+        raise SystemExit("--sizes: comma-separated replica counts") from None
+    if not sizes or min(sizes) < 1:
+        raise SystemExit("--sizes: comma-separated replica counts, each at least 1")
+    return Plan(sizes=sizes, variants=compare, steady_seconds=args.steady_seconds)
 
 
 def _git() -> dict[str, Any]:
@@ -270,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.swarm:
         from bench import swarm  # imported here: only this suite needs Swarm and matplotlib
 
-        return swarm.main(config, command)
+        return swarm.main(config, command, plan=_plan(args))
     workdir = Path(tempfile.mkdtemp(prefix="fogbench-"))
     cluster: Cluster | None = None
     try:
@@ -278,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         # Under our own directory, so that our dockerd is told apart from the test suite's.
         cluster = Cluster.start(1, base_dir=workdir)
         build_test_image(cluster.engines[0])
+        config = with_image(config, cluster.engines[0])
         return asyncio.run(_suites(args, config, cluster.engines[0], workdir, command))
     except KeyboardInterrupt:
         print("\ninterrupted: stopping the engine and dropping the databases", file=sys.stderr)

@@ -32,7 +32,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -50,7 +50,7 @@ from controller.model import LABEL_DEPLOYMENT, Resources
 from controller.settings import Settings
 from schema.engine import create_engine
 from tests.harness.database import TemplateDatabases
-from tests.harness.engines import API_VERSION, TEST_IMAGE, Engine
+from tests.harness.engines import API_VERSION, TEST_IMAGE, Engine, build_image
 from tests.harness.fleet import TEST_SETTINGS, Operator, running_controller, settings_for_tests
 
 BENCH_LABEL = "fog.bench"
@@ -96,6 +96,8 @@ class Config:
     phase_timeout: float = 120.0
     settle_seconds: float = 1.0
     resources: Resources = MIN_RESOURCES
+    image: str = TEST_IMAGE  # every variant's containers (see `with_image`)
+    stop_after_seconds: float = 0.0  # how long a container takes to exit on SIGTERM
 
 
 @dataclass
@@ -157,6 +159,19 @@ def controller_host_config(settings: Settings, res: Resources) -> dict[str, Any]
     return host
 
 
+def with_image(config: Config, engine: Engine) -> Config:
+    """`config` with its containers' image built on `engine`: the test image, or one whose
+    process takes `stop_after_seconds` to exit after SIGTERM (an application finishing its
+    requests), so that the stop grace period is used, as in production."""
+    seconds = config.stop_after_seconds
+    if seconds <= 0:
+        return config
+    tag = f"fog-test/stop-after-{seconds:g}s:latest"
+    command = f'trap "sleep {seconds:g}; exit 0" TERM INT; while :; do sleep 3600 & wait $!; done'
+    build_image(engine, tag, ("/bin/sh", "-c", command))
+    return replace(config, image=tag)
+
+
 def remove_labelled(url: str, label: str) -> int:
     """Force-remove every container carrying `label` (``key=value``); returns how many."""
     client = docker.APIClient(base_url=url, version=API_VERSION, timeout=60)
@@ -181,6 +196,7 @@ class RawCalls:
     url: str
     threads: int
     trace: Trace
+    image: str = TEST_IMAGE
 
     def _call(self, kind: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         start = time.time()
@@ -201,7 +217,7 @@ class RawCalls:
             created = self._call(
                 "create_container",
                 client.create_container,
-                TEST_IMAGE,
+                self.image,
                 name=f"{prefix}-{i}",
                 labels=labels,
                 detach=True,
@@ -314,7 +330,7 @@ class ConvergenceBench:
         host = controller_host_config(production_settings("sqlite://", c), c.resources)
         graceful = c.stop_timeout_seconds if sample.variant == RAW_STOP else None
         trace = Trace()
-        calls = RawCalls(self.engine.url, c.threads, trace)
+        calls = RawCalls(self.engine.url, c.threads, trace, c.image)
 
         # Warm-up, as for the controller: one container up and down through the same client.
         warm = {BENCH_LABEL: f"{tag}-warm"}
@@ -395,6 +411,7 @@ class ConvergenceBench:
         d = await op.add_deployment(
             user,
             "bench",
+            image=c.image,
             replicas=0,
             cpu_cores=res.cpu_cores,
             memory_mb=res.memory_mb,

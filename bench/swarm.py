@@ -67,6 +67,7 @@ from bench.convergence import (
     controller_host_config,
     production_settings,
     remove_labelled,
+    with_image,
 )
 from bench.events import ContainerEvent, EventRecorder, distinct, has_label
 from bench.logs import ControllerLog
@@ -75,20 +76,42 @@ from bench.trace import Trace
 from controller.model import LABEL_DEPLOYMENT
 from schema.engine import create_engine
 from tests.harness.database import TemplateDatabases, admin_url_from_env
-from tests.harness.engines import API_VERSION, TEST_IMAGE, Cluster, Engine, build_test_image
+from tests.harness.engines import API_VERSION, Cluster, Engine, build_test_image
 from tests.harness.fleet import Operator, running_controller
 
 RAW = "raw"
+RAW_RMF = "raw-rmf"
 SWARM = "swarm"
-VARIANTS = (RAW, SWARM, PG, SQLITE)
-LABELS = {RAW: "raw SDK", SWARM: "Docker Swarm", PG: "fog/pg", SQLITE: "fog/sqlite"}
+VARIANTS = (RAW, RAW_RMF, SWARM, PG, SQLITE)
+LABELS = {
+    RAW: "raw stop+rm",
+    RAW_RMF: "raw rm -f",
+    SWARM: "Docker Swarm",
+    PG: "fog/pg",
+    SQLITE: "fog/sqlite",
+}
 SIZES = (10, 50)
 REPAIR_SIZE = 10
 STEADY_DEPLOYMENTS = 100
 STEADY_SECONDS = 60.0
+# Each controller variant's figure is divided by each baseline's of the same round and size.
+BASELINES = (RAW, RAW_RMF, SWARM)
 SWARM_OFFLINE_ENV = "DOCKER_SERVICE_PREFER_OFFLINE_IMAGE"
 
 Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one run compares: `make bench` runs the scale-down comparison alone (N=50, no
+    steady-state minute); ``python -m bench --swarm`` runs everything."""
+
+    sizes: tuple[int, ...] = SIZES
+    variants: tuple[str, ...] = VARIANTS
+    steady_seconds: float = STEADY_SECONDS
+
+
+EVERYTHING = Plan()
 
 
 @dataclass
@@ -102,6 +125,9 @@ class Run:
     up_work_s: float | None = None  # first create -> last start (engine clock)
     down_s: float | None = None  # command -> N died
     down_removed_s: float | None = None  # command -> N removed (raw, controller)
+    # command -> scale-down done: Swarm N died (it keeps its task containers); raw N removed;
+    # controller N removed and the deployment's status `stopped` recorded (after every row)
+    down_done_s: float | None = None
     repair_s: float | None = None  # rm -f -> replacement started
     timeline: list[float] = field(default_factory=list)  # start times after the command
     error: str | None = None
@@ -133,7 +159,9 @@ class SwarmBench:
         log: ControllerLog,
         config: Config,
         say: Say,
+        plan: Plan = EVERYTHING,
     ) -> None:
+        self.plan = plan
         self.engine = engine
         self.recorder = recorder
         self.templates = templates
@@ -168,7 +196,7 @@ class SwarmBench:
         c = self.config
         res = c.resources
         created = self.client.services.create(  # type: ignore[no-untyped-call]
-            TEST_IMAGE,
+            c.image,
             name=f"bench-{tag}",
             mode=ServiceMode("replicated", replicas=0),
             endpoint_spec=EndpointSpec(mode="dnsrr"),
@@ -210,6 +238,7 @@ class SwarmBench:
                 mark, select, _count("die", n), within=c.phase_timeout, what=f"{n} swarm deaths"
             )
             run.down_s = round(distinct(events, "die")[-1].at - t0, 4)
+            run.down_done_s = run.down_s
         finally:
             with contextlib.suppress(docker.errors.APIError):
                 await asyncio.to_thread(service.remove)
@@ -250,7 +279,7 @@ class SwarmBench:
         c, n = self.config, run.size
         tag = f"raw-{n}-{run.round}-{uuid.uuid4().hex[:8]}"
         host = controller_host_config(production_settings("sqlite://", c), c.resources)
-        calls = RawCalls(self.engine.url, c.threads, Trace())
+        calls = RawCalls(self.engine.url, c.threads, Trace(), c.image)
         select = has_label(BENCH_LABEL, tag)
         mark = self.recorder.mark()
         ids, t0, _ = await asyncio.to_thread(calls.up, n, f"bench-{tag}", {BENCH_LABEL: tag}, host)
@@ -262,12 +291,14 @@ class SwarmBench:
         run.timeline = _since(events, "start", t0)
         await asyncio.sleep(c.settle_seconds)
         mark = self.recorder.mark()
-        t0, _ = await asyncio.to_thread(calls.down, ids, c.stop_timeout_seconds)
+        grace = c.stop_timeout_seconds if run.variant == RAW else None
+        t0, _ = await asyncio.to_thread(calls.down, ids, grace)
         events = await self.recorder.wait(
             mark, select, _count("destroy", n), within=c.phase_timeout, what=f"{n} raw removals"
         )
         run.down_s = round(distinct(events, "die")[-1].at - t0, 4)
         run.down_removed_s = round(distinct(events, "destroy")[-1].at - t0, 4)
+        run.down_done_s = run.down_removed_s
 
     # --- the controller ------------------------------------------------------------------
 
@@ -289,6 +320,7 @@ class SwarmBench:
             d = await op.add_deployment(
                 user,
                 "bench",
+                image=c.image,
                 replicas=0,
                 cpu_cores=res.cpu_cores,
                 memory_mb=res.memory_mb,
@@ -320,6 +352,8 @@ class SwarmBench:
                 edit = distinct(events, "destroy")[-1].at - (down.from_edit_s or 0.0)
                 run.down_s = round(distinct(events, "die")[-1].at - edit, 4)
                 run.down_removed_s = down.from_edit_s
+                if down.from_edit_s is not None and down.status_s is not None:
+                    run.down_done_s = max(down.from_edit_s, down.status_s)
         finally:
             await operator_engine.dispose()
             if d is not None:
@@ -333,7 +367,7 @@ class SwarmBench:
         run = Run(variant=variant, size=size, round=round_no)
         repair = size == REPAIR_SIZE
         try:
-            if variant == RAW:
+            if variant in (RAW, RAW_RMF):
                 await self._raw(run)
             elif variant == SWARM:
                 await self._swarm(run, repair)
@@ -349,11 +383,12 @@ class SwarmBench:
     async def rounds(self) -> list[Run]:
         runs: list[Run] = []
         # A fresh engine's first containers are slower: one unrecorded raw run takes that.
-        await self.one(RAW, max(SIZES), 0)
+        await self.one(RAW, max(self.plan.sizes), 0)
+        variants = self.plan.variants
         for round_no in range(1, self.config.rounds + 1):
-            for size in SIZES:
-                k = (round_no - 1) % len(VARIANTS)
-                for variant in [*VARIANTS[k:], *VARIANTS[:k]]:
+            for size in self.plan.sizes:
+                k = (round_no - 1) % len(variants)
+                for variant in [*variants[k:], *variants[:k]]:
                     run = await self.one(variant, size, round_no)
                     runs.append(run)
                     self.say(describe(run, self.config.rounds))
@@ -450,6 +485,8 @@ def describe(run: Run, rounds: int) -> str:
     if run.error:
         return f"{head} FAILED: {run.error}"
     parts = [f"up {run.up_s:6.2f} s", f"down {run.down_s:6.2f} s"]
+    if run.down_done_s is not None and run.down_done_s != run.down_s:
+        parts.append(f"down done {run.down_done_s:6.2f} s")
     if run.repair_s is not None:
         parts.append(f"repair {run.repair_s:5.2f} s")
     return f"{head} {'   '.join(parts)}"
@@ -464,38 +501,61 @@ def _median(runs: list[Run], variant: str, size: int, attr: str) -> float | None
     return round(statistics.median(values), 3) if values else None
 
 
+METRICS = ("up_s", "up_work_s", "down_s", "down_removed_s", "down_done_s", "repair_s")
+
+
+def _paired(runs: list[Run], variant: str, base: str, size: int, attr: str) -> float | None:
+    """Median over rounds of `variant`'s figure over `base`'s figure of the same round."""
+    by_round: dict[tuple[str, int], float] = {
+        (r.variant, r.round): getattr(r, attr)
+        for r in runs
+        if r.size == size and not r.error and getattr(r, attr)
+    }
+    ratios = [
+        value / by_round[(base, rnd)]
+        for (v, rnd), value in by_round.items()
+        if v == variant and (base, rnd) in by_round
+    ]
+    return round(statistics.median(ratios), 3) if ratios else None
+
+
 def summarize(runs: list[Run]) -> dict[str, Any]:
+    """Per metric and size: each variant's median, and each controller variant's median
+    per-round ratio to each baseline (paired: the same round ran them back to back)."""
     out: dict[str, Any] = {}
-    for size in SIZES:
-        for metric in ("up_s", "up_work_s", "down_s", "down_removed_s", "repair_s"):
+    sizes = sorted({r.size for r in runs})
+    for size in sizes:
+        for metric in METRICS:
             row = {v: _median(runs, v, size, metric) for v in VARIANTS}
             if all(x is None for x in row.values()):
                 continue
-            out[f"{metric}@{size}"] = row
+            ratios = {
+                f"{v}/{b}": _paired(runs, v, b, size, metric)
+                for v in (PG, SQLITE)
+                for b in BASELINES
+            }
+            out[f"{metric}@{size}"] = {**row, "ratios": ratios}
     return out
 
 
 def table(summary: dict[str, Any]) -> list[str]:
     cols = "".join(f"{LABELS[v]:>14}" for v in VARIANTS)
-    lines = [f"{'median seconds':<22}{cols}   {'fog/pg vs raw, swarm':>22}"]
+    lines = [f"{'median seconds':<22}{cols}"]
     for key, row in summary.items():
         cells = "".join(
             f"{row[v]:>14.2f}" if row[v] is not None else f"{'-':>14}" for v in VARIANTS
         )
-        ratios = []
-        for base in (RAW, SWARM):
-            if row.get(PG) is not None and row.get(base):
-                ratios.append(f"{row[PG] / row[base]:.2f}x")
-            else:
-                ratios.append("-")
-        lines.append(f"{key:<22}{cells}   {' / '.join(ratios):>22}")
+        lines.append(f"{key:<22}{cells}")
+    lines.append("median per-round ratios (same round, back to back), vs stop+rm / rm -f / Swarm:")
+    for key, row in summary.items():
+        for v in (PG, SQLITE):
+            cells = [row["ratios"].get(f"{v}/{b}") for b in BASELINES]
+            if any(c is not None for c in cells):
+                text = " / ".join("-" if c is None else f"{c:.2f}x" for c in cells)
+                lines.append(f"  {key:<20} {LABELS[v]:<11} {text}")
     lines.append(
-        "ratios (fog/sqlite vs raw, swarm): "
-        + ", ".join(
-            f"{key} {row[SQLITE] / row[RAW]:.2f}x/{row[SQLITE] / row[SWARM]:.2f}x"
-            for key, row in summary.items()
-            if row.get(SQLITE) is not None and row.get(RAW) and row.get(SWARM)
-        )
+        "down_done: Swarm all N died (it keeps task containers); raw all removed; fog all "
+        "removed and status stopped recorded (after every replica row)"
     )
     return lines
 
@@ -524,25 +584,33 @@ def chart(runs: list[Run], size: int, path: Path) -> Path:
 # --- entry point -------------------------------------------------------------------------
 
 
-async def _main_async(config: Config, engine: Engine, workdir: Path, command: str, say: Say) -> int:
+async def _main_async(
+    config: Config, plan: Plan, engine: Engine, workdir: Path, command: str, say: Say
+) -> int:
     started = datetime.now(UTC)
     log = ControllerLog(RESULTS_DIR / f"swarm-{started:%Y%m%dT%H%M%SZ}.controller.log")
     log.open()
     templates = TemplateDatabases(admin_url_from_env(), workdir)
     recorder = EventRecorder(engine.url)
-    bench = SwarmBench(engine, recorder, templates, workdir, log, config, say)
+    bench = SwarmBench(engine, recorder, templates, workdir, log, config, say, plan)
     swarm_info: dict[str, Any] = {}
     try:
         await asyncio.to_thread(recorder.start)
         await templates.pg_template()
         swarm_info = await asyncio.to_thread(bench.swarm_init)
         say(f"swarm: {swarm_info}")
+        say(
+            f"stop grace {config.stop_timeout_seconds} s for every variant; containers exit "
+            f"{config.stop_after_seconds:g} s after SIGTERM ({config.image})"
+        )
         runs = await bench.rounds()
-        say("steady state: 100 deployments, fog-controller run as a subprocess ...")
-        try:
-            steady = await bench.steady(STEADY_SECONDS)
-        except Exception as exc:
-            steady = {"error": f"{type(exc).__name__}: {exc}"}
+        steady: dict[str, Any] = {"skipped": True}
+        if plan.steady_seconds > 0 and PG in plan.variants:
+            say("steady state: 100 deployments, fog-controller run as a subprocess ...")
+            try:
+                steady = await bench.steady(plan.steady_seconds)
+            except Exception as exc:
+                steady = {"error": f"{type(exc).__name__}: {exc}"}
     finally:
         await asyncio.to_thread(bench.swarm_leave)
         await asyncio.to_thread(recorder.close)
@@ -554,7 +622,7 @@ async def _main_async(config: Config, engine: Engine, workdir: Path, command: st
     for line in table(summary):
         say(line)
     say(f"steady state (fog-controller run, PG, {STEADY_DEPLOYMENTS} converged): {steady}")
-    png = chart(runs, max(SIZES), RESULTS_DIR / f"scaleup-{max(SIZES)}.png")
+    png = chart(runs, max(plan.sizes), RESULTS_DIR / f"scaleup-{max(plan.sizes)}.png")
     doc = {
         "command": command,
         "started": started.isoformat(),
@@ -563,8 +631,11 @@ async def _main_async(config: Config, engine: Engine, workdir: Path, command: st
             "rounds": config.rounds,
             "threads": config.threads,
             "stop_timeout_seconds": config.stop_timeout_seconds,
+            "stop_after_seconds": config.stop_after_seconds,
+            "image": config.image,
             "resync_seconds": config.resync_seconds,
-            "sizes": SIZES,
+            "sizes": plan.sizes,
+            "variants": plan.variants,
             "cpus": os.cpu_count(),
         },
         "swarm": swarm_info,
@@ -578,7 +649,7 @@ async def _main_async(config: Config, engine: Engine, workdir: Path, command: st
     return 1 if any(r.error for r in runs) else 0
 
 
-def main(config: Config, command: str, say: Say = print) -> int:
+def main(config: Config, command: str, say: Say = print, plan: Plan = EVERYTHING) -> int:
     """Start one private engine (Swarm-capable: see the module docstring), run, clean up."""
     os.environ.setdefault(SWARM_OFFLINE_ENV, "1")  # inherited by the dockerd we start
     workdir = Path(tempfile.mkdtemp(prefix="fogswarm-"))
@@ -587,8 +658,8 @@ def main(config: Config, command: str, say: Say = print) -> int:
         say("starting a private Docker engine for the Swarm comparison ...")
         cluster = Cluster.start(1, base_dir=workdir)
         build_test_image(cluster.engines[0])
-        config = replace(config, variants=(RAW_STOP, PG, SQLITE))
-        return asyncio.run(_main_async(config, cluster.engines[0], workdir, command, say))
+        config = with_image(replace(config, variants=(RAW_STOP, PG, SQLITE)), cluster.engines[0])
+        return asyncio.run(_main_async(config, plan, cluster.engines[0], workdir, command, say))
     finally:
         if cluster is not None:
             cluster.stop_all()

@@ -95,7 +95,24 @@ def instrument(controller: Controller, trace: Trace) -> list[str]:
         setattr(owner, name, make(original))
 
     def timed_raw(raw: Any) -> Any:
+        """Queueing for the node's call slots included."""
+
         async def call(node: Any, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+            start = time.time()
+            try:
+                return await raw(node, fn, *args, **kwargs)
+            finally:
+                trace.add(f"queued+docker:{getattr(fn, '__name__', 'call')}", start, time.time())
+
+        return call
+
+    def timed_in(run_in: Any) -> Any:
+        """The call itself, in its thread: every Docker call, graceful stops included (they
+        wait in their own slots, outside `_raw`)."""
+
+        async def call(
+            executor: Any, node: Any, fn: Callable[..., Any], *args: Any, **kwargs: Any
+        ) -> Any:
             name = getattr(fn, "__name__", "call")
 
             def in_thread(*a: Any, **kw: Any) -> Any:
@@ -105,15 +122,12 @@ def instrument(controller: Controller, trace: Trace) -> list[str]:
                 finally:
                     trace.add(f"docker:{name}", start, time.time())
 
-            start = time.time()
-            try:
-                return await raw(node, in_thread, *args, **kwargs)
-            finally:
-                trace.add(f"queued+docker:{name}", start, time.time())
+            return await run_in(executor, node, in_thread, *args, **kwargs)
 
         return call
 
     wrap(controller.runtime, "_raw", timed_raw)
+    wrap(controller.runtime, "_in", timed_in)
 
     def timed_store(name: str) -> Callable[[Any], Any]:
         if name == "transition":

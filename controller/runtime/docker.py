@@ -33,8 +33,9 @@ import re
 import socket
 import ssl
 import threading
+import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -86,6 +87,14 @@ DOCKER_API_VERSION = "1.41"
 DOCKER_CALL_ATTEMPTS = 3
 # A running container that (re)started this recently is inspected for its restart count.
 RECENT_START_SECONDS = 60.0
+# Inspect answers kept before the old ones are dropped (only ones under two minutes old stay).
+INSPECTED_KEPT = 1024
+# Graceful stops in flight per node. A stop spends the container's grace period waiting for it
+# to exit, which costs the engine nothing, so stops do not take the node's
+# FOG_NODE_CONCURRENCY slots (creates, starts, removes): a scale-down signals its containers
+# together, as Swarm's agent does, instead of one slot-full at a time, and a slow-stopping
+# container cannot hold up the creates of a rollout beside it.
+STOPS_PER_NODE = 64
 _MANAGED_FILTER = {"label": f"{LABEL_MANAGED_BY}={MANAGED_BY_VALUE}"}
 # The engine answers 500 for many errors that will never go away on retry (seen on Docker
 # 20.10: a GPU request on a node without the driver, an unsupported storage option (overlay2
@@ -469,6 +478,7 @@ class DockerRuntime:
         # part of the key because the certificates are the node's, not the URL's.
         self._clients: dict[tuple[str, str], tuple[tls.EngineAccess, docker.APIClient]] = {}
         self._semaphores: dict[str, asyncio.Semaphore] = {}
+        self._stop_slots: dict[str, asyncio.Semaphore] = {}
         # Per (node name, URL): which engine answers there, asked once (and after a failed
         # probe: the engine behind a URL may be replaced while it is down).
         self._flavours: dict[tuple[str, str], EngineFlavour] = {}
@@ -481,8 +491,17 @@ class DockerRuntime:
         self._limits: dict[str, StorageLimits] = {}
         self._size_refused: dict[str, str] = {}
         self._unreachable: set[str] = set()
+        # Per container id: when an inspect of it (running) was sent, and what it said. A
+        # later listing whose uptime is at least the time since then shows that the container
+        # has not restarted meanwhile, so the answer still holds (see `_recent_inspect`).
+        self._inspected: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._inspected_limit = INSPECTED_KEPT
         self._executor = ThreadPoolExecutor(
             max_workers=max(8, settings.node_concurrency * 8), thread_name_prefix="docker"
+        )
+        # Stops wait out grace periods in their own threads, so they never starve other calls.
+        self._stopper = ThreadPoolExecutor(
+            max_workers=STOPS_PER_NODE, thread_name_prefix="docker-stop"
         )
 
     # --- plumbing --------------------------------------------------------------------------
@@ -499,7 +518,7 @@ class DockerRuntime:
             client = self._connector.client(
                 access,
                 timeout=self._settings.docker_timeout_seconds,
-                max_pool_size=self._settings.node_concurrency + 1,
+                max_pool_size=self._settings.node_concurrency + 1 + STOPS_PER_NODE,
             )
         except Exception as exc:
             raise translate(exc, "connect", access.certs) from exc
@@ -532,11 +551,19 @@ class DockerRuntime:
     ) -> T:
         """A call outside the per-node limit: heartbeat probes must not queue behind a
         rollout's creates, or a busy node would look dead (its pool has one spare slot)."""
+        return await self._in(self._executor, node, fn, *args, **kwargs)
+
+    async def _in(
+        self,
+        executor: ThreadPoolExecutor,
+        node: NodeRecord,
+        fn: Callable[..., T],
+        *args: Any,
+        **kwargs: Any,
+    ) -> T:
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(
-                self._executor, functools.partial(fn, *args, **kwargs)
-            )
+            return await loop.run_in_executor(executor, functools.partial(fn, *args, **kwargs))
         except docker.errors.NotFound:
             raise  # an answer (gone, no such image), not a failing engine
         except Exception:
@@ -550,6 +577,9 @@ class DockerRuntime:
         self, node: NodeRecord, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any
     ) -> T:
         """One Docker call, retried on transient failure (3 tries, jittered backoff)."""
+        return await self._retried(node, what, lambda: self._raw(node, fn, *args, **kwargs))
+
+    async def _retried(self, node: NodeRecord, what: str, once: Callable[[], Awaitable[T]]) -> T:
         async for attempt in AsyncRetrying(
             retry=retry_if_exception_type(errors.TransientError),
             stop=stop_after_attempt(DOCKER_CALL_ATTEMPTS),
@@ -558,7 +588,7 @@ class DockerRuntime:
         ):
             with attempt:
                 try:
-                    return await self._raw(node, fn, *args, **kwargs)
+                    return await once()
                 except docker.errors.NotFound:
                     raise
                 except Exception as exc:
@@ -570,6 +600,7 @@ class DockerRuntime:
             client.close()
         self._clients.clear()
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._stopper.shutdown(wait=False, cancel_futures=True)
 
     # --- the port --------------------------------------------------------------------------
 
@@ -655,6 +686,7 @@ class DockerRuntime:
         try:
             client = self._client(node)  # may refuse (runtime.tls): this never raises
             raw = await self._raw(node, client.containers, all=True, filters=filters)
+            listed_by = time.monotonic()
             health: dict[str, str] = {}
             if self._flavours.get((node.name, node.docker_url)) is EngineFlavour.PODMAN:
                 health = await self._podman_health(node, filters, raw)
@@ -663,7 +695,7 @@ class DockerRuntime:
             log.warning("node_list_failed", node=node.name, error=reason)
             return NodeView(node.id, complete=False, observed_at=observed_at, error=reason)
         try:
-            found = await asyncio.gather(*(self._observe(node, item) for item in raw))
+            found = await asyncio.gather(*(self._observe(node, item, listed_by) for item in raw))
         except Exception as exc:
             # An engine that lists but cannot inspect is going away or unwell: a half-read
             # node is unknown, not a node whose containers died.
@@ -692,7 +724,9 @@ class DockerRuntime:
             found.update((str(item["Id"]), state) for item in matching)
         return found
 
-    async def _observe(self, node: NodeRecord, item: dict[str, Any]) -> ObservedContainer | None:
+    async def _observe(
+        self, node: NodeRecord, item: dict[str, Any], listed_by: float
+    ) -> ObservedContainer | None:
         labels = item.get("Labels") or {}
         state = ContainerState.parse(str(item.get("State", "")))
         names = item.get("Names") or ["/"]
@@ -717,7 +751,7 @@ class DockerRuntime:
         if state is ContainerState.RUNNING and (uptime is None or uptime >= RECENT_START_SECONDS):
             return container
         try:
-            detail = await self._raw(node, self._client(node).inspect_container, container.id)
+            detail = await self._recent_inspect(node, container.id, uptime, listed_by)
         except docker.errors.NotFound:
             return None  # removed between list and inspect
         st = detail.get("State") or {}
@@ -734,6 +768,32 @@ class DockerRuntime:
             oom_killed=bool(st.get("OOMKilled")),
             finished_at=_timestamp(st.get("FinishedAt")),
         )
+
+    async def _recent_inspect(
+        self, node: NodeRecord, container_id: str, uptime: float | None, listed_by: float
+    ) -> dict[str, Any]:
+        """Inspect, or reuse the last answer for a container that is running and has not
+        restarted since that inspect was sent: the listing's uptime (rounded down, so never
+        more than the truth) is at least the time from then to the listing's return, where a
+        restart after the inspect would show less. Without it a scale-down right after a
+        scale-up inspects every replica twice before its first stop (the resync pass's
+        listing, then the reconcile's), in the node's call slots."""
+        held = self._inspected.get(container_id)
+        if held is not None and uptime is not None and uptime >= listed_by - held[0]:
+            return held[1]
+        sent = time.monotonic()
+        detail: dict[str, Any] = await self._raw(
+            node, self._client(node).inspect_container, container_id
+        )
+        if (detail.get("State") or {}).get("Running"):
+            self._inspected[container_id] = (sent, detail)
+            if len(self._inspected) > self._inspected_limit:
+                old = sent - 2 * RECENT_START_SECONDS
+                self._inspected = {k: v for k, v in self._inspected.items() if v[0] >= old}
+                self._inspected_limit = max(INSPECTED_KEPT, 2 * len(self._inspected))
+        else:
+            self._inspected.pop(container_id, None)
+        return detail
 
     async def ensure(self, node: NodeRecord, spec: ContainerSpec) -> str:
         client = self._client(node)
@@ -886,14 +946,27 @@ class DockerRuntime:
             raise errors.PermanentError(f"image pull failed: {image}: {failure}")
 
     async def stop(self, node: NodeRecord, container: str, timeout_seconds: float) -> None:
-        client = self._client(node)
-        try:
-            await self._call(
-                node, "stop container", client.stop, container, timeout=int(timeout_seconds)
-            )
-        except docker.errors.NotFound:
-            return
+        """The engine's own stop (the image's stop signal, the grace, then SIGKILL), then a
+        remove; with no grace a force-remove alone, which kills it the same way in one call."""
+        if int(timeout_seconds) > 0:
+            client = self._client(node)
+            try:
+                await self._stop_call(node, client.stop, container, timeout=int(timeout_seconds))
+            except docker.errors.NotFound:
+                return
         await self._remove(node, container)
+
+    async def _stop_call(self, node: NodeRecord, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
+        """A stop, retried as `_call` does, in the node's stop slots and the stop threads."""
+        slots = self._stop_slots.get(node.docker_url)
+        if slots is None:
+            slots = self._stop_slots[node.docker_url] = asyncio.Semaphore(STOPS_PER_NODE)
+
+        async def once() -> T:
+            async with slots:
+                return await self._in(self._stopper, node, fn, *args, **kw)
+
+        return await self._retried(node, "stop container", once)
 
     async def _remove(self, node: NodeRecord, container: str) -> None:
         try:
