@@ -1,9 +1,9 @@
 """The daemon: workers draining the work queue, a resync timer, node heartbeats, graceful stop.
 
-The loop only wires things: a resync pass lists every node once, loads every deployment in a
-constant number of queries, asks the pure planner which deployments have work, and enqueues
-those keys; workers then reconcile one key at a time with fresh reads. The same pass removes
-labelled containers that belong to no deployment and prunes old terminal replica rows.
+The loop only wires things: it waits for the database (controller.startup), stands for
+election, and while it leads runs the workers, the timers and the wake-ups. Workers reconcile
+one key at a time with fresh reads; the resync pass (controller.resync_pass) is the safety net
+that finds the keys every wake-up missed.
 """
 
 from __future__ import annotations
@@ -12,49 +12,30 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 
 import structlog
 from sqlalchemy.exc import SQLAlchemyError
 
-from controller import errors, sdnotify
+from controller import errors, sdnotify, startup
 from controller.diskwatch import StorageMonitor
 from controller.events import EventWatcher
-from controller.leader import Lease, PgElector, SqliteLock
+from controller.leader import Lease, SqliteLock
 from controller.metrics import Health, Metrics, ReconcileResult, Role, stall_seconds
-from controller.model import (
-    LIVE_REPLICA_STATUSES,
-    Deployment,
-    DeploymentStatus,
-    NodeRecord,
-    NodeStatus,
-    ReplicaStatus,
-)
+from controller.model import NodeRecord
 from controller.nodes import NodeMonitor
 from controller.reconciler import Reconciler
+from controller.resync_pass import ResyncPass
 from controller.runtime import Runtime
 from controller.runtime.docker import EngineConnector, EngineFlavour
 from controller.settings import Settings
 from controller.store import Store
 from controller.watch import PgListener, SqlitePoller
 from controller.workqueue import WorkQueue
-from schema import migrate
-from schema.engine import is_sqlite, mask_url, sqlite_path
+from schema.engine import is_sqlite
 
 log = structlog.get_logger(__name__)
-
-# While the database is down at boot, each failed ping pushes systemd's start deadline this far
-# past the next attempt: a ping against a black-holed host may itself take minutes.
-START_EXTEND_SECONDS = 300.0
-# The next periodic resync waits at least this many times the last pass's duration.
-RESYNC_SPACING = 9.0
-# ... but never more than this (unless FOG_RESYNC_SECONDS itself is longer).
-RESYNC_SPACING_CAP_SECONDS = 30.0
-# The replica statuses a resync pass loads (terminal rows are not loaded).
-_LOADED_REPLICA_STATUSES = (*LIVE_REPLICA_STATUSES, ReplicaStatus.STOPPING)
 
 
 def utcnow() -> datetime:
@@ -90,8 +71,20 @@ class Controller:
         self._deposed = asyncio.Event()
         self._ended = asyncio.Event()
         self._resync_now = asyncio.Event()
-        self.passes = 0
-        self.last_pass_seconds = 0.0
+        self.resyncs = ResyncPass(
+            settings,
+            store,
+            self.reconciler,
+            self.nodes,
+            metrics=self.metrics,
+            health=self.health,
+            notifier=self.notifier,
+        )
+
+    @property
+    def passes(self) -> int:
+        """How many resync passes have run (tests wait for the next one)."""
+        return self.resyncs.passes
 
     def stop(self) -> None:
         if not self._stop.is_set():
@@ -114,7 +107,11 @@ class Controller:
     async def run(self) -> None:
         """Run until `stop()`; in-flight reconciles get `shutdown_grace_seconds` to finish."""
         interval = self.notifier.watchdog_interval_seconds
-        watchdog = asyncio.create_task(self._watchdog_loop(interval)) if interval else None
+        watchdog = (
+            asyncio.create_task(sdnotify.keep_alive(self.notifier, self.health.live, interval))
+            if interval
+            else None
+        )
         try:
             await self._run()
         finally:
@@ -131,13 +128,20 @@ class Controller:
             workers=s.workers,
             stop_timeout_seconds=s.stop_timeout_seconds,
         )
-        elector = self._elector()
+        elector = startup.elector(s)
         # On SQLite the file lock is taken before anything touches the file, migrations
         # included: a second controller must refuse before it can change the schema.
         held = await elector.acquire(self._stop) if isinstance(elector, SqliteLock) else None
         try:
             self.notifier.status("starting: connecting to the database")
-            await self._wait_for_store()
+            await startup.wait_for_store(
+                s,
+                self.store,
+                health=self.health,
+                notifier=self.notifier,
+                stop=self._stop,
+                sleep=self._sleep,
+            )
         except BaseException:
             if held is not None:
                 await held.release()
@@ -168,13 +172,6 @@ class Controller:
                 log.warning("leader_stepped_down", epoch=lease.epoch)
                 self.health.set_role(Role.STANDBY)
                 self.metrics.leader.set(0)
-
-    def _elector(self) -> PgElector | SqliteLock:
-        url = self.settings.database_url
-        path = sqlite_path(url)
-        if is_sqlite(url):
-            return SqliteLock(path if path is not None else Path("fog-memory.db"))
-        return PgElector(url, retry_seconds=self.settings.leader_retry_seconds)
 
     async def _lead(self, lease: Lease) -> None:
         """Act as the leader until stopped or deposed; then stop acting before returning."""
@@ -252,36 +249,6 @@ class Controller:
                 self._ended
             )
 
-    async def _wait_for_store(self) -> None:
-        """The database may be down at boot: wait for it rather than exiting."""
-        delay = 0.5
-        while not self._stop.is_set():
-            try:
-                await self.store.ping()
-                if self.settings.auto_migrate:
-                    await self._migrate()
-                self.health.database_answered()
-                return
-            except errors.StoreUnavailable as exc:
-                log.warning("database_unavailable", error=exc.reason, retry_in_seconds=delay)
-                self.health.database_failed(exc.reason)
-                # Waiting for the database is not a hung start: keep systemd's deadline ahead.
-                self.notifier.extend_timeout(
-                    delay + START_EXTEND_SECONDS, f"waiting for the database: {exc.reason}"
-                )
-                await self._sleep(delay)
-                delay = min(delay * 2, 30.0)
-            finally:
-                self.health.progressed()
-
-    async def _migrate(self) -> None:
-        url = self.settings.database_url
-        try:
-            await migrate.upgrade_async(url)
-        except (OSError, SQLAlchemyError) as exc:
-            raise errors.StoreUnavailable(f"schema upgrade failed: {exc}") from exc
-        log.info("schema_ready", database=mask_url(url))
-
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stop.wait(), seconds)
@@ -352,121 +319,10 @@ class Controller:
                 self.queue.add(deployment_id)
 
     async def _resync_loop(self) -> None:
-        while not self._ended.is_set():
-            # Cleared before the pass: a kick that arrives during it asks for another one.
-            self._resync_now.clear()
-            try:
-                await self.resync()
-                self.health.database_answered()
-            except errors.Deposed as exc:
-                log.error("leader_deposed", error=exc.reason)
-                self._deposed.set()
-            except errors.ControllerError as exc:
-                if isinstance(exc, errors.StoreUnavailable):
-                    self.health.database_failed(exc.reason)
-                log.warning("resync_failed", error=exc.reason)
-            except Exception:
-                log.exception("resync_crashed")
-            self.health.progressed()  # a failed pass is progress too: /livez means "not stuck"
-            # A pass may take at most a tenth of the leader's time: while thousands of
-            # deployments change at once, a full reload every FOG_RESYNC_SECONDS would
-            # compete with the reconciles it is a safety net for (measured: 40 % of the CPU).
-            spacing = max(
-                self.settings.resync_seconds,
-                min(RESYNC_SPACING * self.last_pass_seconds, RESYNC_SPACING_CAP_SECONDS),
-            )
-            await self._wait_any(self._resync_now, spacing)
-            self.health.progressed()  # the wait ended: the loop is alive (/livez)
-
-    async def _wait_any(self, event: asyncio.Event, seconds: float) -> None:
-        """Sleep up to `seconds`, waking early on `event` or when this term as leader ends."""
-        waiters = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(self._ended.wait())]
-        try:
-            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waiters:
-                w.cancel()
+        await self.resyncs.repeat(
+            self.queue, kick=self._resync_now, ended=self._ended, deposed=self._deposed
+        )
 
     async def resync(self) -> int:
-        """One full pass; returns how many deployments were enqueued."""
-        started = time.monotonic()
-        enqueued = await self._resync()
-        # Only a pass that ran counts: a failed one spent its time waiting, not working.
-        self.last_pass_seconds = time.monotonic() - started
-        return enqueued
-
-    async def _resync(self) -> int:
-        started = time.monotonic()
-        # Observe first, then load: every container in the listing was made from a replica row
-        # committed before the listing began, so the load below cannot miss its deployment.
-        views = await self.reconciler.observe(self.nodes.reachable())
-        deployments = await self.store.load_active()
-        # A held deployment (a row of it unusable) is not loaded, but its containers are its own.
-        known = {d.id for d in deployments} | self.store.held
-        enqueued = 0
-        for deployment_id in self.reconciler.triage(deployments, views):
-            self.queue.add(deployment_id)
-            enqueued += 1
-        strays = [
-            c
-            for v in views.values()
-            if v.complete
-            for c in v.containers
-            if c.deployment_id not in known
-        ]
-        if strays:
-            await asyncio.gather(
-                *(self.reconciler.executor.remove(c, "no deployment") for c in strays)
-            )
-        pruned = await self.store.prune_terminal_replicas(self.settings.keep_terminal_replicas)
-        self.passes += 1
-        self._report(deployments)
-        self.metrics.resync_duration.observe(time.monotonic() - started)
-        # An idle pass is debug: operators read the info lines as "something happened".
-        quiet = not (enqueued or strays or pruned)
-        (log.debug if quiet else log.info)(
-            "resync_done",
-            duration_ms=round((time.monotonic() - started) * 1000, 2),
-            deployments=len(deployments),
-            enqueued=enqueued,
-            replanned=self.reconciler.replanned,
-            strays_removed=len(strays),
-            replicas_pruned=pruned,
-            queue_depth=len(self.queue),
-        )
-        return enqueued
-
-    def _report(self, deployments: list[Deployment]) -> None:
-        """Gauges from what the pass loaded anyway, and a STATUS line for `systemctl status`."""
-        m = self.metrics
-        m.set_counts(
-            m.deployments,
-            Counter(d.status.value for d in deployments),
-            (s.value for s in DeploymentStatus if s is not DeploymentStatus.DELETED),
-        )
-        m.set_counts(
-            m.replicas,
-            Counter(r.status.value for d in deployments for r in d.replicas),
-            (s.value for s in _LOADED_REPLICA_STATUSES),
-        )
-        nodes = Counter(r.status.value for r in self.nodes.records.values())
-        m.set_counts(m.nodes, nodes, (s.value for s in NodeStatus))
-        self.notifier.status(
-            f"{self.health.role.value}: {len(deployments)} deployments, "
-            f"{nodes[NodeStatus.READY.value]}/{sum(nodes.values())} nodes ready, "
-            f"{len(self.queue)} queued"
-        )
-
-    async def _watchdog_loop(self, interval: float) -> None:
-        """WATCHDOG=1 every half watchdog period, only while /livez would answer 200: a stuck
-        loop withholds the pings (a blocked event loop cannot run this task at all), and
-        systemd restarts the service."""
-        withheld = False
-        while True:
-            ok, why = self.health.live()
-            if ok:
-                self.notifier.watchdog()
-            elif not withheld:
-                log.error("watchdog_withheld", reason=why)
-            withheld = not ok
-            await asyncio.sleep(interval)
+        """One full pass (controller.resync_pass); returns how many deployments were enqueued."""
+        return await self.resyncs.run(self.queue)

@@ -13,9 +13,10 @@ does with Settings.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import structlog
 
@@ -107,3 +108,20 @@ class Notifier:
 def _status(text: str) -> str:
     # One STATUS line: a newline would end the assignment and start a bogus one.
     return "STATUS=" + " ".join(text.split())
+
+
+async def keep_alive(
+    notifier: Notifier, live: Callable[[], tuple[bool, str]], interval: float
+) -> None:
+    """WATCHDOG=1 every `interval` (half the watchdog period), only while `live()` (/livez)
+    says so: a stuck loop withholds the pings (a blocked event loop cannot run this task at
+    all), and systemd restarts the service."""
+    withheld = False
+    while True:
+        ok, why = live()
+        if ok:
+            notifier.watchdog()
+        elif not withheld:
+            log.error("watchdog_withheld", reason=why)
+        withheld = not ok
+        await asyncio.sleep(interval)
