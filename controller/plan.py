@@ -242,88 +242,143 @@ def plan(
     `over_limit`: containers the storage monitor found past their replica's `storage_gb`, each
     with its reason; their replicas are replaced, as an unhealthy container's are."""
     fleet = Fleet.of(nodes)
-    node_ids, up_since = fleet.ids, fleet.up_since
     obs = Observed.index(d.id, views, mine)
+    seen = _Seen(obs, fleet, policy, now, unhealthy_since or {}, over_limit or {})
+    actions, live = _judge_rows(d.replicas, seen)
+    actions += _strays(d, obs, actions, live)
+    target = 0 if d.deleting else d.target_replicas
+    keepers, outgoing, rolling = _split_live(d, live, fleet)
+    surge, unavailable = rollout_bounds(target, policy) if rolling else (0, 0)
+    doomed = victims(keepers, max(0, len(keepers) - target))
+    doomed += _outgoing_to_stop(keepers, outgoing, doomed, target - unavailable, seen)
+    actions += [StopReplica(victim, obs.of(victim)) for victim in doomed]
+    doomed_ids = {r.id for r in doomed}
+    # Pending rows get a node from the scheduler; one that claims a node already (edited by
+    # hand) is placed again, and a container left on its old node becomes a twin.
+    actions += [
+        PlaceReplica(r)
+        for r in live
+        if r.status is ReplicaStatus.PENDING and r.id not in doomed_ids
+    ]
+    count = _to_create(live, keepers, doomed_ids, target, surge if rolling else None, policy)
+    if count:
+        actions.append(CreateReplicas(count))
+    return Plan(tuple(actions))
+
+
+@dataclass(frozen=True, slots=True)
+class _Seen:
+    """What judging a row reads besides the row: the listing, the nodes, the policy, the clock
+    and the health and storage signals gathered outside the listing."""
+
+    obs: Observed
+    fleet: Fleet
+    policy: Policy
+    now: datetime | None
+    unhealthy_since: Mapping[str, datetime]
+    over_limit: Mapping[str, str]
+
+
+def _judge_rows(replicas: Sequence[Replica], seen: _Seen) -> tuple[list[Action], list[Replica]]:
+    """Each replica row against what the engines show: the actions the rows call for, and the
+    replicas that stand (live), both in row order."""
     actions: list[Action] = []
     live: list[Replica] = []
+    for r in replicas:
+        row_actions, stands = _judge_row(r, seen)
+        actions += row_actions
+        if stands:
+            live.append(r)
+    return actions, live
 
-    for r in d.replicas:
-        c = obs.of(r)
-        if r.status is ReplicaStatus.STOPPING:
-            actions.append(StopReplica(r, c))
-            continue
-        if r.status is ReplicaStatus.PENDING:
-            live.append(r)
-            continue
-        if r.node_id is None:
-            actions.append(MarkFailed(r, "node removed"))
-            continue
-        if r.node_id not in node_ids:
-            # Deleted with foreign keys off (the sqlite3 shell), or an id typed wrong.
-            actions.append(MarkFailed(r, f"node {r.node_id} not found in nodes"))
-            continue
-        view = obs.known(r.node_id)
-        if r.status is ReplicaStatus.STARTING:
-            live.append(r)
-            if view is None:
-                continue  # node unknown: the create may or may not have happened
-            if c is not None and c.state in _ALIVE:
-                actions.append(MarkRunning(r, c.id))
-            else:
-                actions.append(EnsureContainer(r, c))
-            continue
-        # RUNNING
+
+def _judge_row(r: Replica, seen: _Seen) -> tuple[tuple[Action, ...], bool]:
+    """(what one row calls for, whether the replica stands)."""
+    obs = seen.obs
+    c = obs.of(r)
+    if r.status is ReplicaStatus.STOPPING:
+        return (StopReplica(r, c),), False
+    if r.status is ReplicaStatus.PENDING:
+        return (), True
+    if r.node_id is None:
+        return (MarkFailed(r, "node removed"),), False
+    if r.node_id not in seen.fleet.ids:
+        # Deleted with foreign keys off (the sqlite3 shell), or an id typed wrong.
+        return (MarkFailed(r, f"node {r.node_id} not found in nodes"),), False
+    view = obs.known(r.node_id)
+    if r.status is ReplicaStatus.STARTING:
         if view is None:
-            live.append(r)
-            continue
-        if c is None:
-            if r.started_at is not None and view.observed_at <= r.started_at:
-                live.append(r)  # listing predates the start: cannot judge yet
-            else:
-                actions.append(MarkFailed(r, "container is gone"))
-            continue
-        sick = (unhealthy_since or {}).get(c.id) if c.health == "unhealthy" else None
-        too_big = over_limit.get(c.id) if over_limit else None
-        if too_big is not None:
-            actions.append(MarkFailed(r, too_big, c))
-        elif sick is not None and now is not None and now - sick >= policy.unhealthy_grace:
-            seconds = int((now - sick).total_seconds())
-            actions.append(MarkFailed(r, f"container unhealthy for {seconds}s", c))
-        elif c.state in _ALIVE:
-            live.append(r)
-            if c.inspected and (
-                c.restart_count > r.restart_count
-                or c.exit_code != r.last_exit_code
-                or c.oom_killed != r.oom_killed
-            ):
-                actions.append(RecordCrash(r, c.restart_count, c.exit_code, c.oom_killed))
-        elif _exit_too_fresh(c, up_since.get(r.node_id), view.observed_at, policy.exit_grace):
-            live.append(r)  # its engine may be going down, or just back: look again later
-        else:
-            actions.append(MarkFailed(r, _exit_reason(c), c))
+            return (), True  # node unknown: the create may or may not have happened
+        if c is not None and c.state in _ALIVE:
+            return (MarkRunning(r, c.id),), True
+        return (EnsureContainer(r, c),), True
+    # RUNNING
+    if view is None:
+        return (), True
+    if c is None:
+        if r.started_at is not None and view.observed_at <= r.started_at:
+            return (), True  # listing predates the start: cannot judge yet
+        return (MarkFailed(r, "container is gone"),), False
+    return _judge_running(r, c, view, seen)
 
+
+def _judge_running(
+    r: Replica, c: ObservedContainer, view: NodeView, seen: _Seen
+) -> tuple[tuple[Action, ...], bool]:
+    """A running row whose container its (completely listed) node shows."""
+    policy, now = seen.policy, seen.now
+    sick = seen.unhealthy_since.get(c.id) if c.health == "unhealthy" else None
+    too_big = seen.over_limit.get(c.id)
+    if too_big is not None:
+        return (MarkFailed(r, too_big, c),), False
+    if sick is not None and now is not None and now - sick >= policy.unhealthy_grace:
+        seconds = int((now - sick).total_seconds())
+        return (MarkFailed(r, f"container unhealthy for {seconds}s", c),), False
+    if c.state in _ALIVE:
+        if c.inspected and (
+            c.restart_count > r.restart_count
+            or c.exit_code != r.last_exit_code
+            or c.oom_killed != r.oom_killed
+        ):
+            return (RecordCrash(r, c.restart_count, c.exit_code, c.oom_killed),), True
+        return (), True
+    up_since = seen.fleet.up_since.get(r.node_id) if r.node_id is not None else None
+    if _exit_too_fresh(c, up_since, view.observed_at, policy.exit_grace):
+        return (), True  # its engine may be going down, or just back: look again later
+    return (MarkFailed(r, _exit_reason(c), c),), False
+
+
+def _strays(
+    d: Deployment, obs: Observed, actions: Sequence[Action], live: Sequence[Replica]
+) -> list[Action]:
+    """Containers of `d` to remove: orphans (no live replica behind them) and twins (on another
+    node than their replica's). A container a failure or a stop already deals with is left to
+    that action."""
     live_ids = {r.id for r in live}
     stopping_ids = {a.replica.id for a in actions if isinstance(a, StopReplica)}
     replica_nodes = {r.id: r.node_id for r in d.replicas}
     failed_with_container = {
         a.container.id for a in actions if isinstance(a, MarkFailed) and a.container is not None
     }
+    removals: list[Action] = []
     for c in obs.mine:
         if c.id in failed_with_container:
             continue
         if c.replica_id in stopping_ids and replica_nodes.get(c.replica_id) == c.node_id:
             continue
         if c.replica_id not in live_ids:
-            actions.append(RemoveContainer(c, "no live replica"))
+            removals.append(RemoveContainer(c, "no live replica"))
         elif replica_nodes.get(c.replica_id) != c.node_id:
-            actions.append(RemoveContainer(c, "twin of a replica placed on another node"))
+            removals.append(RemoveContainer(c, "twin of a replica placed on another node"))
+    return removals
 
-    target = 0 if d.deleting else d.target_replicas
-    # Keepers run the current spec off draining nodes; every other live replica is outgoing
-    # (a rollout's old replicas, a drained node's replicas). Outgoing replicas are replaced
-    # first and stop only while what is available stays above the floor: `target` for a
-    # drain (as `kubectl drain` with a disruption budget), `target - maxUnavailable` for a
-    # rollout (as a Deployment's RollingUpdate).
+
+def _split_live(
+    d: Deployment, live: Sequence[Replica], fleet: Fleet
+) -> tuple[list[Replica], list[Replica], bool]:
+    """(keepers, outgoing, rolling). Keepers run the current spec off draining nodes; every
+    other live replica is outgoing (a rollout's old replicas, a drained node's replicas).
+    Rolling: some live replica runs an outdated spec and the deployment is not being deleted."""
     keepers: list[Replica] = []
     outgoing: list[Replica] = []
     rolling = False
@@ -331,51 +386,67 @@ def plan(
         old = d.outdated(r)
         rolling = rolling or old
         (outgoing if old or r.node_id in fleet.draining else keepers).append(r)
-    rolling = rolling and not d.deleting
-    surge, unavailable = rollout_bounds(target, policy) if rolling else (0, 0)
-    doomed = victims(keepers, max(0, len(keepers) - target))
-    if outgoing:
-        kept = [r for r in keepers if r not in doomed]
+    return keepers, outgoing, rolling and not d.deleting
 
-        # What counts toward the floor: keepers once available (up for min_ready), outgoing
-        # replicas while serving and not just restarted (a crash-looping container shows
-        # "running" for a moment after each restart). Stopping a serving outgoing replica
-        # spends the budget; one not serving at all may go freely.
-        def counts(r: Replica, keeper: bool) -> bool:
-            if keeper:
-                return _is_ready(r, obs, now=now, min_ready=policy.min_ready)
-            c = obs.of(r)
-            settled = c is None or c.uptime_seconds is None or c.uptime_seconds >= 1.0
-            return settled and _is_ready(r, obs)
 
-        floor = target - unavailable
-        budget = sum(counts(r, True) for r in kept) + sum(counts(r, False) for r in outgoing)
-        budget -= floor
-        for r in sorted(outgoing, key=lambda r: _is_ready(r, obs)):
-            if _is_ready(r, obs):
-                if budget <= 0:
-                    continue
-                budget -= 1
-            doomed.append(r)
-    for victim in doomed:
-        actions.append(StopReplica(victim, obs.of(victim)))
-    doomed_ids = {r.id for r in doomed}
-    # Pending rows get a node from the scheduler; one that claims a node already (edited by
-    # hand) is placed again, and a container left on its old node becomes a twin.
-    actions.extend(
-        PlaceReplica(r)
-        for r in live
-        if r.status is ReplicaStatus.PENDING and r.id not in doomed_ids
-    )
-    if len(keepers) < target:
-        unplaced = sum(1 for r in live if r.node_id is None)
-        count = min(target - len(keepers), max(0, policy.burst - unplaced))
-        if rolling:  # never more than target + maxSurge replicas at once
-            remaining = len(live) - len(doomed_ids)
-            count = min(count, max(0, target + surge - remaining))
-        if count:
-            actions.append(CreateReplicas(count))
-    return Plan(tuple(actions))
+def _outgoing_to_stop(
+    keepers: Sequence[Replica],
+    outgoing: Sequence[Replica],
+    doomed: Sequence[Replica],
+    floor: int,
+    seen: _Seen,
+) -> list[Replica]:
+    """The outgoing replicas to stop now. They are replaced first and stop only while what is
+    available stays above `floor`: `target` for a drain (as `kubectl drain` with a disruption
+    budget), `target - maxUnavailable` for a rollout (as a Deployment's RollingUpdate). One not
+    serving at all may go freely."""
+    if not outgoing:
+        return []
+    obs = seen.obs
+    kept = [r for r in keepers if r not in doomed]
+    budget = sum(_counts_toward_floor(r, True, seen) for r in kept)
+    budget += sum(_counts_toward_floor(r, False, seen) for r in outgoing)
+    budget -= floor
+    stop: list[Replica] = []
+    for r in sorted(outgoing, key=lambda r: _is_ready(r, obs)):
+        if _is_ready(r, obs):
+            if budget <= 0:
+                continue
+            budget -= 1
+        stop.append(r)
+    return stop
+
+
+def _counts_toward_floor(r: Replica, keeper: bool, seen: _Seen) -> bool:
+    """Keepers count once available (up for min_ready); outgoing replicas while serving and not
+    just restarted (a crash-looping container shows "running" for a moment after each
+    restart). Stopping a serving outgoing replica spends the budget."""
+    if keeper:
+        return _is_ready(r, seen.obs, now=seen.now, min_ready=seen.policy.min_ready)
+    c = seen.obs.of(r)
+    settled = c is None or c.uptime_seconds is None or c.uptime_seconds >= 1.0
+    return settled and _is_ready(r, seen.obs)
+
+
+def _to_create(
+    live: Sequence[Replica],
+    keepers: Sequence[Replica],
+    doomed_ids: set[uuid.UUID],
+    target: int,
+    surge: int | None,
+    policy: Policy,
+) -> int:
+    """How many pending rows to insert: up to `target` keepers, with at most `policy.burst`
+    rows unplaced and, during a rollout (`surge` given), never more than target + maxSurge
+    replicas at once."""
+    if len(keepers) >= target:
+        return 0
+    unplaced = sum(1 for r in live if r.node_id is None)
+    count = min(target - len(keepers), max(0, policy.burst - unplaced))
+    if surge is not None:
+        remaining = len(live) - len(doomed_ids)
+        count = min(count, max(0, target + surge - remaining))
+    return count
 
 
 def rollout_bounds(target: int, policy: Policy) -> tuple[int, int]:

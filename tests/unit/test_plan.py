@@ -425,6 +425,21 @@ def test_rollout_surges_then_replaces_within_unavailability() -> None:
     assert p.of(CreateReplicas) == [CreateReplicas(2)]
 
 
+@pytest.mark.parametrize(("uptime", "stops"), [(0.5, 0), (5.0, 1)])
+def test_rollout_floor_does_not_count_an_old_replica_just_restarted(
+    uptime: float, stops: int
+) -> None:
+    """A crash-looping container shows "running" for a moment after each restart: an old
+    replica up for under a second does not count toward the floor, so no other may go."""
+    d, olds = _rollout_world(4)  # maxUnavailable 1: floor 3
+    cs = [
+        container(r, NODES[i % 3], uptime_seconds=uptime if i == 0 else 60.0)
+        for i, r in enumerate(olds)
+    ]
+    v = views(*[(n, [c for c in cs if c.node_id == n.id]) for n in NODES])
+    assert len(plan(d, v, NODES).of(StopReplica)) == stops
+
+
 def test_rollout_never_stops_old_while_new_ones_fail() -> None:
     """A halted rollout: the new replica never becomes ready, old ones keep serving."""
     d, olds = _rollout_world(2)  # surge 1, unavailable 0
