@@ -461,19 +461,8 @@ def rollout_status(
     async def work(engine: AsyncEngine) -> str:
         u = await session.read(engine, lambda conn: _owner(conn, owner))
         first = await session.read(engine, lambda conn: queries.require_deployment(conn, u, name))
-
-        async def load() -> views.DeploymentRow | None:
-            # By id: a deployment deleted while we wait must read as deleted, not vanish.
-            async def q(conn: AsyncConnection) -> views.DeploymentRow | None:
-                rows = await queries.list_deployments(
-                    conn, u.id, statuses=list(DeploymentStatus), name=first.name
-                )
-                return next((r for r in rows if r.id == first.id), None)
-
-            return await session.read(engine, q)
-
         return await rollout.wait(
-            load,
+            lambda: _reload(engine, u, first),
             name=first.name,
             timeout_seconds=timeout_seconds,
             interval_seconds=interval_seconds,
@@ -483,3 +472,18 @@ def rollout_status(
         )
 
     typer.echo(session.run(database_url, work))
+
+
+async def _reload(
+    engine: AsyncEngine, u: views.UserRow, first: views.DeploymentRow
+) -> views.DeploymentRow | None:
+    """The deployment `rollout status` watches, again. By id: a deployment deleted while we
+    wait must read as deleted, not vanish."""
+
+    async def q(conn: AsyncConnection) -> views.DeploymentRow | None:
+        rows = await queries.list_deployments(
+            conn, u.id, statuses=list(DeploymentStatus), name=first.name
+        )
+        return next((r for r in rows if r.id == first.id), None)
+
+    return await session.read(engine, q)

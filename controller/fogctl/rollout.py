@@ -122,19 +122,7 @@ async def wait(
     printed each time what there is to say changes, so a CI log does not fill with repeats.
     """
     deadline = time.monotonic() + timeout_seconds if timeout_seconds > 0 else None
-    progress = (
-        Progress(
-            SpinnerColumn(),
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[status]}"),
-            console=out,
-            transient=True,
-        )
-        if out.is_terminal
-        else None
-    )
+    progress = _bar(out) if out.is_terminal else None
     said = ""
     task = None
     # When this command first saw each version of the deployment's spec.
@@ -170,10 +158,27 @@ async def wait(
             if deadline is not None and time.monotonic() >= deadline:
                 what = j.message.removeprefix("waiting for ")
                 raise RolloutFailed(f"timed out after {timeout_seconds:g}s: {what}")
-            pause = interval_seconds
-            if deadline is not None:
-                pause = max(0.0, min(pause, deadline - time.monotonic()))
-            await asyncio.sleep(pause)
+            await asyncio.sleep(_pause(interval_seconds, deadline))
     finally:
         if progress is not None:
             progress.stop()
+
+
+def _bar(out: Console) -> Progress:
+    """The terminal's progress bar: running/target and the status with its reason."""
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        console=out,
+        transient=True,
+    )
+
+
+def _pause(interval_seconds: float, deadline: float | None) -> float:
+    """The next poll's wait: the interval, cut short so the timeout is reported on time."""
+    if deadline is None:
+        return interval_seconds
+    return max(0.0, min(interval_seconds, deadline - time.monotonic()))
