@@ -43,6 +43,9 @@ def utcnow() -> datetime:
 
 
 class Controller:
+    """Wires the daemon: the node monitor, the reconciler, the resync pass, the wake-ups and the
+    work queue, run while this process leads and stopped gracefully when it no longer does."""
+
     def __init__(
         self,
         settings: Settings,
