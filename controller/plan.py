@@ -399,7 +399,7 @@ def _outgoing_to_stop(
     """The outgoing replicas to stop now. They are replaced first and stop only while what is
     available stays above `floor`: `target` for a drain (as `kubectl drain` with a disruption
     budget), `target - maxUnavailable` for a rollout (as a Deployment's RollingUpdate). One not
-    serving at all may go freely."""
+    serving at all may go freely. Keepers already `doomed` (scale-down victims) do not count."""
     if not outgoing:
         return []
     obs = seen.obs
