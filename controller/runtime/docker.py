@@ -27,29 +27,19 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
-import os
-import re
-import socket
-import ssl
-import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime
-from enum import StrEnum
-from pathlib import Path, PurePath
+from pathlib import PurePath
 from typing import Any, TypeVar
 
 import docker
 import docker.errors
 import docker.tls
-import requests.adapters
-import requests.exceptions
 import structlog
-from docker.transport import unixconn
 from docker.types import DeviceRequest
 from docker.utils import parse_repository_tag
 from tenacity import (
@@ -74,7 +64,19 @@ from controller.model import (
     NodeView,
     ObservedContainer,
 )
-from controller.runtime import ContainerSpec, tls
+from controller.runtime import ContainerSpec, container_status, tls
+from controller.runtime.engine_connect import (
+    EngineConnector,
+    close_socket_on_failed_connect,
+)
+from controller.runtime.engine_errors import engine_message, translate
+from controller.runtime.podman import (
+    PODMAN_HEALTH_STATES,
+    EngineFlavour,
+    engine_flavour,
+    pull_failure,
+    unsupported_request,
+)
 from controller.settings import Settings
 from controller.storage import DiskUse, StorageLimits, storage_limits
 
@@ -82,8 +84,6 @@ log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 
-# Oldest API that has everything we use (device requests, nano_cpus); Docker 20.10 speaks it.
-DOCKER_API_VERSION = "1.41"
 DOCKER_CALL_ATTEMPTS = 3
 # A running container that (re)started this recently is inspected for its restart count.
 RECENT_START_SECONDS = 60.0
@@ -96,374 +96,6 @@ INSPECTED_KEPT = 1024
 # container cannot hold up the creates of a rollout beside it.
 STOPS_PER_NODE = 64
 _MANAGED_FILTER = {"label": f"{LABEL_MANAGED_BY}={MANAGED_BY_VALUE}"}
-# The engine answers 500 for many errors that will never go away on retry (seen on Docker
-# 20.10: a GPU request on a node without the driver, an unsupported storage option (overlay2
-# and Podman: "--storage-opt is supported only for overlay over xfs with 'pquota' mount
-# option"; vfs: "Filesystem does not support, or has not enabled quotas"), a command missing
-# from the image). These markers make such a 500 permanent. Whether a node can cap disk is not
-# read from these words (see controller.storage); they only stop a hot retry loop.
-_PERMANENT_SERVER_ERRORS = (
-    "could not select device driver",
-    "storage-opt",
-    "quotas",
-    "does not support",
-    "oci runtime",
-    "executable file not found",
-    "no such file or directory",
-    "invalid",
-    "not supported",
-    "permission denied",
-)
-
-
-# OpenSSL reasons that mean "an operator must change a certificate, a key or the URL":
-# retrying would fail the same way. Other TLS errors (an EOF mid-handshake from an engine
-# going down) stay transient.
-_TLS_PEER_REFUSED = ("ALERT_BAD_CERTIFICATE", "ALERT_UNKNOWN_CA", "ALERT_CERTIFICATE")
-_TLS_PERMANENT = (
-    "CERTIFICATE_VERIFY_FAILED",
-    *_TLS_PEER_REFUSED,
-    "ALERT_ACCESS_DENIED",
-    "ALERT_HANDSHAKE_FAILURE",
-    "ALERT_UNSUPPORTED_CERTIFICATE",
-    "ALERT_PROTOCOL_VERSION",
-    "WRONG_VERSION_NUMBER",
-    "KEY_VALUES_MISMATCH",
-    "NO_START_LINE",
-    "PEM",
-)
-_SSL_NOISE = re.compile(r"^\[SSL(?:: [A-Z0-9_]+)?\]\s*|\s*\(_ssl\.c:\d+\)$")
-
-
-def _ssl_error(exc: BaseException) -> ssl.SSLError | None:
-    """The OpenSSL error under requests' and urllib3's wrappers (in causes, in args, or in
-    urllib3's `reason`), if a TLS failure is what this is."""
-    seen: set[int] = set()
-    todo: list[object] = [exc]
-    while todo:
-        item = todo.pop()
-        if not isinstance(item, BaseException) or id(item) in seen:
-            continue
-        seen.add(id(item))
-        if isinstance(item, ssl.SSLError):
-            return item
-        todo += [item.__cause__, item.__context__, getattr(item, "reason", None), *item.args]
-    return None
-
-
-def _tls_failure(found: ssl.SSLError, what: str, certs: PurePath | None) -> errors.ControllerError:
-    """A readable reason for a TLS failure, naming the file to check (never its content)."""
-    code = str(found.reason or "")
-    text = _SSL_NOISE.sub("", str(found.args[1] if len(found.args) > 1 else found))
-    where = f"{certs}/" if certs is not None else "the node's certificate directory"
-    if isinstance(found, ssl.SSLCertVerificationError) or code == "CERTIFICATE_VERIFY_FAILED":
-        detail = getattr(found, "verify_message", None) or text
-        return errors.PermanentError(
-            f"{what}: TLS: the engine's certificate was not accepted ({detail}): is "
-            f"{where}{tls.CA_FILE} the CA that signed it, and does it name this host?"
-        )
-    if any(marker in code for marker in _TLS_PEER_REFUSED):
-        return errors.PermanentError(
-            f"{what}: TLS: the engine refused our client certificate ({text}): is "
-            f"{where}{tls.CERT_FILE} signed by the CA the engine trusts (dockerd --tlscacert), "
-            "and still valid?"
-        )
-    if code == "WRONG_VERSION_NUMBER":
-        return errors.PermanentError(
-            f"{what}: TLS: the engine does not speak TLS on this port ({text})"
-        )
-    if any(marker in code for marker in _TLS_PERMANENT) or "PEM" in text:
-        return errors.PermanentError(
-            f"{what}: TLS: cannot use the client certificate and key in {where} ({text})"
-        )
-    return errors.TransientError(f"{what}: TLS handshake failed: {text or code}")
-
-
-# --- which engine answers -------------------------------------------------------------------
-
-# The component Podman lists in `/version` (Podman 4.3: "Podman Engine", "Conmon", "OCI Runtime
-# (runc)"; dockerd 20.10: "Engine", "containerd", "runc", "docker-init").
-PODMAN_COMPONENT = "Podman Engine"
-
-
-# The health states the controller acts on, asked of Podman's listing one filter at a time.
-PODMAN_HEALTH_STATES = ("starting", "unhealthy")
-
-
-class EngineFlavour(StrEnum):
-    """Which engine serves the Docker API on a node. Measured differences of Podman 4.3 from
-    dockerd 20.10 that the controller handles:
-    - a name already taken is HTTP 500, not 409 (`_create` asks the engine for the name);
-    - GPU device requests are accepted and ignored: the container starts without its GPU
-      (`unsupported_request` refuses them);
-    - events carry Podman's own names in filters (`died`, `remove`: controller/events.py);
-    - a failed pull answers 200 with the error in the progress stream (`_pull_failure`, read
-      on every engine);
-    - the listing's `Status` carries no health (`_podman_health` asks its `health` filter).
-    """
-
-    DOCKER = "docker"
-    PODMAN = "podman"
-
-
-def engine_flavour(version: Mapping[str, Any]) -> EngineFlavour:
-    """PURE: the engine that answered `GET /version`; anything not naming Podman is Docker."""
-    components = version.get("Components")
-    if isinstance(components, list):
-        for component in components:
-            if isinstance(component, Mapping) and component.get("Name") == PODMAN_COMPONENT:
-                return EngineFlavour.PODMAN
-    return EngineFlavour.DOCKER
-
-
-def unsupported_request(flavour: EngineFlavour, spec: ContainerSpec) -> str | None:
-    """PURE: why `spec` cannot run as asked on this kind of engine, or None if it can."""
-    if flavour is EngineFlavour.PODMAN and spec.resources and spec.resources.gpu_units > 0:
-        return (
-            f"GPU request ({spec.resources.gpu_units} units) on a Podman node: Podman's Docker "
-            "API ignores GPU device requests, so the container would start without its GPU"
-        )
-    return None
-
-
-def _pull_failure(output: object) -> str | None:
-    """PURE: the error a pull reported inside its progress stream (concatenated JSON objects),
-    or None. Podman answers a failed pull this way with HTTP 200."""
-    if isinstance(output, bytes):
-        output = output.decode(errors="replace")
-    if not isinstance(output, str):
-        return None
-    decoder = json.JSONDecoder()
-    index = 0
-    while index < len(output):
-        while index < len(output) and output[index].isspace():
-            index += 1
-        if index >= len(output):
-            break
-        try:
-            item, index = decoder.raw_decode(output, index)
-        except ValueError:
-            return None
-        if isinstance(item, Mapping):
-            detail = item.get("errorDetail")
-            message = detail.get("message") if isinstance(detail, Mapping) else None
-            message = message or item.get("error")
-            if message:
-                return str(message)
-    return None
-
-
-def _message(exc: BaseException) -> str:
-    if isinstance(exc, docker.errors.APIError):
-        text = exc.explanation or str(exc)
-        return text.decode() if isinstance(text, bytes) else str(text)
-    return str(exc) or type(exc).__name__
-
-
-def translate(
-    exc: BaseException, what: str, certs: PurePath | None = None
-) -> errors.ControllerError:
-    """A docker-py or transport exception as one of our two error kinds; `certs`, the node's
-    certificate directory, goes into the reason of a TLS failure."""
-    if isinstance(exc, errors.ControllerError):
-        return exc
-    found = _ssl_error(exc)
-    if found is not None:
-        return _tls_failure(found, what, certs)
-    if isinstance(exc, docker.errors.TLSParameterError):
-        # TLSConfig checks that the files exist: they went away after runtime.tls looked.
-        return errors.PermanentError(f"{what}: TLS: {_message(exc)}")
-    if isinstance(exc, docker.errors.APIError):
-        status = exc.status_code or 0
-        text = _message(exc)
-        if status >= 500 and any(m in text.lower() for m in _PERMANENT_SERVER_ERRORS):
-            return errors.PermanentError(f"{what}: {text}")
-        if status >= 500 or status in (408, 429):
-            return errors.TransientError(f"{what}: {text}")
-        return errors.PermanentError(f"{what}: {text}")
-    if isinstance(exc, requests.exceptions.RequestException | OSError | TimeoutError):
-        return errors.TransientError(f"{what}: engine unreachable: {_message(exc)}")
-    if isinstance(exc, docker.errors.DockerException):
-        return errors.PermanentError(f"{what}: {_message(exc)}")
-    return errors.TransientError(f"{what}: {type(exc).__name__}: {exc}")
-
-
-def close_socket_on_failed_connect() -> None:
-    """Mend docker-py 7.x's unix transport, which leaks its socket when connect() fails (an
-    engine that is down): a heartbeat probing a lost node would leak one socket per probe.
-    Idempotent; affects only connections that fail."""
-    cls: Any = unixconn.UnixHTTPConnection
-    if getattr(cls.connect, "_fog_mended", False):
-        return
-
-    def connect(self: Any) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self.unix_socket)
-        except BaseException:
-            sock.close()
-            raise
-        self.sock = sock
-
-    connect._fog_mended = True  # type: ignore[attr-defined]
-    cls.connect = connect
-
-
-def _readable_file(path: PurePath) -> bool:
-    return os.path.isfile(path) and os.access(path, os.R_OK)
-
-
-class _PinnedTLSAdapter(requests.adapters.HTTPAdapter):
-    """Verifies the engine against the node's ca.pem and presents the node's client
-    certificate on every request, whatever the environment says. requests lets
-    REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE override a session's CA (psf/requests#3829): the
-    node's own CA would silently become the system bundle. Also sizes the pool, which
-    docker-py leaves at requests' default of 10 for TCP engines."""
-
-    def __init__(self, access: tls.EngineAccess, pool_maxsize: int) -> None:
-        super().__init__(pool_connections=1, pool_maxsize=pool_maxsize)
-        self._ca = access.ca_cert
-        self._cert = access.client_cert
-
-    def send(self, request: Any, *args: Any, **kwargs: Any) -> Any:
-        kwargs["verify"] = self._ca
-        kwargs["cert"] = self._cert
-        return super().send(request, *args, **kwargs)
-
-
-class EngineConnector:
-    """Makes the docker-py clients to engines, reaching each as `tls.engine_access` decides.
-
-    `access()` re-reads the node's certificate directory on every call (three `stat`s): files
-    put in place, replaced or removed take effect without a restart, and a node allowed plain
-    TCP is spoken to over TLS as soon as its certificates appear. Thread-safe: event streams
-    connect from their own threads."""
-
-    def __init__(
-        self, certs_dir: Path, allow_plaintext: bool = False, *, warn_plaintext: bool = True
-    ) -> None:
-        self._certs_dir = certs_dir
-        self._allow_plaintext = allow_plaintext
-        self._warn_plaintext = warn_plaintext
-        self._warned: set[str] = set()
-        self._lock = threading.Lock()
-
-    @classmethod
-    def from_settings(cls, settings: Settings, *, warn_plaintext: bool = True) -> EngineConnector:
-        return cls(
-            Path(settings.engine_certs_dir),
-            settings.engine_allow_plaintext,
-            warn_plaintext=warn_plaintext,
-        )
-
-    def access(self, name: str, url: str) -> tls.EngineAccess:
-        """How to reach node `name` at `url` now; `errors.PermanentError` if not at all."""
-        access = tls.engine_access(
-            name,
-            url,
-            certs_root=self._certs_dir,
-            allow_plaintext=self._allow_plaintext,
-            present=_readable_file,
-        )
-        if access.transport is tls.Transport.PLAINTEXT and self._warn_plaintext:
-            with self._lock:
-                first = name not in self._warned
-                self._warned.add(name)
-            if first:
-                log.warning(
-                    "engine_plaintext",
-                    node=name,
-                    docker_url=url,
-                    certs_dir=str(self._certs_dir / name),
-                    detail=f"no TLS certificates; {tls.PLAINTEXT_SWITCH}=true allows plain "
-                    "TCP: anyone on the network path can control this engine",
-                )
-        return access
-
-    def client(
-        self, access: tls.EngineAccess, *, timeout: float, max_pool_size: int
-    ) -> docker.APIClient:
-        """A client for `access` (no request is made: the API version is pinned)."""
-        config: docker.tls.TLSConfig | None = None
-        if access.transport is tls.Transport.TLS:
-            config = docker.tls.TLSConfig(
-                client_cert=access.client_cert, ca_cert=access.ca_cert, verify=True
-            )
-        client = docker.APIClient(
-            base_url=access.base_url,
-            version=DOCKER_API_VERSION,
-            timeout=int(timeout),
-            max_pool_size=max_pool_size,
-            tls=config or False,
-        )
-        if access.transport is tls.Transport.TLS:
-            client.mount("https://", _PinnedTLSAdapter(access, max_pool_size))
-        elif access.transport is tls.Transport.PLAINTEXT:
-            client.mount(
-                "http://",
-                requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=max_pool_size),
-            )
-        return client
-
-
-_UPTIME = re.compile(
-    r"^Up (Less than a second|About an? (minute|hour)|(\d+) (second|minute|hour|day|week)s?)"
-)
-_EXIT = re.compile(r"^(Exited|Restarting) \((-?\d+)\)")
-_UNIT_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400, "week": 604800}
-
-
-def _uptime(status: str) -> float | None:
-    """Seconds since the container (re)started, from the list's "Up 3 seconds" text; rough
-    past a minute, which is all the readiness checks need."""
-    m = _UPTIME.match(status)
-    if m is None:
-        return None
-    if m.group(1) == "Less than a second":
-        return 0.0
-    if m.group(2):
-        return float(_UNIT_SECONDS[m.group(2)])
-    return float(int(m.group(3)) * _UNIT_SECONDS[m.group(4)])
-
-
-def _status_exit_code(status: str) -> int | None:
-    """The exit code in "Exited (137) 2 seconds ago" / "Restarting (1) 1 second ago"."""
-    m = _EXIT.match(status)
-    return int(m.group(2)) if m else None
-
-
-def _health(status: str) -> str | None:
-    """The health the list API writes into its Status text: "Up 3 minutes (healthy)",
-    "(unhealthy)", "(health: starting)"; None for an image without HEALTHCHECK."""
-    if "(healthy)" in status:
-        return "healthy"
-    if "(unhealthy)" in status:
-        return "unhealthy"
-    if "(health: starting)" in status:
-        return "starting"
-    return None
-
-
-def _timestamp(raw: object) -> datetime | None:
-    """Docker's RFC 3339 time with nanoseconds ("0001-01-01T00:00:00Z" means never)."""
-    if not isinstance(raw, str) or raw.startswith("0001-"):
-        return None
-    text = raw.rstrip("Z")
-    whole, _, fraction = text.partition(".")
-    try:
-        parsed = datetime.fromisoformat(whole).replace(tzinfo=UTC)
-    except ValueError:
-        return None
-    micros = int((fraction + "000000")[:6]) if fraction.isdigit() else 0
-    return parsed.replace(microsecond=micros)
-
-
-def _uuid(raw: str | None) -> uuid.UUID | None:
-    try:
-        return uuid.UUID(raw) if raw else None
-    except ValueError:
-        return None
 
 
 class DockerRuntime:
@@ -661,8 +293,8 @@ class DockerRuntime:
         found = []
         for item in raw:
             labels = item.get("Labels") or {}
-            replica_id = _uuid(labels.get(LABEL_REPLICA))
-            deployment_id = _uuid(labels.get(LABEL_DEPLOYMENT))
+            replica_id = container_status.label_uuid(labels.get(LABEL_REPLICA))
+            deployment_id = container_status.label_uuid(labels.get(LABEL_DEPLOYMENT))
             if replica_id is None or deployment_id is None:
                 continue
             limit = labels.get(LABEL_STORAGE_GB)
@@ -731,19 +363,19 @@ class DockerRuntime:
         state = ContainerState.parse(str(item.get("State", "")))
         names = item.get("Names") or ["/"]
         status = str(item.get("Status", ""))
-        uptime = _uptime(status) if state is ContainerState.RUNNING else None
+        uptime = container_status.uptime(status) if state is ContainerState.RUNNING else None
         container = ObservedContainer(
             id=str(item["Id"]),
             name=str(names[0]).lstrip("/"),
             node_id=node.id,
             state=state,
-            deployment_id=_uuid(labels.get(LABEL_DEPLOYMENT)),
-            replica_id=_uuid(labels.get(LABEL_REPLICA)),
+            deployment_id=container_status.label_uuid(labels.get(LABEL_DEPLOYMENT)),
+            replica_id=container_status.label_uuid(labels.get(LABEL_REPLICA)),
             image=str(item.get("Image", "")),
-            health=_health(status),
+            health=container_status.health(status),
             spec_hash=labels.get(LABEL_SPEC),
             uptime_seconds=uptime,
-            exit_code=_status_exit_code(status),
+            exit_code=container_status.status_exit_code(status),
         )
         # Inspect what the listing cannot tell: restart counts and OOM kills of containers
         # that are not running, or that (re)started within the last minute (a restart the
@@ -766,7 +398,7 @@ class DockerRuntime:
             exit_code=exit_code,
             restart_count=int(detail.get("RestartCount") or 0),
             oom_killed=bool(st.get("OOMKilled")),
-            finished_at=_timestamp(st.get("FinishedAt")),
+            finished_at=container_status.timestamp(st.get("FinishedAt")),
         )
 
     async def _recent_inspect(
@@ -808,7 +440,7 @@ class DockerRuntime:
         try:
             await self._call(node, "start container", client.start, container_id)
         except (errors.ControllerError, docker.errors.NotFound) as exc:
-            reason = exc.reason if isinstance(exc, errors.ControllerError) else _message(exc)
+            reason = exc.reason if isinstance(exc, errors.ControllerError) else engine_message(exc)
             # A container that cannot start (bad device request, bad command) is removed now:
             # the replica fails and its replacement gets a fresh name.
             if isinstance(exc, errors.PermanentError | docker.errors.NotFound):
@@ -834,8 +466,8 @@ class DockerRuntime:
                     **self._create_args(client, spec, with_storage=with_storage),
                 )
             except docker.errors.NotFound as exc:
-                if pulled or "image" not in _message(exc).lower():
-                    raise errors.PermanentError(f"create container: {_message(exc)}") from exc
+                if pulled or "image" not in engine_message(exc).lower():
+                    raise errors.PermanentError(f"create container: {engine_message(exc)}") from exc
                 await self._pull(node, spec.image)
                 pulled = True
                 continue
@@ -940,8 +572,10 @@ class DockerRuntime:
                 f"{self._settings.pull_timeout_seconds:g}s"
             ) from exc
         except Exception as exc:
-            raise errors.PermanentError(f"image pull failed: {image}: {_message(exc)}") from exc
-        failure = _pull_failure(output)
+            raise errors.PermanentError(
+                f"image pull failed: {image}: {engine_message(exc)}"
+            ) from exc
+        failure = pull_failure(output)
         if failure is not None:
             raise errors.PermanentError(f"image pull failed: {image}: {failure}")
 
@@ -989,3 +623,14 @@ class DockerRuntime:
             await self._remove(node, container)
         except errors.ControllerError as exc:
             log.warning("container_remove_failed", node=node.name, error=exc.reason)
+
+
+__all__ = [
+    "DockerRuntime",
+    "EngineConnector",
+    "EngineFlavour",
+    "close_socket_on_failed_connect",
+    "engine_flavour",
+    "translate",
+    "unsupported_request",
+]
