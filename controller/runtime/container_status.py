@@ -1,14 +1,27 @@
-"""What the engine's listing text and inspect answers say, as plain values.
+"""What the engine's listing and inspect answers say, as the controller's values.
 
-The listing's `Status` ("Up 3 minutes (healthy)", "Exited (137) 2 seconds ago") and inspect's
-RFC 3339 times are parsed here, so the runtime only asks and these read.
+The listing's `Status` ("Up 3 minutes (healthy)", "Exited (137) 2 seconds ago"), its labels
+and inspect's state and RFC 3339 times are read here, so the runtime only asks.
 """
 
 from __future__ import annotations
 
 import re
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime
+from typing import Any
+
+from controller.model import (
+    LABEL_DEPLOYMENT,
+    LABEL_REPLICA,
+    LABEL_SPEC,
+    LABEL_STORAGE_GB,
+    ContainerState,
+    ObservedContainer,
+)
+from controller.runtime.inspect_cache import RECENT_START_SECONDS
+from controller.storage import DiskUse
 
 _UPTIME = re.compile(
     r"^Up (Less than a second|About an? (minute|hour)|(\d+) (second|minute|hour|day|week)s?)"
@@ -67,3 +80,71 @@ def label_uuid(raw: str | None) -> uuid.UUID | None:
         return uuid.UUID(raw) if raw else None
     except ValueError:
         return None
+
+
+def listed(node_id: uuid.UUID, item: dict[str, Any]) -> ObservedContainer:
+    """A container as one item of the engine's listing shows it."""
+    labels = item.get("Labels") or {}
+    state = ContainerState.parse(str(item.get("State", "")))
+    names = item.get("Names") or ["/"]
+    status = str(item.get("Status", ""))
+    return ObservedContainer(
+        id=str(item["Id"]),
+        name=str(names[0]).lstrip("/"),
+        node_id=node_id,
+        state=state,
+        deployment_id=label_uuid(labels.get(LABEL_DEPLOYMENT)),
+        replica_id=label_uuid(labels.get(LABEL_REPLICA)),
+        image=str(item.get("Image", "")),
+        health=health(status),
+        spec_hash=labels.get(LABEL_SPEC),
+        uptime_seconds=uptime(status) if state is ContainerState.RUNNING else None,
+        exit_code=status_exit_code(status),
+    )
+
+
+def needs_inspect(container: ObservedContainer) -> bool:
+    """Whether the listing leaves out what matters: restart counts and OOM kills of
+    containers that are not running, or that (re)started within the last minute (a restart
+    the engine made between two of our looks). Long-running containers cost no inspect."""
+    if container.state is not ContainerState.RUNNING:
+        return True
+    return container.uptime_seconds is not None and container.uptime_seconds < (
+        RECENT_START_SECONDS
+    )
+
+
+def inspected(container: ObservedContainer, detail: dict[str, Any]) -> ObservedContainer:
+    """`container` with what its inspect adds."""
+    st = detail.get("State") or {}
+    # The listing's "Exited (137)" is the exit that matters; inspect's ExitCode is read
+    # later and is back to 0 once the engine has restarted the container.
+    exit_code = container.exit_code
+    if exit_code is None and not st.get("Running"):
+        exit_code = st.get("ExitCode")
+    return replace(
+        container,
+        inspected=True,
+        exit_code=exit_code,
+        restart_count=int(detail.get("RestartCount") or 0),
+        oom_killed=bool(st.get("OOMKilled")),
+        finished_at=timestamp(st.get("FinishedAt")),
+    )
+
+
+def disk_use(item: dict[str, Any]) -> DiskUse | None:
+    """What one item of a sized listing has written; None for a container without our
+    replica and deployment labels."""
+    labels = item.get("Labels") or {}
+    replica_id = label_uuid(labels.get(LABEL_REPLICA))
+    deployment_id = label_uuid(labels.get(LABEL_DEPLOYMENT))
+    if replica_id is None or deployment_id is None:
+        return None
+    limit = labels.get(LABEL_STORAGE_GB)
+    return DiskUse(
+        container_id=str(item["Id"]),
+        replica_id=replica_id,
+        deployment_id=deployment_id,
+        written_bytes=int(item.get("SizeRw") or 0),
+        limit_gb=int(limit) if limit and limit.isdigit() else None,
+    )

@@ -21,33 +21,28 @@ Why it looks the way it does:
 - Podman serves the Docker API too (`podman system service`). Where it answers differently,
   the difference is keyed on what the engine says it is (`/version`, asked once per node and
   again after a failed probe), never on error text: see `EngineFlavour`.
+
+`DockerRuntime` here is the port; beside it: `engine_calls` (clients, call and stop slots,
+threads, retries), `engine_connect` (`EngineConnector`), `engine_errors` (`translate`),
+`podman` (`EngineFlavour` and Podman's differences), `container_status` (listing and inspect
+answers as `ObservedContainer` values), `inspect_cache`, `engine_storage` (whether an engine
+can cap disk), `create_request` (what a create asks for).
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
-from pathlib import PurePath
 from typing import Any, TypeVar
 
 import docker
 import docker.errors
-import docker.tls
 import structlog
-from docker.types import DeviceRequest
 from docker.utils import parse_repository_tag
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    wait_exponential_jitter,
-)
 
 from controller import errors
 from controller.metrics import Metrics
@@ -55,21 +50,22 @@ from controller.model import (
     LABEL_DEPLOYMENT,
     LABEL_MANAGED_BY,
     LABEL_REPLICA,
-    LABEL_SPEC,
-    LABEL_STORAGE_GB,
     MANAGED_BY_VALUE,
-    ContainerState,
     EngineInfo,
     NodeRecord,
     NodeView,
     ObservedContainer,
 )
-from controller.runtime import ContainerSpec, container_status, tls
+from controller.runtime import ContainerSpec, container_status
+from controller.runtime.create_request import container_options, host_options
+from controller.runtime.engine_calls import EngineCalls
 from controller.runtime.engine_connect import (
     EngineConnector,
     close_socket_on_failed_connect,
 )
 from controller.runtime.engine_errors import engine_message, translate
+from controller.runtime.engine_storage import EngineStorage
+from controller.runtime.inspect_cache import InspectCache
 from controller.runtime.podman import (
     PODMAN_HEALTH_STATES,
     EngineFlavour,
@@ -78,166 +74,26 @@ from controller.runtime.podman import (
     unsupported_request,
 )
 from controller.settings import Settings
-from controller.storage import DiskUse, StorageLimits, storage_limits
+from controller.storage import DiskUse
 
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 
-DOCKER_CALL_ATTEMPTS = 3
-# A running container that (re)started this recently is inspected for its restart count.
-RECENT_START_SECONDS = 60.0
-# Inspect answers kept before the old ones are dropped (only ones under two minutes old stay).
-INSPECTED_KEPT = 1024
-# Graceful stops in flight per node. A stop spends the container's grace period waiting for it
-# to exit, which costs the engine nothing, so stops do not take the node's
-# FOG_NODE_CONCURRENCY slots (creates, starts, removes): a scale-down signals its containers
-# together, as Swarm's agent does, instead of one slot-full at a time, and a slow-stopping
-# container cannot hold up the creates of a rollout beside it.
-STOPS_PER_NODE = 64
 _MANAGED_FILTER = {"label": f"{LABEL_MANAGED_BY}={MANAGED_BY_VALUE}"}
 
 
-class DockerRuntime:
+class DockerRuntime(EngineCalls):
     """The runtime port over real Docker engines."""
 
     def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
-        close_socket_on_failed_connect()
-        self._settings = settings
-        self._metrics = metrics
-        self._connector = EngineConnector.from_settings(settings)
-        # Per (node name, URL): the access a client was made for, and the client. The name is
-        # part of the key because the certificates are the node's, not the URL's.
-        self._clients: dict[tuple[str, str], tuple[tls.EngineAccess, docker.APIClient]] = {}
-        self._semaphores: dict[str, asyncio.Semaphore] = {}
-        self._stop_slots: dict[str, asyncio.Semaphore] = {}
-        # Per (node name, URL): which engine answers there, asked once (and after a failed
-        # probe: the engine behind a URL may be replaced while it is down).
-        self._flavours: dict[tuple[str, str], EngineFlavour] = {}
-        # Per engine URL: what `docker info` said of its storage (driver, driver status, ID,
-        # version) and what we concluded (controller.storage). `_size_refused`: engines that
-        # refused a size limit their driver should take (xfs without pquota) and accepted the
-        # same create without it; forgotten when the engine restarts or changes, so a node
-        # remounted with pquota is tried again.
-        self._engine_facts: dict[str, tuple[object, ...]] = {}
-        self._limits: dict[str, StorageLimits] = {}
-        self._size_refused: dict[str, str] = {}
-        self._unreachable: set[str] = set()
-        # Per container id: when an inspect of it (running) was sent, and what it said. A
-        # later listing whose uptime is at least the time since then shows that the container
-        # has not restarted meanwhile, so the answer still holds (see `_recent_inspect`).
-        self._inspected: dict[str, tuple[float, dict[str, Any]]] = {}
-        self._inspected_limit = INSPECTED_KEPT
-        self._executor = ThreadPoolExecutor(
-            max_workers=max(8, settings.node_concurrency * 8), thread_name_prefix="docker"
-        )
-        # Stops wait out grace periods in their own threads, so they never starve other calls.
-        self._stopper = ThreadPoolExecutor(
-            max_workers=STOPS_PER_NODE, thread_name_prefix="docker-stop"
-        )
-
-    # --- plumbing --------------------------------------------------------------------------
-
-    def _client(self, node: NodeRecord) -> docker.APIClient:
-        """The node's client, made anew when how to reach it changed (certificates added or
-        removed); `errors.PermanentError` when it must not be reached (runtime.tls)."""
-        access = self._connector.access(node.name, node.docker_url)
-        key = (node.name, node.docker_url)
-        held = self._clients.get(key)
-        if held is not None and held[0] == access:
-            return held[1]
-        try:
-            client = self._connector.client(
-                access,
-                timeout=self._settings.docker_timeout_seconds,
-                max_pool_size=self._settings.node_concurrency + 1 + STOPS_PER_NODE,
-            )
-        except Exception as exc:
-            raise translate(exc, "connect", access.certs) from exc
-        if held is not None:
-            held[1].close()  # calls still in flight on it fail and are retried as usual
-        self._clients[key] = (access, client)
-        if access.transport is tls.Transport.TLS:
-            log.info("engine_tls", node=node.name, certs_dir=str(access.certs))
-        return client
-
-    def _certs(self, node: NodeRecord) -> PurePath | None:
-        """The node's certificate directory, for the reason of a TLS failure."""
-        held = self._clients.get((node.name, node.docker_url))
-        return held[0].certs if held is not None else None
-
-    def _semaphore(self, node: NodeRecord) -> asyncio.Semaphore:
-        sem = self._semaphores.get(node.docker_url)
-        if sem is None:
-            sem = self._semaphores[node.docker_url] = asyncio.Semaphore(
-                self._settings.node_concurrency
-            )
-        return sem
-
-    async def _raw(self, node: NodeRecord, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        async with self._semaphore(node):
-            return await self._unlimited(node, fn, *args, **kwargs)
-
-    async def _unlimited(
-        self, node: NodeRecord, fn: Callable[..., T], *args: Any, **kwargs: Any
-    ) -> T:
-        """A call outside the per-node limit: heartbeat probes must not queue behind a
-        rollout's creates, or a busy node would look dead (its pool has one spare slot)."""
-        return await self._in(self._executor, node, fn, *args, **kwargs)
-
-    async def _in(
-        self,
-        executor: ThreadPoolExecutor,
-        node: NodeRecord,
-        fn: Callable[..., T],
-        *args: Any,
-        **kwargs: Any,
-    ) -> T:
-        loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(executor, functools.partial(fn, *args, **kwargs))
-        except docker.errors.NotFound:
-            raise  # an answer (gone, no such image), not a failing engine
-        except Exception:
-            # Every Docker call passes here, so this counts each failed attempt once; the
-            # operation label is docker-py's method name (a small, fixed set).
-            if self._metrics is not None:
-                self._metrics.docker_error(node.name, getattr(fn, "__name__", "call"))
-            raise
-
-    async def _call(
-        self, node: NodeRecord, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any
-    ) -> T:
-        """One Docker call, retried on transient failure (3 tries, jittered backoff)."""
-        return await self._retried(node, what, lambda: self._raw(node, fn, *args, **kwargs))
-
-    async def _retried(self, node: NodeRecord, what: str, once: Callable[[], Awaitable[T]]) -> T:
-        async for attempt in AsyncRetrying(
-            retry=retry_if_exception_type(errors.TransientError),
-            stop=stop_after_attempt(DOCKER_CALL_ATTEMPTS),
-            wait=wait_exponential_jitter(multiplier=0.1, max=2.0),
-            reraise=True,
-        ):
-            with attempt:
-                try:
-                    return await once()
-                except docker.errors.NotFound:
-                    raise
-                except Exception as exc:
-                    raise translate(exc, what, self._certs(node)) from exc
-        raise AssertionError("unreachable: tenacity either returns or raises")
-
-    async def close(self) -> None:
-        for _, client in self._clients.values():
-            client.close()
-        self._clients.clear()
-        self._executor.shutdown(wait=False, cancel_futures=True)
-        self._stopper.shutdown(wait=False, cancel_futures=True)
+        super().__init__(settings, metrics)
+        self._storage = EngineStorage()
+        self._inspected = InspectCache()
 
     # --- the port --------------------------------------------------------------------------
 
     async def info(self, node: NodeRecord) -> EngineInfo:
-        url = node.docker_url
         try:
             # Together: on Podman each takes ~0.4 s (both run conmon and runc to report them),
             # and the first probe must fit in its timeout on a busy host.
@@ -246,21 +102,9 @@ class DockerRuntime:
             )
         except Exception as exc:
             self._flavours.pop((node.name, node.docker_url), None)
-            self._unreachable.add(url)
+            self._storage.unreachable(node.docker_url)
             raise translate(exc, "probe", self._certs(node)) from exc
-        driver = str(raw.get("Driver") or "")
-        status = tuple(tuple(str(x) for x in row) for row in raw.get("DriverStatus") or ())
-        version = str(raw.get("ServerVersion") or "")
-        facts = (raw.get("ID"), driver, status, version)
-        # An engine that went away and came back has restarted (or was restarted): what it
-        # refused before is tried again, as is everything after a change of its facts.
-        if url in self._unreachable or self._engine_facts.get(url, facts) != facts:
-            self._unreachable.discard(url)
-            if self._size_refused.pop(url, None) is not None:
-                log.info("storage_limit_recheck", node=node.name, storage_driver=driver)
-        self._engine_facts[url] = facts
-        limits = storage_limits(driver, status, size_refused=url in self._size_refused)
-        self._limits[url] = limits
+        driver, version, limits = self._storage.probed(node, raw)
         return EngineInfo(
             cpu_cores=float(raw.get("NCPU") or 0),
             memory_mb=int((raw.get("MemTotal") or 0) // (1024 * 1024)),
@@ -269,16 +113,6 @@ class DockerRuntime:
             storage_limits=limits,
             engine=flavour.value,
         )
-
-    async def _flavour(self, node: NodeRecord) -> EngineFlavour:
-        """Which engine answers at the node's URL (`/version`, asked once per node)."""
-        key = (node.name, node.docker_url)
-        known = self._flavours.get(key)
-        if known is None:
-            version = await self._unlimited(node, self._client(node).version)
-            known = self._flavours[key] = engine_flavour(version)
-            log.info("engine_identified", node=node.name, engine=known.value)
-        return known
 
     async def disk_usage(self, node: NodeRecord) -> tuple[DiskUse, ...] | None:
         try:
@@ -290,24 +124,8 @@ class DockerRuntime:
             reason = translate(exc, "list sizes", self._certs(node)).reason
             log.warning("storage_check_failed", node=node.name, error=reason)
             return None
-        found = []
-        for item in raw:
-            labels = item.get("Labels") or {}
-            replica_id = container_status.label_uuid(labels.get(LABEL_REPLICA))
-            deployment_id = container_status.label_uuid(labels.get(LABEL_DEPLOYMENT))
-            if replica_id is None or deployment_id is None:
-                continue
-            limit = labels.get(LABEL_STORAGE_GB)
-            found.append(
-                DiskUse(
-                    container_id=str(item["Id"]),
-                    replica_id=replica_id,
-                    deployment_id=deployment_id,
-                    written_bytes=int(item.get("SizeRw") or 0),
-                    limit_gb=int(limit) if limit and limit.isdigit() else None,
-                )
-            )
-        return tuple(found)
+        found = (container_status.disk_use(item) for item in raw)
+        return tuple(use for use in found if use is not None)
 
     async def list(self, node: NodeRecord, deployment_id: uuid.UUID | None = None) -> NodeView:
         observed_at = datetime.now(UTC)
@@ -359,47 +177,16 @@ class DockerRuntime:
     async def _observe(
         self, node: NodeRecord, item: dict[str, Any], listed_by: float
     ) -> ObservedContainer | None:
-        labels = item.get("Labels") or {}
-        state = ContainerState.parse(str(item.get("State", "")))
-        names = item.get("Names") or ["/"]
-        status = str(item.get("Status", ""))
-        uptime = container_status.uptime(status) if state is ContainerState.RUNNING else None
-        container = ObservedContainer(
-            id=str(item["Id"]),
-            name=str(names[0]).lstrip("/"),
-            node_id=node.id,
-            state=state,
-            deployment_id=container_status.label_uuid(labels.get(LABEL_DEPLOYMENT)),
-            replica_id=container_status.label_uuid(labels.get(LABEL_REPLICA)),
-            image=str(item.get("Image", "")),
-            health=container_status.health(status),
-            spec_hash=labels.get(LABEL_SPEC),
-            uptime_seconds=uptime,
-            exit_code=container_status.status_exit_code(status),
-        )
-        # Inspect what the listing cannot tell: restart counts and OOM kills of containers
-        # that are not running, or that (re)started within the last minute (a restart the
-        # engine made between two of our looks). Long-running containers cost no inspect.
-        if state is ContainerState.RUNNING and (uptime is None or uptime >= RECENT_START_SECONDS):
+        container = container_status.listed(node.id, item)
+        if not container_status.needs_inspect(container):
             return container
         try:
-            detail = await self._recent_inspect(node, container.id, uptime, listed_by)
+            detail = await self._recent_inspect(
+                node, container.id, container.uptime_seconds, listed_by
+            )
         except docker.errors.NotFound:
             return None  # removed between list and inspect
-        st = detail.get("State") or {}
-        # The listing's "Exited (137)" is the exit that matters; inspect's ExitCode is read
-        # later and is back to 0 once the engine has restarted the container.
-        exit_code = container.exit_code
-        if exit_code is None and not st.get("Running"):
-            exit_code = st.get("ExitCode")
-        return replace(
-            container,
-            inspected=True,
-            exit_code=exit_code,
-            restart_count=int(detail.get("RestartCount") or 0),
-            oom_killed=bool(st.get("OOMKilled")),
-            finished_at=container_status.timestamp(st.get("FinishedAt")),
-        )
+        return container_status.inspected(container, detail)
 
     async def _recent_inspect(
         self, node: NodeRecord, container_id: str, uptime: float | None, listed_by: float
@@ -410,21 +197,14 @@ class DockerRuntime:
         restart after the inspect would show less. Without it a scale-down right after a
         scale-up inspects every replica twice before its first stop (the resync pass's
         listing, then the reconcile's), in the node's call slots."""
-        held = self._inspected.get(container_id)
-        if held is not None and uptime is not None and uptime >= listed_by - held[0]:
-            return held[1]
+        held = self._inspected.still(container_id, uptime, listed_by)
+        if held is not None:
+            return held
         sent = time.monotonic()
         detail: dict[str, Any] = await self._raw(
             node, self._client(node).inspect_container, container_id
         )
-        if (detail.get("State") or {}).get("Running"):
-            self._inspected[container_id] = (sent, detail)
-            if len(self._inspected) > self._inspected_limit:
-                old = sent - 2 * RECENT_START_SECONDS
-                self._inspected = {k: v for k, v in self._inspected.items() if v[0] >= old}
-                self._inspected_limit = max(INSPECTED_KEPT, 2 * len(self._inspected))
-        else:
-            self._inspected.pop(container_id, None)
+        self._inspected.keep(container_id, sent, detail)
         return detail
 
     async def ensure(self, node: NodeRecord, spec: ContainerSpec) -> str:
@@ -452,10 +232,8 @@ class DockerRuntime:
     async def _create(self, node: NodeRecord, spec: ContainerSpec) -> str:
         client = self._client(node)
         pulled = False
-        url = node.docker_url
         sized = spec.resources is not None and spec.resources.storage_gb > 0
-        # Not yet probed: try the limit, as an engine that can cap is the safe guess.
-        with_storage = sized and self._limits.get(url) is not StorageLimits.MONITORED
+        with_storage = sized and self._storage.may_cap(node.docker_url)
         refused: str | None = None  # the engine's words for a create with the limit
         while True:
             try:
@@ -486,46 +264,14 @@ class DockerRuntime:
             if refused is not None:
                 # Accepted without the limit: this engine cannot cap disk (xfs without
                 # pquota, say, which `docker info` does not show), so it is monitored.
-                self._size_refused[url] = refused
-                self._limits[url] = StorageLimits.MONITORED
-                log.warning(
-                    "storage_limit_unenforced",
-                    node=node.name,
-                    error=refused,
-                    detail="the engine refused a disk size limit its driver should take; "
-                    "storage_gb is monitored on this node instead",
-                )
+                self._storage.refused(node, refused)
             return str(created["Id"])
 
     def _create_args(
         self, client: docker.APIClient, spec: ContainerSpec, *, with_storage: bool
     ) -> dict[str, Any]:
-        settings = self._settings
-        host: dict[str, Any] = {
-            "restart_policy": {"Name": "unless-stopped"},
-            "security_opt": ["no-new-privileges"],
-            "privileged": False,
-            "pids_limit": settings.pids_limit,
-        }
-        if settings.container_network:
-            host["network_mode"] = settings.container_network
-        res = spec.resources
-        if res is not None:
-            host["nano_cpus"] = int(res.cpu_cores * 1e9)
-            host["mem_limit"] = f"{res.memory_mb}m"
-            if res.gpu_units > 0:
-                host["device_requests"] = [
-                    DeviceRequest(count=res.gpu_units, capabilities=[["gpu"]])
-                ]
-            if with_storage and res.storage_gb > 0:
-                host["storage_opt"] = {"size": f"{res.storage_gb}G"}
-        return {
-            "image": spec.image,
-            "name": spec.name,
-            "labels": spec.labels,
-            "detach": True,
-            "host_config": client.create_host_config(**host),
-        }
+        host = host_options(self._settings, spec, with_storage=with_storage)
+        return {**container_options(spec), "host_config": client.create_host_config(**host)}
 
     async def _taken_on_podman(self, node: NodeRecord, spec: ContainerSpec) -> bool:
         """After a failed create on Podman, whether our container name is taken: Podman answers
@@ -589,18 +335,6 @@ class DockerRuntime:
             except docker.errors.NotFound:
                 return
         await self._remove(node, container)
-
-    async def _stop_call(self, node: NodeRecord, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
-        """A stop, retried as `_call` does, in the node's stop slots and the stop threads."""
-        slots = self._stop_slots.get(node.docker_url)
-        if slots is None:
-            slots = self._stop_slots[node.docker_url] = asyncio.Semaphore(STOPS_PER_NODE)
-
-        async def once() -> T:
-            async with slots:
-                return await self._in(self._stopper, node, fn, *args, **kw)
-
-        return await self._retried(node, "stop container", once)
 
     async def _remove(self, node: NodeRecord, container: str) -> None:
         try:
