@@ -25,6 +25,7 @@ from sqlalchemy import String, delete, func, select, type_coerce
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from controller import errors
+from controller.coalesce import Coalescer
 from controller.model import (
     Deployment,
     DeploymentStatus,
@@ -37,7 +38,7 @@ from controller.model import (
 from controller.ports import ReplicaChange, Transition
 from controller.readmodel import CONTROL_PLANE, DEPLOYMENTS, REPLICAS
 from controller.store import deployment_rows
-from controller.store.deployment_rows import DeploymentLoads
+from controller.store.deployment_rows import IN_CHUNK, ResyncSnapshot
 from controller.store.group_commit import GroupCommit
 from controller.store.node_rows import NodeRows
 from controller.store.retry import retrying
@@ -56,7 +57,8 @@ class Store:
         # guarantees a single controller, and tools).
         self._epoch: int | None = None
         self._unusable = UnusableRows(engine, self._note)
-        self._loads = DeploymentLoads(engine, self._unusable)
+        self._loads: Coalescer[uuid.UUID, Deployment | None] = Coalescer(self._load_rounds)
+        self._snapshot = ResyncSnapshot()
         self._nodes = NodeRows(engine, self._write, self._unusable)
         self._commit = GroupCommit(self._write)
 
@@ -100,7 +102,7 @@ class Store:
         writes = self._commit.counts()
         return {
             "transitions": writes["transitions"],
-            "loads": self._loads.rounds,
+            "loads": (self._loads.rounds, self._loads.items),
             "writes": writes["writes"],
         }
 
@@ -139,19 +141,48 @@ class Store:
 
     # --- reads -----------------------------------------------------------------------------
 
+    @retrying
     async def load_deployments(self, ids: Sequence[uuid.UUID] | None = None) -> list[Deployment]:
-        """Deployments not yet `deleted` (all, or `ids`), whole, in three queries; held
-        deployments left out (see `DeploymentLoads.load_deployments`)."""
-        return await self._loads.load_deployments(ids)
+        """Deployments not yet `deleted` (all of them, or `ids`), with resources, non-terminal
+        replicas, newest history row and the controller's persisted progress: three queries
+        whatever the count (the progress joins the first). Held deployments
+        (see `held`) are left out."""
+        skip = self._unusable.skip
+        return await self._unusable.tolerant(
+            lambda: deployment_rows.read_deployments(self._engine, ids, skip)
+        )
 
+    @retrying
     async def load_active(self) -> list[Deployment]:
-        """Every deployment not yet deleted, for a resync pass; on PostgreSQL only the changed
-        ones are read again (see `DeploymentLoads.load_active`)."""
-        return await self._loads.load_active()
+        """Every deployment not yet deleted, for a resync pass.
+
+        On PostgreSQL a pass re-reads only what changed: one query fingerprints each
+        deployment by the row versions (`xmin`) of its deployment, resources and live replica
+        rows, and only deployments whose fingerprint moved are loaded again; the rest come
+        from the previous pass. Any write makes a new row version, so nothing changed is
+        missed; still, every `FULL_RELOAD_EVERY`-th pass reloads everything, as an informer
+        relists. A fingerprint taken before its load can only make the next pass reload more.
+        """
+        if self._engine.dialect.name != "postgresql":
+            return await self.load_deployments()
+        prints = await deployment_rows.fingerprints(self._engine)
+        cached, stale = self._snapshot.begin(prints)
+        if len(stale) > len(prints) // 2:
+            fresh = {d.id: d for d in await self.load_deployments()}
+        else:
+            fresh = {}
+            for start in range(0, len(stale), IN_CHUNK):
+                for d in await self.load_deployments(stale[start : start + IN_CHUNK]):
+                    fresh[d.id] = d
+        return self._snapshot.end(prints, cached, stale, fresh)
 
     async def load_deployment(self, deployment_id: uuid.UUID) -> Deployment | None:
         """One deployment; loads asked for at once share one read of three queries."""
-        return await self._loads.load_deployment(deployment_id)
+        return await self._loads.submit(deployment_id)
+
+    async def _load_rounds(self, ids: Sequence[uuid.UUID]) -> list[Deployment | None]:
+        found = {d.id: d for d in await self.load_deployments(list(dict.fromkeys(ids)))}
+        return [found.get(i) for i in ids]
 
     async def nodes(self) -> list[NodeRecord]:
         return await self._nodes.nodes()

@@ -1,20 +1,22 @@
-"""Loading deployments: the reads the reconciler and the resync pass make.
+"""Reading deployments: the queries behind `Store.load_deployments` and `load_active`.
 
-A load reads whole deployments (resources, live replicas, newest history row, persisted
-progress) in three queries whatever the count; a resync pass on PostgreSQL re-reads only the
-deployments whose row versions moved; loads asked for at once share one read.
+A read loads whole deployments (resources, live replicas, newest history row, persisted
+progress) in three queries whatever the count; a resync pass on PostgreSQL fingerprints every
+deployment and re-reads only the ones whose row versions moved (`ResyncSnapshot`). Also the
+SQLite poller's `changed_since`.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
     String,
+    Table,
     and_,
     column,
     func,
@@ -27,11 +29,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.types import NullType
 
 from controller import readmodel
-from controller.coalesce import Coalescer
 from controller.model import Deployment, DeploymentStatus, ProgressState, Replica, ReplicaStatus
 from controller.readmodel import DEPLOYMENTS, REPLICAS, RESOURCES, STATE
-from controller.store.retry import retrying
-from controller.store.unusable import UnusableRows
 from schema.models import UUIDType
 
 _NOT_TERMINAL = readmodel.NOT_TERMINAL
@@ -58,100 +57,91 @@ _FINGERPRINTS = text(
 ).columns(column("id", UUIDType()), column("fp", String))
 
 
-class DeploymentLoads:
-    """The store's deployment reads, with what they remember between calls."""
+async def read_deployments(
+    engine: AsyncEngine,
+    ids: Sequence[uuid.UUID] | None,
+    skip: Callable[[Table], ColumnElement[bool]],
+) -> list[Deployment]:
+    """Deployments not yet `deleted` (all of them, or `ids`), whole: resources, non-terminal
+    replicas, newest history row and persisted progress, in three queries whatever the count
+    (the progress joins the first). `skip` leaves out rows the loads cannot read."""
+    d, rep, st = DEPLOYMENTS, REPLICAS, STATE
+    scope: ColumnElement[bool]
+    if ids is not None:
+        ids = list(ids)
+        if not ids:
+            return []
+        scope = d.c.id.in_(ids)
+    else:
+        scope = d.c.status != DeploymentStatus.DELETED.value
+    scope = and_(scope, skip(d))
+    async with engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                readmodel.deployments_with_resources(scope)
+                .add_columns(*_STATE_COLUMNS)
+                .outerjoin(st, st.c.deployment_id == d.c.id)
+            )
+        ).all()
+        replica_rows = (
+            await conn.execute(
+                select(rep)
+                .join(d, d.c.id == rep.c.deployment_id)
+                .where(scope, rep.c.status.in_(_NOT_TERMINAL))
+                .order_by(rep.c.created_at, rep.c.id)
+            )
+        ).all()
+        last_rows = (await conn.execute(readmodel.newest_history(scope))).all()
+    replicas: dict[uuid.UUID, list[Replica]] = {}
+    # PostgreSQL's column types already guarantee numbers: the check costs it nothing.
+    checked = engine.dialect.name == "sqlite"
+    for r in replica_rows:
+        if checked:
+            _numbers(r, _REPLICA_NUMBERS)
+        replicas.setdefault(r.deployment_id, []).append(_replica(r))
+    last = {row.deployment_id: row.reason for row in last_rows}
+    out = []
+    for row in rows:
+        if checked:
+            _numbers(row, _DEPLOYMENT_NUMBERS)
+            _numbers(row, _STATE_NUMBERS)
+        out.append(_deployment(row, tuple(replicas.get(row.id, ())), last.get(row.id)))
+    return out
 
-    def __init__(self, engine: AsyncEngine, unusable: UnusableRows) -> None:
-        self._engine = engine
-        self._unusable = unusable
-        self._loads: Coalescer[uuid.UUID, Deployment | None] = Coalescer(self._load_rounds)
-        # `load_active`'s previous pass: fingerprint and deployment per id.
+
+async def fingerprints(engine: AsyncEngine) -> dict[uuid.UUID, str]:
+    """Each live deployment's fingerprint (PostgreSQL): the row versions (`xmin`) of its
+    deployment, resources, state and live replica rows. Any write makes a new row version."""
+    async with engine.connect() as conn:
+        rows = (await conn.execute(_FINGERPRINTS)).all()
+    return {row.id: row.fp for row in rows}
+
+
+class ResyncSnapshot:
+    """`Store.load_active`'s previous pass: fingerprint and deployment per id, and which
+    pass this is (every `FULL_RELOAD_EVERY`-th reloads everything, as an informer relists)."""
+
+    def __init__(self) -> None:
         self._snapshot: dict[uuid.UUID, tuple[str, Deployment]] = {}
         self._passes = 0
 
-    @property
-    def rounds(self) -> tuple[int, int]:
-        """(rounds, items) of the coalesced single loads."""
-        return (self._loads.rounds, self._loads.items)
-
-    @retrying
-    async def load_deployments(self, ids: Sequence[uuid.UUID] | None = None) -> list[Deployment]:
-        """Deployments not yet `deleted` (all of them, or `ids`), with resources, non-terminal
-        replicas, newest history row and the controller's persisted progress: three queries
-        whatever the count (the progress joins the first). Held deployments
-        (see `Store.held`) are left out."""
-        return await self._unusable.tolerant(lambda: self._load_deployments(ids))
-
-    async def _load_deployments(self, ids: Sequence[uuid.UUID] | None) -> list[Deployment]:
-        d, rep, st = DEPLOYMENTS, REPLICAS, STATE
-        scope: ColumnElement[bool]
-        if ids is not None:
-            ids = list(ids)
-            if not ids:
-                return []
-            scope = d.c.id.in_(ids)
-        else:
-            scope = d.c.status != DeploymentStatus.DELETED.value
-        scope = and_(scope, self._unusable.skip(d))
-        async with self._engine.connect() as conn:
-            rows = (
-                await conn.execute(
-                    readmodel.deployments_with_resources(scope)
-                    .add_columns(*_STATE_COLUMNS)
-                    .outerjoin(st, st.c.deployment_id == d.c.id)
-                )
-            ).all()
-            replica_rows = (
-                await conn.execute(
-                    select(rep)
-                    .join(d, d.c.id == rep.c.deployment_id)
-                    .where(scope, rep.c.status.in_(_NOT_TERMINAL))
-                    .order_by(rep.c.created_at, rep.c.id)
-                )
-            ).all()
-            last_rows = (await conn.execute(readmodel.newest_history(scope))).all()
-        replicas: dict[uuid.UUID, list[Replica]] = {}
-        # PostgreSQL's column types already guarantee numbers: the check costs it nothing.
-        checked = self._engine.dialect.name == "sqlite"
-        for r in replica_rows:
-            if checked:
-                _numbers(r, _REPLICA_NUMBERS)
-            replicas.setdefault(r.deployment_id, []).append(_replica(r))
-        last = {row.deployment_id: row.reason for row in last_rows}
-        out = []
-        for row in rows:
-            if checked:
-                _numbers(row, _DEPLOYMENT_NUMBERS)
-                _numbers(row, _STATE_NUMBERS)
-            out.append(_deployment(row, tuple(replicas.get(row.id, ())), last.get(row.id)))
-        return out
-
-    @retrying
-    async def load_active(self) -> list[Deployment]:
-        """Every deployment not yet deleted, for a resync pass.
-
-        On PostgreSQL a pass re-reads only what changed: one query fingerprints each
-        deployment by the row versions (`xmin`) of its deployment, resources and live replica
-        rows, and only deployments whose fingerprint moved are loaded again; the rest come
-        from the previous pass. Any write makes a new row version, so nothing changed is
-        missed; still, every `FULL_RELOAD_EVERY`-th pass reloads everything, as an informer
-        relists. A fingerprint taken before its load can only make the next pass reload more.
-        """
-        if self._engine.dialect.name != "postgresql":
-            return await self.load_deployments()
-        async with self._engine.connect() as conn:
-            rows = (await conn.execute(_FINGERPRINTS)).all()
-        prints = {row.id: row.fp for row in rows}
+    def begin(
+        self, prints: dict[uuid.UUID, str]
+    ) -> tuple[dict[uuid.UUID, tuple[str, Deployment]], list[uuid.UUID]]:
+        """A new pass: what it may reuse, and the ids whose fingerprint moved (to load)."""
         self._passes += 1
         cached = self._snapshot if self._passes % FULL_RELOAD_EVERY else {}
         stale = [i for i, fp in prints.items() if i not in cached or cached[i][0] != fp]
-        if len(stale) > len(prints) // 2:
-            fresh = {d.id: d for d in await self.load_deployments()}
-        else:
-            fresh = {}
-            for start in range(0, len(stale), IN_CHUNK):
-                for d in await self.load_deployments(stale[start : start + IN_CHUNK]):
-                    fresh[d.id] = d
+        return cached, stale
+
+    def end(
+        self,
+        prints: dict[uuid.UUID, str],
+        cached: dict[uuid.UUID, tuple[str, Deployment]],
+        stale: list[uuid.UUID],
+        fresh: dict[uuid.UUID, Deployment],
+    ) -> list[Deployment]:
+        """The pass's deployments: the loaded ones, and the cached ones that did not move."""
         snapshot: dict[uuid.UUID, tuple[str, Deployment]] = {}
         for deployment_id, fp in prints.items():
             loaded = fresh.get(deployment_id)
@@ -161,14 +151,6 @@ class DeploymentLoads:
                 snapshot[deployment_id] = cached[deployment_id]
         self._snapshot = snapshot
         return [d for _, d in snapshot.values()]
-
-    async def load_deployment(self, deployment_id: uuid.UUID) -> Deployment | None:
-        """One deployment; loads asked for at once share one read of three queries."""
-        return await self._loads.submit(deployment_id)
-
-    async def _load_rounds(self, ids: Sequence[uuid.UUID]) -> list[Deployment | None]:
-        found = {d.id: d for d in await self.load_deployments(list(dict.fromkeys(ids)))}
-        return [found.get(i) for i in ids]
 
 
 _STATE_COLUMNS = (
