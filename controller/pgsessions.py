@@ -3,7 +3,7 @@
 The leader's advisory lock and the NOTIFY listener each hold a dedicated asyncpg connection: a
 pool resets what is handed back to it (`UNLISTEN *`, session locks gone with the session). What
 those sessions run is SQL of the daemon all the same, so it is written here, beside
-controller/store.py, and controller/leader.py and controller/watch.py only call it: between
+controller/store/, and controller/leader.py and controller/watch.py only call it: between
 the two modules they hold every statement the daemon runs.
 """
 

@@ -1,7 +1,9 @@
 """PURE: what the reconciler remembers about a deployment between reconciles, and the
 decisions over it: crash backoff (kubelet's CrashLoopBackOff), the progress deadline's start,
 and the problem to show. Each decision takes a `DeploymentMemory` and returns a new one, so
-it is tested with plain values; the reconciler keeps the current value per deployment.
+it is tested with plain values; the reconciler keeps the current value per deployment and
+writes its `progress_state()` with the status it belongs to (deployment_controller_state), so
+a controller that takes over resumes the backoff and the progress deadline where they were.
 """
 
 from __future__ import annotations

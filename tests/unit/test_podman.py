@@ -10,10 +10,10 @@ from controller.model import Resources
 from controller.runtime import ContainerSpec
 from controller.runtime.docker import (
     EngineFlavour,
-    _pull_failure,
     engine_flavour,
     unsupported_request,
 )
+from controller.runtime.podman import pull_failure
 
 PODMAN_VERSION = {
     "Version": "4.3.1",
@@ -130,11 +130,11 @@ def test_gpu_requests_are_refused_on_podman_only() -> None:
 
 
 def test_a_pull_that_failed_in_its_stream_says_why() -> None:
-    failure = _pull_failure(PODMAN_PULL_FAILED)
+    failure = pull_failure(PODMAN_PULL_FAILED)
     assert failure is not None
     assert failure.startswith("initializing source docker://127.0.0.1:1/nope:1")
     assert "connection refused" in failure
-    assert _pull_failure(PODMAN_PULL_FAILED.encode()) == failure
-    assert _pull_failure(PULLED) is None
-    assert _pull_failure("") is None
-    assert _pull_failure("not json") is None
+    assert pull_failure(PODMAN_PULL_FAILED.encode()) == failure
+    assert pull_failure(PULLED) is None
+    assert pull_failure("") is None
+    assert pull_failure("not json") is None

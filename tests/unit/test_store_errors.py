@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
-from controller.store import _transient
+from controller.store.retry import transient
 
 
 class DriverError(Exception):
@@ -32,10 +32,10 @@ def test_a_server_going_away_is_transient_and_a_bad_row_is_not(
     sqlstate: str | None, message: str, expected: bool
 ) -> None:
     error = DBAPIError("SELECT 1", {}, DriverError(message, sqlstate))
-    assert _transient(error) is expected
+    assert transient(error) is expected
 
 
 def test_connection_level_classes_are_transient_whatever_their_state() -> None:
-    assert _transient(OperationalError("SELECT 1", {}, DriverError("gone", None)))
-    assert _transient(ConnectionResetError())
-    assert not _transient(IntegrityError("INSERT", {}, DriverError("dup", "23505")))
+    assert transient(OperationalError("SELECT 1", {}, DriverError("gone", None)))
+    assert transient(ConnectionResetError())
+    assert not transient(IntegrityError("INSERT", {}, DriverError("dup", "23505")))
