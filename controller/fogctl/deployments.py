@@ -431,13 +431,13 @@ def rollout_status(
         str, typer.Option("--interval", help="How often to look at the database.")
     ] = "1s",
     settle: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--settle",
-            help="After an edit the controller has not answered yet, how long a `running` "
-            "status from before it is not trusted (a rolling update may be about to start).",
+            hidden=True,
+            help="No longer used: success waits for the controller to record the edit.",
         ),
-    ] = f"{rollout.DEFAULT_SETTLE_SECONDS:g}s",
+    ] = None,
     user: User = None,
     database_url: DatabaseUrl = None,
 ) -> None:
@@ -446,16 +446,21 @@ def rollout_status(
     Success is status `running` with all target replicas running (or `stopped` when scaled
     to 0). Failure is status `failed` (the reason printed is the newest history row's), a
     delete, or --timeout passing. A status the controller recorded before the deployment's
-    last change may be stale: an old failure is waited out, as the controller will decide
-    again, and an old success is trusted only after --settle.
+    last change may be stale: until the controller records that it observed the change
+    (its generation), an old failure is waited out and an old success is not trusted.
     """
     owner = username(user)
     try:
         timeout_seconds = parse_duration("--timeout", timeout)
         interval_seconds = max(parse_duration("--interval", interval), 0.05)
-        settle_seconds = parse_duration("--settle", settle)
     except FogctlError as exc:
         session.fail(exc)
+    if settle is not None:
+        typer.echo(
+            "fogctl: --settle is no longer used and is ignored: success now waits for the "
+            "controller to record that it observed the change (its generation)",
+            err=True,
+        )
     out = render.console()
 
     async def work(engine: AsyncEngine) -> str:
@@ -466,7 +471,6 @@ def rollout_status(
             name=first.name,
             timeout_seconds=timeout_seconds,
             interval_seconds=interval_seconds,
-            settle_seconds=settle_seconds,
             out=out,
             echo=typer.echo,
         )

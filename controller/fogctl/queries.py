@@ -378,8 +378,8 @@ async def _apply_one(
                 .values(updated_at=res.c.updated_at, **wanted)
             )
     # The deployment row is touched even when only its resources changed, so its `updated_at`
-    # dates the edit for readers of the deployment row (`rollout status` settles from it);
-    # the generation counts the resources change by itself (migration 0006).
+    # dates the edit for readers of the deployment row; the generation counts the resources
+    # change by itself (migration 0006), and `rollout status` waits on that.
     await conn.execute(
         update(d)
         .where(d.c.id == current.id, d.c.user_id == user.id, d.c.deleted_at.is_(None))

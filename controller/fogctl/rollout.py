@@ -7,11 +7,12 @@ engines itself.
 
 A status written *before* the operator's last change may be stale: as kubectl compares
 `observedGeneration` with `generation`, the rule is the controller's own
-(`controller.generation`, migration 0006). An older `failed` is waited out, as the controller
-will decide again (it keeps failed sticky only for the generation it failed under); an older
-`running` is trusted only after a short settle time (see `judge`). Without these,
-`fogctl apply -f new.yaml && fogctl rollout status ...` would report the old failure, or the
-old success, at once.
+(`controller.generation`, migration 0006). The controller records the generation it acted on
+with every status and, when acting changes no status (a scale-down that stays `running`), on
+its own. Until it has, an older `failed` is waited out (it keeps failed sticky only for the
+generation it failed under) and an older `running` is not trusted (a rolling update may be
+about to start). Without this, `fogctl apply -f new.yaml && fogctl rollout status ...` would
+report the old failure, or the old success, at once; no clock or settle time is involved.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import enum
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
@@ -30,10 +30,6 @@ from controller import generation
 from controller.fogctl import views
 from controller.fogctl.errors import FogctlError, NotFound
 from schema.enums import DeploymentStatus
-
-# How long an edit may go without a status from the controller before a `running` status
-# from before it is trusted (see `judge`): two resync periods, a wake-up missed included.
-DEFAULT_SETTLE_SECONDS = 10.0
 
 
 class Verdict(enum.Enum):
@@ -57,30 +53,20 @@ def changed_since_status(d: views.DeploymentRow) -> bool:
     return generation.spec_changed(d.generation, d.observed_generation)
 
 
-def judge(
-    d: views.DeploymentRow,
-    *,
-    now: datetime | None = None,
-    watched_seconds: float = float("inf"),
-    settle_seconds: float = 0.0,
-) -> Judgement:
+def judge(d: views.DeploymentRow) -> Judgement:
     """The verdict on one snapshot.
 
-    `running` with every replica up right after an edit the controller has not yet recorded
-    a status for may be the *old* spec: a new image keeps the old replicas running until the
-    controller starts its rolling update. That running status is trusted only once the edit
-    is `settle_seconds` old (by the wall clock, or by how long this command has watched it,
-    whichever comes first, so a skewed clock cannot stall it): by then the controller, woken
-    by NOTIFY or its poll, has either created the new replicas (and the counts no longer
-    match) or needed no new status at all (a scale-down ends `running` without a history row).
+    `running` with every replica up after an edit the controller has not yet observed may be
+    the *old* spec: a new image keeps the old replicas running until the controller starts
+    its rolling update. It is trusted once the controller has recorded the edit's generation
+    as observed, whether or not that changed the status.
     """
     name = d.name
     if d.deleted_at is not None or d.status is DeploymentStatus.DELETED:
         return Judgement(Verdict.FAILED, f"deployment {name!r} was deleted")
     settled = d.live_replicas == d.target_replicas and d.stopping_replicas == 0
     if d.status is DeploymentStatus.RUNNING and d.running_replicas == d.target_replicas and settled:
-        age = ((now or datetime.now(UTC)) - d.updated_at).total_seconds()
-        if not changed_since_status(d) or max(age, watched_seconds) >= settle_seconds:
+        if not changed_since_status(d):
             return Judgement(
                 Verdict.DONE, f"deployment {name!r} successfully rolled out: {_counts(d)}"
             )
@@ -112,7 +98,6 @@ async def wait(
     name: str,
     timeout_seconds: float,
     interval_seconds: float,
-    settle_seconds: float = DEFAULT_SETTLE_SECONDS,
     out: Console,
     echo: Callable[[str], None],
 ) -> str:
@@ -125,8 +110,6 @@ async def wait(
     progress = _bar(out) if out.is_terminal else None
     said = ""
     task = None
-    # When this command first saw each version of the deployment's spec.
-    first_seen: dict[int, float] = {}
     if progress is not None:
         progress.start()
         task = progress.add_task(name, total=None, status="")
@@ -135,12 +118,7 @@ async def wait(
             d = await load()
             if d is None:
                 raise NotFound(f"deployment {name!r} not found")
-            seen = first_seen.setdefault(d.generation, time.monotonic())
-            j = judge(
-                d,
-                watched_seconds=time.monotonic() - seen,
-                settle_seconds=settle_seconds,
-            )
+            j = judge(d)
             if j.verdict is Verdict.DONE:
                 return j.message
             if j.verdict is Verdict.FAILED:

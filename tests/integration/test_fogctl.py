@@ -230,6 +230,20 @@ def record_status(
     sql(db_url, q)
 
 
+def observe_generation(db_url: str, deployment_id: uuid.UUID) -> None:
+    """What the controller writes when acting on an edit changes no status (a scale-down that
+    stays `running`): the deployment's generation as the one observed."""
+
+    async def q(conn: AsyncConnection) -> None:
+        await conn.execute(
+            update(STATE)
+            .where(STATE.c.deployment_id == deployment_id)
+            .values(observed_generation=STATE.c.generation)
+        )
+
+    sql(db_url, q)
+
+
 @pytest.fixture
 def fog(db_url: str) -> Fogctl:
     cli = Fogctl(db_url)

@@ -26,6 +26,7 @@ from tests.integration.test_fogctl import (
     add_replicas,
     deployment_row,
     fogctl_script,
+    observe_generation,
     record_status,
     set_replicas,
     set_replicas_where,
@@ -244,7 +245,7 @@ def test_a_new_image_is_not_mistaken_for_the_finished_old_rollout(fog: Fogctl) -
     old = add_replicas(fog.db_url, d, ["running"] * 3, node)
     record_status(fog.db_url, d, "running", "3/3 replicas running")
     fog.ok("apply", "-f", "-", user="alice", stdin=WEB.replace("nginx:1.27", "nginx:1.28"))
-    with Waiting(fog.db_url, "--timeout", "60s", "--settle", "30s") as waiting:
+    with Waiting(fog.db_url, "--timeout", "60s") as waiting:
         # Every old replica still runs and the status still says `running`: not done.
         waiting.said(
             "waiting for deployment 'web': 3/3 replicas running, status running "
@@ -265,16 +266,26 @@ def test_a_new_image_is_not_mistaken_for_the_finished_old_rollout(fog: Fogctl) -
     assert out.splitlines()[-1] == "deployment 'web' successfully rolled out: 3/3 replicas running"
 
 
-def test_a_change_that_needs_no_new_status_is_done_after_settling(fog: Fogctl) -> None:
+def test_a_change_that_needs_no_new_status_is_done_once_the_controller_observed_it(
+    fog: Fogctl,
+) -> None:
     d = web_id(fog)
     replicas = add_replicas(fog.db_url, d, ["running"] * 3, add_node(fog.db_url))
     record_status(fog.db_url, d, "running", "3/3 replicas running")
     fog.ok("scale", "deploy", "web", "--replicas", "2", user="alice")
-    stop_replicas(fog.db_url, replicas[:1])  # the controller scales down; status stays running
-    code, out, err = status(fog, "--settle", "1s", "--timeout", "30s")
-    assert (code, err) == (0, "")
-    assert out.splitlines() == [
-        "waiting for deployment 'web': 2/2 replicas running, status running "
-        "(changed since; waiting for the controller to act on the change)",
-        "deployment 'web' successfully rolled out: 2/2 replicas running",
-    ]
+    with Waiting(fog.db_url, "--timeout", "60s", "--settle", "1s") as waiting:
+        # The controller scales down; the status stays running, no history row. Until it
+        # records the generation it acted on, the old `running` is not trusted.
+        stop_replicas(fog.db_url, replicas[:1])
+        waiting.said(
+            "waiting for deployment 'web': 2/2 replicas running, status running "
+            "(changed since; waiting for the controller to act on the change)"
+        )
+        observe_generation(fog.db_url, d)
+        code, out, err = waiting.finish()
+    assert code == 0
+    assert err == (
+        "fogctl: --settle is no longer used and is ignored: success now waits for the "
+        "controller to record that it observed the change (its generation)\n"
+    )
+    assert out.splitlines()[-1] == "deployment 'web' successfully rolled out: 2/2 replicas running"

@@ -14,7 +14,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from controller.model import DeploymentStatus, ProgressState
 from controller.store import Store
-from tests.harness.fleet import Operator
+from tests.harness.engines import Cluster
+from tests.harness.fleet import (
+    Operator,
+    converged,
+    eventually,
+    remove_managed_containers,
+    running_controller,
+    settings_for_tests,
+)
 
 
 async def _generation(engine: AsyncEngine, d: uuid.UUID) -> tuple[int, int]:
@@ -225,3 +233,32 @@ async def test_a_state_row_that_holds_text_holds_its_deployment(engine: AsyncEng
     assert store.held == frozenset({bad})
     [h] = await op.history(bad)
     assert "deployment_controller_state.crash_failures = 'many'" in h["reason"]
+
+
+async def test_the_controller_records_the_generation_it_acted_on_when_no_status_changes(
+    engine: AsyncEngine, db_url: str, cluster: Cluster
+) -> None:
+    """A scale-down ends `running` as it began, with no new status to write; the controller
+    still records the generation it acted on, which `fogctl rollout status` waits for."""
+    cluster.ensure_running()
+    urls = list(cluster.urls)[:1]
+    op = Operator(engine)
+    await op.add_node("node-0", urls[0])
+    user = await op.add_user()
+    async with running_controller(settings_for_tests(db_url)):
+        d = await op.add_deployment(user, "web", replicas=3)
+        await eventually(lambda: converged(op, urls, d, 3))
+
+        async def observed(status: str) -> bool:
+            generation, seen = await _generation(engine, d)
+            assert (await op.status(d), seen) == (status, generation)
+            return True
+
+        await eventually(lambda: observed("running"))
+        before, _ = await _generation(engine, d)
+        await op.scale(d, 2)
+        after, _ = await _generation(engine, d)
+        assert after == before + 1
+        await eventually(lambda: converged(op, urls, d, 2))
+        await eventually(lambda: observed("running"))
+    remove_managed_containers(urls)
