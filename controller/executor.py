@@ -29,16 +29,16 @@ from controller.model import (
 from controller.plan import StopReplica
 from controller.ports import CrashCounts, ReconcileStore, ReplicaChange, Transition
 from controller.runtime import ContainerSpec, Runtime
-from schema.enums import TERMINAL_REPLICA_STATUSES
+from schema.enums import (
+    LIVE_REPLICA_STATUSES,
+    NOT_TERMINAL_REPLICA_STATUSES,
+    TERMINAL_REPLICA_STATUSES,
+)
 
 log = structlog.get_logger(__name__)
 
-_LIVE_OR_STOPPING = (
-    ReplicaStatus.PENDING,
-    ReplicaStatus.STARTING,
-    ReplicaStatus.RUNNING,
-    ReplicaStatus.STOPPING,
-)
+_LIVE = tuple(LIVE_REPLICA_STATUSES)
+_LIVE_OR_STOPPING = tuple(NOT_TERMINAL_REPLICA_STATUSES)
 
 
 @dataclass
@@ -83,8 +83,7 @@ def intent(d: Deployment, decision: Decision, now: datetime) -> list[_Move]:
         )
     for s in decision.stops:
         if s.replica.status is not ReplicaStatus.STOPPING:
-            live = _LIVE_OR_STOPPING[:3]
-            moves.append((s.replica, live, ReplicaStatus.STOPPING, ReplicaChange()))
+            moves.append((s.replica, _LIVE, ReplicaStatus.STOPPING, ReplicaChange()))
     return moves
 
 

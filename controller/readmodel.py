@@ -15,7 +15,7 @@ from sqlalchemy import ColumnElement, Join, Select, Table, func, select
 
 from controller.model import Resources
 from schema import models as tables
-from schema.enums import LIVE_REPLICA_STATUSES, TERMINAL_REPLICA_STATUSES, ReplicaStatus
+from schema.enums import LIVE_REPLICA_STATUSES, NOT_TERMINAL_REPLICA_STATUSES
 
 # The tables as Core objects: both programs speak Core, not the ORM (no sessions, no lazy loads).
 USERS = cast(Table, tables.User.__table__)
@@ -28,7 +28,7 @@ CONTROL_PLANE = cast(Table, tables.ControlPlane.__table__)
 STATE = cast(Table, tables.DeploymentControllerState.__table__)
 
 LIVE = [s.value for s in LIVE_REPLICA_STATUSES]
-NOT_TERMINAL = [s.value for s in ReplicaStatus if s not in TERMINAL_REPLICA_STATUSES]
+NOT_TERMINAL = [s.value for s in NOT_TERMINAL_REPLICA_STATUSES]
 
 # --- a deployment and its resources ----------------------------------------------------------
 

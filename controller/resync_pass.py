@@ -19,18 +19,13 @@ import structlog
 
 from controller import errors, sdnotify
 from controller.metrics import Health, Metrics
-from controller.model import (
-    LIVE_REPLICA_STATUSES,
-    Deployment,
-    DeploymentStatus,
-    NodeStatus,
-    ReplicaStatus,
-)
+from controller.model import Deployment, DeploymentStatus, NodeStatus
 from controller.nodes import NodeMonitor
 from controller.reconciler import Reconciler
 from controller.settings import Settings
 from controller.store import Store
 from controller.workqueue import WorkQueue
+from schema.enums import NOT_TERMINAL_REPLICA_STATUSES
 
 log = structlog.get_logger(__name__)
 
@@ -40,7 +35,6 @@ RESYNC_SPACING = 9.0
 RESYNC_SPACING_CAP_SECONDS = 30.0
 
 # The replica statuses a resync pass loads (terminal rows are not loaded).
-_LOADED_REPLICA_STATUSES = (*LIVE_REPLICA_STATUSES, ReplicaStatus.STOPPING)
 
 
 class ResyncPass:
@@ -165,7 +159,7 @@ class ResyncPass:
         m.set_counts(
             m.replicas,
             Counter(r.status.value for d in deployments for r in d.replicas),
-            (s.value for s in _LOADED_REPLICA_STATUSES),
+            (s.value for s in NOT_TERMINAL_REPLICA_STATUSES),
         )
         nodes = Counter(r.status.value for r in self.nodes.records.values())
         m.set_counts(m.nodes, nodes, (s.value for s in NodeStatus))

@@ -38,3 +38,5 @@ LIVE_REPLICA_STATUSES = frozenset(
     {ReplicaStatus.PENDING, ReplicaStatus.STARTING, ReplicaStatus.RUNNING}
 )
 TERMINAL_REPLICA_STATUSES = frozenset({ReplicaStatus.STOPPED, ReplicaStatus.FAILED})
+# What a load returns and a stop may still finish: live, or on its way out.
+NOT_TERMINAL_REPLICA_STATUSES = frozenset(set(ReplicaStatus) - TERMINAL_REPLICA_STATUSES)
