@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from controller.generation import NEVER_OBSERVED
+from controller.runspec import EMPTY_RUN, RunSpec
 from controller.storage import StorageLimits
 from schema.enums import (
     LIVE_REPLICA_STATUSES,
@@ -57,8 +58,10 @@ def short_id(value: uuid.UUID) -> str:
     return str(value)[:8]
 
 
-def spec_hash(image: str, resources: Resources | None) -> str:
-    """What a replica runs, in 12 hex digits: a change of image or resources is a rollout."""
+def spec_hash(image: str, resources: Resources | None, run: RunSpec = EMPTY_RUN) -> str:
+    """What a replica runs, in 12 hex digits: a change of image, resources or any other part
+    of the spec is a rollout. An empty `run` adds nothing, so hashes made before it existed
+    stay the same."""
     fields = [image]
     if resources is not None:
         fields += [
@@ -67,6 +70,8 @@ def spec_hash(image: str, resources: Resources | None) -> str:
             str(resources.gpu_units),
             str(resources.storage_gb),
         ]
+    if run.canonical:
+        fields.append(run.canonical)
     return hashlib.sha256("\x1f".join(fields).encode()).hexdigest()[:12]
 
 
@@ -165,12 +170,14 @@ class Deployment:
     # what the controller persisted about it (None: nothing yet).
     generation: int = 1
     progress: ProgressState | None = None
+    # How its containers run: command, env, ports, volumes... (controller.runspec).
+    run: RunSpec = EMPTY_RUN
     # Computed once: a resync pass compares it with every replica's (a sha256 each time
     # was a fifth of a pass over 50,000 replicas).
     _spec_hash: str = field(default="", init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_spec_hash", spec_hash(self.image, self.resources))
+        object.__setattr__(self, "_spec_hash", spec_hash(self.image, self.resources, self.run))
 
     @property
     def deleting(self) -> bool:

@@ -28,6 +28,7 @@ from sqlalchemy import (
     MetaData,
     String,
     TypeDecorator,
+    UniqueConstraint,
     Uuid,
     text,
 )
@@ -469,6 +470,235 @@ class DeploymentStatusHistory(Base):
     reason: Mapped[str | None] = mapped_column(String(REASON_MAX_LENGTH))
 
     deployment: Mapped[Deployment] = relationship(back_populates="status_history")
+
+
+# Bounds of the container spec (issue 14), shared with the Pydantic schemas.
+PORT_MIN, PORT_MAX = 1, 65535
+STOP_GRACE_MAX_SECONDS = 3600
+PATH_MAX_LENGTH = 4096
+LABEL_KEY_MAX_LENGTH = 253
+SECRET_NAME_MAX_LENGTH = NAME_MAX_LENGTH
+NETWORK_MODES = ("host", "bridge", "none")
+PORT_PROTOCOLS = ("tcp", "udp")
+RESERVED_LABEL_PREFIX = "fog."
+
+
+def _json_array_check(column: str, name: str) -> list[CheckConstraint]:
+    """`column` NULL or a JSON array, per backend (json_typeof / json_type)."""
+    return [
+        CheckConstraint(f"{column} IS NULL OR json_typeof({column}) = 'array'", name=name).ddl_if(
+            dialect="postgresql"
+        ),
+        CheckConstraint(f"{column} IS NULL OR json_type({column}) = 'array'", name=name).ddl_if(
+            dialect="sqlite"
+        ),
+    ]
+
+
+class DeploymentSpec(Base):
+    """Beyond the seed (migration 0007), 1:1 with `deployments`, optional: how its containers
+    run when not as the image says. No row, or NULL columns, mean the image's own settings.
+
+    The lists and maps that SQL can check element by element live in child tables
+    (`deployment_env`, `deployment_labels`, `deployment_ports`, `deployment_volumes`), so the
+    database refuses a duplicate host port or mount path, a port out of range or a relative
+    path with a named constraint; `entrypoint` and `command` are ordered argument lists, kept
+    as JSON arrays. Every change here or in the child tables is a new generation (triggers).
+    """
+
+    __tablename__ = "deployment_specs"
+    __table_args__ = (
+        *_json_array_check("entrypoint", "entrypoint_array"),
+        *_json_array_check("command", "command_array"),
+        *_json_array_check("healthcheck_command", "healthcheck_command_array"),
+        CheckConstraint(
+            "network IS NULL OR network IN ('host', 'bridge', 'none')", name="network_known"
+        ),
+        CheckConstraint(
+            f"stop_grace_seconds IS NULL OR "
+            f"(stop_grace_seconds >= 0 AND stop_grace_seconds <= {STOP_GRACE_MAX_SECONDS})",
+            name="stop_grace_seconds_range",
+        ),
+        CheckConstraint(
+            "healthcheck_interval_seconds IS NULL OR healthcheck_interval_seconds > 0",
+            name="healthcheck_interval_positive",
+        ),
+        CheckConstraint(
+            "healthcheck_timeout_seconds IS NULL OR healthcheck_timeout_seconds > 0",
+            name="healthcheck_timeout_positive",
+        ),
+        CheckConstraint(
+            "healthcheck_retries IS NULL OR healthcheck_retries >= 1",
+            name="healthcheck_retries_positive",
+        ),
+        CheckConstraint(
+            "healthcheck_start_period_seconds IS NULL OR healthcheck_start_period_seconds >= 0",
+            name="healthcheck_start_period_non_negative",
+        ),
+        CheckConstraint(
+            "healthcheck_command IS NOT NULL OR (healthcheck_interval_seconds IS NULL AND "
+            "healthcheck_timeout_seconds IS NULL AND healthcheck_retries IS NULL AND "
+            "healthcheck_start_period_seconds IS NULL)",
+            name="healthcheck_needs_command",
+        ),
+        CheckConstraint(
+            "image_pull_secret IS NULL OR length(image_pull_secret) > 0",
+            name="image_pull_secret_not_empty",
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(
+        primary_key=True, default=uuid.uuid4, server_default=new_uuid()
+    )
+    deployment_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("deployments.id", ondelete="CASCADE"), unique=True
+    )
+    entrypoint: Mapped[list[str] | None] = mapped_column(JSON(none_as_null=True))
+    command: Mapped[list[str] | None] = mapped_column(JSON(none_as_null=True))
+    network: Mapped[str | None] = mapped_column(String(16))
+    stop_grace_seconds: Mapped[int | None] = mapped_column(Integer)
+    healthcheck_command: Mapped[list[str] | None] = mapped_column(JSON(none_as_null=True))
+    healthcheck_interval_seconds: Mapped[float | None] = mapped_column(Float)
+    healthcheck_timeout_seconds: Mapped[float | None] = mapped_column(Float)
+    healthcheck_retries: Mapped[int | None] = mapped_column(Integer)
+    healthcheck_start_period_seconds: Mapped[float | None] = mapped_column(Float)
+    # The name of a `registry_credentials` row of the deployment's user.
+    image_pull_secret: Mapped[str | None] = mapped_column(String(SECRET_NAME_MAX_LENGTH))
+    # Not spec: set by `fogctl delete --purge-volumes`; the controller then removes the
+    # deployment's named volumes from every node once it is deleted.
+    purge_volumes: Mapped[bool] = mapped_column(
+        Boolean, default=False, server_default=text("false")
+    )
+    created_at: Mapped[datetime] = mapped_column(default=_now, server_default=utc_now())
+    updated_at: Mapped[datetime] = mapped_column(
+        default=_now, server_default=utc_now(), onupdate=_now
+    )
+
+
+class DeploymentEnv(Base):
+    """One environment variable of a deployment's containers."""
+
+    __tablename__ = "deployment_env"
+    __table_args__ = (
+        CheckConstraint("length(name) > 0", name="name_not_empty"),
+        CheckConstraint("name NOT LIKE '%=%'", name="name_without_equals"),
+    )
+
+    deployment_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("deployments.id", ondelete="CASCADE"), primary_key=True
+    )
+    name: Mapped[str] = mapped_column(String(NAME_MAX_LENGTH * 2), primary_key=True)
+    value: Mapped[str] = mapped_column(String, default="", server_default=text("''"))
+
+
+class DeploymentLabel(Base):
+    """One label of a deployment's containers; keys under `fog.` are the controller's."""
+
+    __tablename__ = "deployment_labels"
+    __table_args__ = (
+        CheckConstraint("length(key) > 0", name="key_not_empty"),
+        CheckConstraint(f"substr(key, 1, 4) <> '{RESERVED_LABEL_PREFIX}'", name="key_not_reserved"),
+    )
+
+    deployment_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("deployments.id", ondelete="CASCADE"), primary_key=True
+    )
+    key: Mapped[str] = mapped_column(String(LABEL_KEY_MAX_LENGTH), primary_key=True)
+    value: Mapped[str] = mapped_column(
+        String(IMAGE_MAX_LENGTH), default="", server_default=text("''")
+    )
+
+
+class DeploymentPort(Base):
+    """A port a deployment's containers serve (published on `host_port` on a bridge network)."""
+
+    __tablename__ = "deployment_ports"
+    __table_args__ = (
+        UniqueConstraint("deployment_id", "host_port", "protocol"),
+        UniqueConstraint("deployment_id", "container_port", "protocol"),
+        CheckConstraint(
+            f"container_port >= {PORT_MIN} AND container_port <= {PORT_MAX}",
+            name="container_port_range",
+        ),
+        CheckConstraint(
+            f"host_port IS NULL OR (host_port >= {PORT_MIN} AND host_port <= {PORT_MAX})",
+            name="host_port_range",
+        ),
+        CheckConstraint("protocol IN ('tcp', 'udp')", name="protocol_known"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(
+        primary_key=True, default=uuid.uuid4, server_default=new_uuid()
+    )
+    deployment_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("deployments.id", ondelete="CASCADE"), index=True
+    )
+    container_port: Mapped[int] = mapped_column(Integer)
+    host_port: Mapped[int | None] = mapped_column(Integer)
+    protocol: Mapped[str] = mapped_column(String(3), default="tcp", server_default=text("'tcp'"))
+
+
+class DeploymentVolume(Base):
+    """A mount: a named volume on the node (`name`) or a node directory (`host_path`)."""
+
+    __tablename__ = "deployment_volumes"
+    __table_args__ = (
+        UniqueConstraint("deployment_id", "mount_path"),
+        UniqueConstraint("deployment_id", "name"),
+        CheckConstraint("(name IS NULL) <> (host_path IS NULL)", name="name_or_host_path"),
+        CheckConstraint("substr(mount_path, 1, 1) = '/'", name="mount_path_absolute"),
+        CheckConstraint(
+            "host_path IS NULL OR substr(host_path, 1, 1) = '/'", name="host_path_absolute"
+        ),
+        CheckConstraint(
+            "name IS NULL OR name GLOB '[a-zA-Z0-9]*' AND name NOT GLOB '*[^a-zA-Z0-9_.-]*'",
+            name="name_format",
+        ).ddl_if(dialect="sqlite"),
+        CheckConstraint(
+            "name IS NULL OR name ~ '^[a-zA-Z0-9][a-zA-Z0-9_.-]*$'", name="name_format"
+        ).ddl_if(dialect="postgresql"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(
+        primary_key=True, default=uuid.uuid4, server_default=new_uuid()
+    )
+    deployment_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("deployments.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str | None] = mapped_column(String(NAME_MAX_LENGTH))
+    host_path: Mapped[str | None] = mapped_column(String(PATH_MAX_LENGTH))
+    mount_path: Mapped[str] = mapped_column(String(PATH_MAX_LENGTH))
+    read_only: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+
+
+class RegistryCredential(Base):
+    """A user's login to a private registry, named for `deployment_specs.image_pull_secret`.
+
+    The password is stored encrypted (Fernet, key in FOG_SECRET_KEY_FILE; controller/secrets.py)
+    and is written by `fogctl secret add`, never by hand."""
+
+    __tablename__ = "registry_credentials"
+    __table_args__ = (
+        UniqueConstraint("user_id", "name"),
+        CheckConstraint("length(name) > 0", name="name_not_empty"),
+        CheckConstraint("length(registry_host) > 0", name="registry_host_not_empty"),
+        CheckConstraint("length(username) > 0", name="username_not_empty"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(
+        primary_key=True, default=uuid.uuid4, server_default=new_uuid()
+    )
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(SECRET_NAME_MAX_LENGTH))
+    registry_host: Mapped[str] = mapped_column(String(IMAGE_MAX_LENGTH))
+    username: Mapped[str] = mapped_column(String(IMAGE_MAX_LENGTH))
+    password_encrypted: Mapped[str] = mapped_column(String)
+    created_at: Mapped[datetime] = mapped_column(default=_now, server_default=utc_now())
+    updated_at: Mapped[datetime] = mapped_column(
+        default=_now, server_default=utc_now(), onupdate=_now
+    )
 
 
 class DeploymentControllerState(Base):

@@ -24,6 +24,7 @@ from controller.model import (
     Resources,
     container_name,
 )
+from controller.runspec import EMPTY_RUN, RegistryAuth, RunSpec
 from controller.storage import DiskUse
 
 
@@ -35,6 +36,8 @@ class ContainerSpec:
     resources: Resources | None
     spec_hash: str = ""
     epoch: int | None = None
+    run: RunSpec = EMPTY_RUN
+    auth: RegistryAuth | None = None  # the image pull secret, decrypted
 
     @property
     def name(self) -> str:
@@ -42,7 +45,10 @@ class ContainerSpec:
 
     @property
     def labels(self) -> dict[str, str]:
-        labels = {
+        # The operator's labels first: ours (all under `fog.`) win, though the database and
+        # the schemas already refuse an operator's `fog.` key.
+        labels = dict(self.run.labels)
+        labels |= {
             LABEL_MANAGED_BY: MANAGED_BY_VALUE,
             LABEL_DEPLOYMENT: str(self.deployment_id),
             LABEL_REPLICA: str(self.replica_id),
@@ -70,6 +76,18 @@ class Runtime(Protocol):
 
     async def stop(self, node: NodeRecord, container: str, timeout_seconds: float) -> None:
         """Stop gracefully and remove; a container already gone is success."""
+
+    async def pull(self, node: NodeRecord, image: str, auth: RegistryAuth | None) -> None:
+        """Have `image` on `node` (a pull, with `auth` when given); the rollout's pre-pull.
+        Raises errors.PermanentError naming the registry's answer: unauthorized, not found
+        or unreachable, three different reasons."""
+
+    async def host_ports(self, node: NodeRecord) -> frozenset[tuple[int, str]] | None:
+        """Node ports (port, protocol) held by running containers that are not ours; None
+        when the node could not be listed."""
+
+    async def remove_volumes(self, node: NodeRecord, deployment_id: uuid.UUID) -> int:
+        """Remove the named volumes made for `deployment_id` on `node`; how many went."""
 
     async def disk_usage(self, node: NodeRecord) -> tuple[DiskUse, ...] | None:
         """Bytes written by each of our running containers on `node` (one listing); None
