@@ -72,6 +72,12 @@ class Settings:
     engine_allow_plaintext: bool = False
     log_format: str = "auto"  # auto | json | console
     log_level: str = "info"
+    # Registry passwords are encrypted under the key in this file (made 0600 on first use);
+    # empty: <state dir>/secret.key, beside the embedded database (controller/secrets.py).
+    secret_key_file: str = ""
+    # Directories a deployment's host-path volume may be under (comma-separated); empty:
+    # none, so only named volumes may be mounted.
+    allowed_host_paths: tuple[str, ...] = ()
     metrics_addr: str = DEFAULT_METRICS_ADDR  # host:port of /metrics, /livez, /readyz; "": off
 
     @classmethod
@@ -86,6 +92,8 @@ class Settings:
         if "database_url" not in values:
             db = default_state_dir(env) / "fog.db"
             values["database_url"] = f"sqlite+aiosqlite:///{db}"
+        if not values.get("secret_key_file"):
+            values["secret_key_file"] = str(default_state_dir(env) / "secret.key")
         if "local_docker_host" not in values and env.get("DOCKER_HOST"):
             values["local_docker_host"] = env["DOCKER_HOST"]
         settings = cls(**values)
@@ -109,6 +117,9 @@ class Settings:
             raise SettingsError(f"FOG_LOG_FORMAT must be auto, json or console: {self.log_format}")
         if self.metrics_addr:
             split_host_port("FOG_METRICS_ADDR", self.metrics_addr)
+        for allowed in self.allowed_host_paths:
+            if not allowed.startswith("/"):
+                raise SettingsError(f"FOG_ALLOWED_HOST_PATHS: not an absolute path: {allowed!r}")
         if not Path(self.engine_certs_dir).is_absolute():
             # A relative one would depend on the working directory, which systemd sets to /.
             raise SettingsError(
@@ -156,6 +167,8 @@ def _parse(key: str, raw: str, annotation: Any) -> Any:
             return int(raw)
         if kind == "float":
             return float(raw)
+        if kind == "tuple[str, ...]":
+            return tuple(part.strip() for part in raw.split(",") if part.strip())
     except ValueError:
         raise SettingsError(f"{key}: cannot read {raw!r} as {kind}") from None
     return raw
