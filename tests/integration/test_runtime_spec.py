@@ -8,6 +8,7 @@ engine that owns one (`bridged`), dockerd only (the harness keeps Podman off CNI
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import urllib.request
 import uuid
@@ -206,6 +207,19 @@ async def test_a_named_volume_outlives_a_replica_until_removed(on: On) -> None:
     with pytest.raises(docker.errors.NotFound):
         on.api.inspect_volume(engine_name)
     assert await on.runtime.remove_volumes(on.node, deployment) == 0
+
+
+async def test_replicas_created_together_share_one_volume(on: On) -> None:
+    """Replicas of a deployment placed on one node are created at once: each asks for the
+    volume, the engine makes it once and hands the others the same, and all mount it."""
+    deployment = uuid.uuid4()
+    run = RunSpec(volumes=(VolumeSpec("/data", name="data"),))
+    made = await asyncio.gather(
+        *(on.runtime.ensure(on.node, on.spec(run, deployment)) for _ in range(3))
+    )
+    on.exec(made[0], "touch", "/data/shared")
+    for other in made[1:]:
+        assert on.exec(other, "ls", "/data") == "shared\n"
 
 
 async def test_a_volume_with_our_name_but_not_our_labels_is_not_mounted(on: On) -> None:
