@@ -24,8 +24,6 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 from tests.harness.engines import (
     TLS_HOST,
@@ -203,14 +201,3 @@ class Registry:
         if '"error"' in output:
             raise RuntimeError(f"push of {reference} failed: {output}")
         return reference
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -149,7 +149,7 @@ async def test_the_three_answers_are_three_reasons_in_the_engines_words(
 
 
 async def test_a_registry_that_is_down_is_unreachable(puller: Puller) -> None:
-    with Registry.start_new() as down:
+    with contextlib.closing(Registry.start_new()) as down:
         image = down.push_test_image(puller.pusher.engines[0], "team/web")
         down.stop()
         stopped = await puller.reason(image, _auth(down))
