@@ -12,6 +12,7 @@ of this bridge only.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ipaddress
 import random
@@ -89,6 +90,7 @@ def bridged_cluster(name: str = "fog-bridged-0") -> Iterator[tuple[Cluster, Host
     engine is stopped, its directory and the bridge removed, on exit."""
     ensure_docker_installed()
     bridge = HostBridge.create()
+    atexit.register(bridge.remove)  # even if the session is cut short past its teardown
     try:
         base = Path(tempfile.mkdtemp(prefix="fogtest-bridge-", dir="/tmp"))
         engine = Engine.in_dir(name, base, bridge=bridge.name)
@@ -100,4 +102,5 @@ def bridged_cluster(name: str = "fog-bridged-0") -> Iterator[tuple[Cluster, Host
         finally:
             cluster.stop_all()
     finally:
+        atexit.unregister(bridge.remove)
         bridge.remove()

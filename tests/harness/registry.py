@@ -100,7 +100,7 @@ class Registry:
         registry = cls(root=root, port=free_port())
         registry._owns_root = base_dir is None
         htpasswd = subprocess.run(
-            ["htpasswd", "-Bbn", registry.username, registry.password],
+            [which("htpasswd") or "htpasswd", "-Bbn", registry.username, registry.password],
             capture_output=True,
             text=True,
             check=True,
