@@ -199,8 +199,7 @@ class UnusableRows:
                 ).all()
                 # asyncpg hands over typed values (json already parsed): nothing to convert.
                 processors = [
-                    c.type._cached_result_processor(dialect, None) if sqlite else None
-                    for c in cols
+                    c.type._cached_result_processor(dialect, None) if sqlite else None for c in cols
                 ]
                 for row in rows:
                     for col, processor, value in zip(cols, processors, row[1:], strict=True):
