@@ -18,18 +18,11 @@ from sqlalchemy.pool import NullPool
 from controller.runspec import EMPTY_RUN, PortSpec, RunSpec
 from controller.store import Store
 from schema import engine as engine_mod
-from schema import migrate
+from schema import migrate, models
 
 BEFORE = "0006_deployment_generation"
 REVISION = "0007_deployment_spec"
-NEW_TABLES = {
-    "deployment_specs",
-    "deployment_env",
-    "deployment_labels",
-    "deployment_ports",
-    "deployment_volumes",
-    "registry_credentials",
-}
+NEW_TABLES = {*models.SPEC_TABLES, "registry_credentials"}
 
 
 async def _sql(url: str, *statements: str, **params: Any) -> list[tuple[Any, ...]]:

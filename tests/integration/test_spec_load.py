@@ -121,6 +121,16 @@ async def test_the_spec_load_is_a_fixed_number_of_queries(engine: AsyncEngine) -
     assert len(many) == len(few)
 
 
+async def _good_and_bad(engine: AsyncEngine, statement: str) -> tuple[Store, uuid.UUID, uuid.UUID]:
+    """A store, a deployment, and one whose spec `statement` writes (`:d` is its id)."""
+    op = Operator(engine)
+    user = await op.add_user()
+    good = await op.add_deployment(user, "good")
+    bad = await op.add_deployment(user, "bad")
+    await _sql(engine, statement, d=bad)
+    return Store(engine), good, bad
+
+
 BAD_SPEC = [
     pytest.param(
         "INSERT INTO deployment_specs (deployment_id, entrypoint) VALUES (:d, '[\"sh\", 1]')",
@@ -144,11 +154,7 @@ BAD_SPEC = [
 async def test_a_spec_the_controller_cannot_use_holds_its_deployment_with_a_reason(
     engine: AsyncEngine, statement: str, table: str, column: str, problem: str
 ) -> None:
-    op, store = Operator(engine), Store(engine)
-    user = await op.add_user()
-    good = await op.add_deployment(user, "good")
-    bad = await op.add_deployment(user, "bad")
-    await _sql(engine, statement, d=bad)
+    store, good, bad = await _good_and_bad(engine, statement)
 
     with capture_logs() as logs:
         first = await store.load_active()
@@ -199,11 +205,7 @@ async def test_sqlite_a_spec_value_of_the_wrong_type_holds_its_deployment(
 ) -> None:
     # SQLite keeps 'three' in an INTEGER column (its CHECK `>= 1` compares text above any
     # number), and SQLAlchemy would read the text 'false' as True.
-    op, store = Operator(engine), Store(engine)
-    user = await op.add_user()
-    good = await op.add_deployment(user, "good")
-    bad = await op.add_deployment(user, "bad")
-    await _sql(engine, statement, d=bad)
+    store, good, bad = await _good_and_bad(engine, statement)
     with capture_logs() as logs:
         assert [x.id for x in await store.load_deployments()] == [good]
     (w,) = [e for e in logs if e["event"] == "row_unusable"]
