@@ -10,6 +10,7 @@ mode 0600 in a 0700 directory when the directory is new, as ssh-keygen keeps a p
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken
@@ -65,9 +66,12 @@ def _create_key(path: Path) -> bytes:
     if not path.parent.exists():
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     key = Fernet.generate_key()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mode 0600
+    except OSError as exc:
+        raise SecretKeyError(f"cannot create secret key file {path}: {exc.strerror}") from None
+    tmp = Path(name)
+    try:
         with os.fdopen(fd, "wb") as out:
             out.write(key + b"\n")
         try:
