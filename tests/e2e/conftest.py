@@ -19,7 +19,7 @@ import pytest
 from tests.e2e.daemon import Daemons, Sql
 from tests.harness import database
 from tests.harness.engines import Cluster
-from tests.harness.fleet import remove_managed_containers
+from tests.harness.fleet import remove_managed_containers, remove_managed_volumes
 
 BACKEND_PARAMS = [pytest.param("postgresql", id="pg"), pytest.param("sqlite", id="sqlite")]
 
@@ -96,7 +96,8 @@ async def pg_sql(pg_url: str) -> AsyncIterator[Sql]:
 
 @pytest.fixture
 async def engines(cluster: Cluster) -> AsyncIterator[list[str]]:
-    """The three engines' URLs, running; every managed container is removed afterwards."""
+    """The three engines' URLs, running; every managed container, then every volume the
+    controller made, is removed afterwards."""
     cluster.ensure_running()
     urls = list(cluster.urls)
     await asyncio.to_thread(remove_managed_containers, urls)
@@ -104,6 +105,7 @@ async def engines(cluster: Cluster) -> AsyncIterator[list[str]]:
         yield urls
     finally:
         await asyncio.to_thread(remove_managed_containers, urls)
+        await asyncio.to_thread(remove_managed_volumes, urls)
 
 
 @pytest.fixture

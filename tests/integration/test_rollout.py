@@ -10,13 +10,15 @@ from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import docker
 import pytest
-from sqlalchemy import RowMapping
+from sqlalchemy import RowMapping, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from controller.model import Resources, spec_hash
 from controller.plan import DEFAULT_POLICY, rollout_bounds
-from tests.harness.engines import Cluster, build_image
+from controller.runspec import RunSpec
+from tests.harness.engines import API_VERSION, Cluster, build_image
 from tests.harness.fleet import (
     ContainerSampler,
     Detail,
@@ -178,3 +180,54 @@ async def test_rollout_to_an_image_that_exits_halts_and_a_fixed_image_resumes(
     counts = sampler.running(excluding=broken)
     assert min(counts) >= target - unavailable, counts
     assert not (old_ids | broken_ids) & {c.id for c in new}
+
+
+def _env_of(url: str, container: str) -> list[str]:
+    client = docker.APIClient(base_url=url, version=API_VERSION, timeout=30)
+    try:
+        env: list[str] = client.inspect_container(container)["Config"]["Env"] or []
+        return env
+    finally:
+        client.close()
+
+
+async def test_an_env_change_rolls_like_an_image_change(fleet: Fleet, engine: AsyncEngine) -> None:
+    """Issue 14: every field is part of the spec. An operator adds one environment variable
+    with plain SQL; the replicas are replaced progressively, never below `target -
+    maxUnavailable` running, and every new container carries the variable."""
+    f = fleet
+    target = 4
+    _, unavailable = rollout_bounds(target, DEFAULT_POLICY)
+    async with running_controller(settings_for_tests(f.url)):
+        d = await f.op.add_deployment(f.user, "env-roll", image=APP_V1, replicas=target)
+        old = await eventually(lambda: _running_on(f, d, APP_V1, target))
+        history_before = len(await f.op.history(d))
+        new_run = RunSpec(env=(("SITE", "north"),))
+        wanted = spec_hash(APP_V1, DEFAULT_RESOURCES, new_run)
+
+        async def rolled() -> list[Detail]:
+            assert await converged(f.op, f.urls, d, target)
+            details = await _details(f, d)
+            assert {c.spec_hash for c in details} == {wanted}, details
+            return details
+
+        with ContainerSampler(f.urls, d, interval=0.1) as sampler:
+            async with engine.begin() as conn:
+                await conn.execute(
+                    text(
+                        "INSERT INTO deployment_env (deployment_id, name, value) "
+                        "VALUES (:d, 'SITE', 'north')"
+                    ),
+                    {"d": str(d)},
+                )
+            new = await eventually(rolled, within=60)
+
+    counts = sampler.running()
+    assert len(counts) >= 5, counts
+    assert min(counts) >= target - unavailable, counts
+    assert not {c.id for c in old} & {c.id for c in new}
+    for c in new:
+        assert "SITE=north" in await asyncio.to_thread(_env_of, c.engine_url, c.id)
+    reasons = _reasons((await f.op.history(d))[history_before:])
+    assert "rollout in progress" in reasons[0], reasons
+    assert reasons[-1] == f"{target}/{target} replicas running", reasons
