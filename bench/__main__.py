@@ -31,6 +31,7 @@ from typing import Any
 import docker
 
 from bench.convergence import (
+    FULL_RUN,
     PG,
     VARIANTS,
     Config,
@@ -55,6 +56,7 @@ from bench.swarm import SIZES as SWARM_SIZES
 from bench.swarm import STEADY_SECONDS as SWARM_STEADY_SECONDS
 from bench.swarm import VARIANTS as SWARM_VARIANTS
 from bench.swarm import Plan
+from controller.runspec import EMPTY_RUN
 from tests.harness.database import TemplateDatabases, admin_url_from_env
 from tests.harness.engines import (
     API_VERSION,
@@ -144,6 +146,12 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds a container takes to exit after SIGTERM (default 0: at once)",
     )
     p.add_argument(
+        "--full-spec",
+        action="store_true",
+        help="every variant's containers get a full spec: entrypoint, command, env, labels "
+        "and a named volume (issue 14); default: image and resources only",
+    )
+    p.add_argument(
         "--sizes",
         default=",".join(str(n) for n in SWARM_SIZES),
         help="--swarm: replica counts to compare (default 10,50; repair runs at 10)",
@@ -182,6 +190,7 @@ def _config(args: argparse.Namespace) -> Config:
         phase_timeout=args.timeout,
         stop_timeout_seconds=args.stop_grace,
         stop_after_seconds=args.stop_after,
+        run=FULL_RUN if args.full_spec else EMPTY_RUN,
     )
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
 import time
 import uuid
@@ -39,6 +40,7 @@ from typing import Any
 
 import docker
 import docker.errors
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bench.events import ContainerEvent, EventRecorder, distinct, has_label
@@ -47,6 +49,9 @@ from bench.probes import CpuSnapshot, LoopLag, engine_daemons
 from bench.trace import Trace, batches, by_kind, instrument, occupancy
 from controller.loop import Controller
 from controller.model import LABEL_DEPLOYMENT, Resources
+from controller.runspec import EMPTY_RUN, RunSpec, VolumeSpec
+from controller.runtime import ContainerSpec
+from controller.runtime.create_request import container_options, host_options, volume_name
 from controller.settings import Settings
 from schema.engine import create_engine
 from tests.harness.database import TemplateDatabases
@@ -84,6 +89,17 @@ def setting_default(name: str) -> Any:
 MIN_RESOURCES = Resources(cpu_cores=0.5, memory_mb=512, gpu_units=0, storage_gb=1)
 
 
+# `--full-spec`: what a real service sets (issue 14), sent alike by raw calls and the controller.
+# The command is the test image's own (engines.DEFAULT_CMD), given explicitly.
+FULL_RUN = RunSpec(
+    entrypoint=("/bin/sh", "-c"),
+    command=('trap "exit 0" TERM INT; while :; do sleep 3600 & wait $!; done',),
+    env=(("LOG_LEVEL", "debug"), ("SITE", "north")),
+    labels=(("team", "edge"),),
+    volumes=(VolumeSpec("/data", name="data"),),
+)
+
+
 @dataclass(frozen=True)
 class Config:
     replicas: int = 50
@@ -98,6 +114,7 @@ class Config:
     resources: Resources = MIN_RESOURCES
     image: str = TEST_IMAGE  # every variant's containers (see `with_image`)
     stop_after_seconds: float = 0.0  # how long a container takes to exit on SIGTERM
+    run: RunSpec = EMPTY_RUN  # the rest of the spec (--full-spec: FULL_RUN)
 
 
 @dataclass
@@ -159,6 +176,23 @@ def controller_host_config(settings: Settings, res: Resources) -> dict[str, Any]
     return host
 
 
+def raw_spec_options(
+    settings: Settings, config: Config, volume_owner: uuid.UUID
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What the controller's create request adds for `config.run` (create_request's own
+    functions, so raw and controller send the same): container options beyond image, name,
+    labels and detach, and host options beyond `controller_host_config`. The named volume is
+    made by the engine at the first mount (the controller makes it with one call per node)."""
+    if config.run == EMPTY_RUN:
+        return {}, {}
+    spec = ContainerSpec(uuid.uuid4(), volume_owner, config.image, config.resources, run=config.run)
+    options = container_options(settings, spec)
+    for own in ("image", "name", "labels", "detach"):
+        options.pop(own)
+    host = host_options(settings, spec, with_storage=False)
+    return options, {k: v for k, v in host.items() if k == "mounts"}
+
+
 def with_image(config: Config, engine: Engine) -> Config:
     """`config` with its containers' image built on `engine`: the test image, or one whose
     process takes `stop_after_seconds` to exit after SIGTERM (an application finishing its
@@ -186,6 +220,60 @@ def remove_labelled(url: str, label: str) -> int:
     return removed
 
 
+def remove_volumes(url: str, owners: list[uuid.UUID]) -> None:
+    """Remove the named volumes of FULL_RUN made for `owners` (deployments or raw runs)."""
+    client = docker.APIClient(base_url=url, version=API_VERSION, timeout=60)
+    try:
+        for owner in owners:
+            for volume in FULL_RUN.named_volumes():
+                with contextlib.suppress(docker.errors.NotFound):
+                    client.remove_volume(volume_name(owner, volume), force=True)
+    finally:
+        client.close()
+
+
+async def write_run(engine: AsyncEngine, d: uuid.UUID, run: RunSpec) -> None:
+    """The operator's rows for `run` (only what FULL_RUN sets), in plain SQL."""
+    if run == EMPTY_RUN:
+        return
+    statements: list[tuple[str, dict[str, Any]]] = [
+        (
+            "INSERT INTO deployment_specs (deployment_id, entrypoint, command) "
+            "VALUES (:d, :entrypoint, :command)",
+            {
+                "d": str(d),
+                "entrypoint": json.dumps(list(run.entrypoint or ())),
+                "command": json.dumps(list(run.command or ())),
+            },
+        ),
+        *(
+            (
+                "INSERT INTO deployment_env (deployment_id, name, value) VALUES (:d, :k, :v)",
+                {"d": str(d), "k": k, "v": v},
+            )
+            for k, v in run.env
+        ),
+        *(
+            (
+                "INSERT INTO deployment_labels (deployment_id, key, value) VALUES (:d, :k, :v)",
+                {"d": str(d), "k": k, "v": v},
+            )
+            for k, v in run.labels
+        ),
+        *(
+            (
+                "INSERT INTO deployment_volumes (deployment_id, name, mount_path) "
+                "VALUES (:d, :name, :path)",
+                {"d": str(d), "name": v.name, "path": v.mount_path},
+            )
+            for v in run.volumes
+        ),
+    ]
+    async with engine.begin() as conn:
+        for statement, params in statements:
+            await conn.execute(text(statement), params)
+
+
 # --- the raw baseline --------------------------------------------------------------------------
 
 
@@ -197,6 +285,7 @@ class RawCalls:
     threads: int
     trace: Trace
     image: str = TEST_IMAGE
+    options: dict[str, Any] = field(default_factory=dict)  # more create_container arguments
 
     def _call(self, kind: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         start = time.time()
@@ -222,6 +311,7 @@ class RawCalls:
                 labels=labels,
                 detach=True,
                 host_config=client.create_host_config(**host),
+                **self.options,
             )
             self._call("start", client.start, created["Id"])
             return str(created["Id"])
@@ -277,6 +367,7 @@ class ConvergenceBench:
         self.progress = progress
         self.samples: list[Sample] = []
         self._deployments: list[uuid.UUID] = []  # made by the benchmark, cleaned after use
+        self._volume_owners: list[uuid.UUID] = []  # raw samples' volumes, removed after use
         self._engine_pids = engine_daemons(engine.pid)
 
     def order(self, round_no: int) -> list[str]:
@@ -320,6 +411,7 @@ class ConvergenceBench:
         remove_labelled(self.engine.url, BENCH_LABEL)
         for deployment in self._deployments:
             remove_labelled(self.engine.url, f"{LABEL_DEPLOYMENT}={deployment}")
+        remove_volumes(self.engine.url, [*self._deployments, *self._volume_owners])
 
     # --- raw -----------------------------------------------------------------------------
 
@@ -327,17 +419,22 @@ class ConvergenceBench:
         c = self.config
         tag = f"{sample.variant}-{sample.round}-{uuid.uuid4().hex[:8]}"
         # Only the settings' container options matter here; the URL is never opened.
-        host = controller_host_config(production_settings("sqlite://", c), c.resources)
+        settings = production_settings("sqlite://", c)
+        host = controller_host_config(settings, c.resources)
+        owner = uuid.uuid4()  # the raw run's volume is named as a deployment's would be
+        self._volume_owners.append(owner)
+        options, host_extra = raw_spec_options(settings, c, owner)
+        host |= host_extra
         graceful = c.stop_timeout_seconds if sample.variant == RAW_STOP else None
         trace = Trace()
-        calls = RawCalls(self.engine.url, c.threads, trace, c.image)
+        calls = RawCalls(self.engine.url, c.threads, trace, c.image, options)
 
         # Warm-up, as for the controller: one container up and down through the same client.
         warm = {BENCH_LABEL: f"{tag}-warm"}
         ids, _, _ = await asyncio.to_thread(calls.up, 1, f"bench-{tag}-warm", warm, host)
         await asyncio.to_thread(calls.down, ids, graceful)
 
-        labels = {BENCH_LABEL: tag}
+        labels = {**dict(c.run.labels), BENCH_LABEL: tag}
         select = has_label(BENCH_LABEL, tag)
         n = c.replicas
 
@@ -419,6 +516,7 @@ class ConvergenceBench:
             storage_gb=res.storage_gb,
         )
         self._deployments.append(d)
+        await write_run(operator_engine, d, c.run)
         select = has_label(LABEL_DEPLOYMENT, str(d))
         trace = Trace()
         async with running_controller(production_settings(url, c)) as controller:
