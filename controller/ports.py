@@ -9,6 +9,7 @@ fields; the column names live in the store alone.
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -84,6 +85,10 @@ class ReconcileStore(Protocol):
 
     def node_usage(self) -> Awaitable[dict[uuid.UUID, Resources]]:
         """What live replicas hold on each node (the scheduler's usage)."""
+
+    def node_ports(self) -> Awaitable[dict[uuid.UUID, Counter[tuple[int, str]]]]:
+        """The host ports (port, protocol) live replicas hold on each node, each counted per
+        replica holding it: their deployment's `RunSpec.host_ports()`."""
 
     def create_replicas(
         self, deployment_id: uuid.UUID, count: int, now: datetime

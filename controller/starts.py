@@ -158,7 +158,9 @@ class Starter:
         excluded: set[uuid.UUID] = set()
         if p.mem.refusals:
             p.mem, excluded = refusals.excluded(p.mem, self._up_since, self._clock())
-        result = await self._placement.choose([r.id for r in chunk], request, spread, excluded)
+        result = await self._placement.choose(
+            [r.id for r in chunk], request, spread, excluded, p.d.run.host_ports()
+        )
         reason = result.reason
         last = refusals.last_exclusion(p.mem) if excluded else None
         if reason is not None and last is not None:

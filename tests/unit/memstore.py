@@ -96,6 +96,16 @@ class MemoryStore:
             usage[r.node_id] = usage.get(r.node_id, ZERO) + d.resources
         return usage
 
+    async def node_ports(self) -> dict[uuid.UUID, Counter[tuple[int, str]]]:
+        self.calls["node_ports"] += 1
+        held: dict[uuid.UUID, Counter[tuple[int, str]]] = {}
+        for r in self.replicas.values():
+            d = self.deployments.get(r.deployment_id)
+            if r.node_id is None or r.status not in _LIVE or d is None:
+                continue
+            held.setdefault(r.node_id, Counter()).update(d.run.host_ports())
+        return held
+
     async def create_replicas(
         self, deployment_id: uuid.UUID, count: int, now: datetime
     ) -> list[Replica]:
