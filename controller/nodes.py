@@ -277,10 +277,10 @@ class NodeMonitor:
         await self._probe_ports(record, timeout)
         return info, None
 
-    async def _probe_ports(self, record: NodeRecord, timeout: float) -> None:
+    async def _probe_ports(self, record: NodeRecord, limit_seconds: float) -> None:
         """The node ports containers that are not ours hold; unknown keeps the last known."""
         try:
-            ports = await asyncio.wait_for(self._runtime.host_ports(record), timeout)
+            ports = await asyncio.wait_for(self._runtime.host_ports(record), limit_seconds)
         except (errors.ControllerError, TimeoutError):
             ports = None
         if ports is None:
