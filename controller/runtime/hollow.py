@@ -3,11 +3,8 @@
 We cannot start a thousand Docker engines on one machine, so, as Kubernetes does with kubemark,
 a scale benchmark gives the real controller (real store, planner, scheduler, work queue) a
 runtime whose nodes exist only in this process: `info` reports the capacity a node was given,
-`ensure` makes a container that is "running" at once (and the named volumes its spec mounts),
-`list` returns it as an `ObservedContainer`, `stop` removes it, `disk_usage` reports what
-`set_written` wrote, `pull` puts the image on the node unless `refuse_pull` said otherwise,
-`host_ports` reports what `hold_ports` said strangers hold, `remove_volumes` drops the
-deployment's volumes. Engine
+`ensure` makes a container that is "running" at once, `list` returns it as an
+`ObservedContainer`, `stop` removes it, `disk_usage` reports what `set_written` wrote. Engine
 cost is therefore zero, so what a benchmark measures is the controller's own cost.
 
 Nothing in the daemon selects this class: `controller.cli` builds `DockerRuntime` and only
@@ -39,7 +36,6 @@ from controller.model import (
     NodeView,
     ObservedContainer,
 )
-from controller.runspec import RegistryAuth
 from controller.runtime import ContainerSpec
 from controller.storage import DiskUse, storage_limits
 
@@ -69,13 +65,9 @@ class _Engine:
         "by_id",
         "by_name",
         "down",
-        "foreign_ports",
-        "images",
         "limits",
         "listing",
         "spec",
-        "specs",
-        "volumes",
         "written",
     )
 
@@ -91,11 +83,6 @@ class _Engine:
         # Per container id: its storage_gb label, and the bytes its writable layer holds.
         self.limits: dict[str, int] = {}
         self.written: dict[str, int] = {}
-        # What the create was asked for, by container name (tests read run and auth).
-        self.specs: dict[str, ContainerSpec] = {}
-        self.images: set[str] = set()  # pulled
-        self.volumes: dict[uuid.UUID, set[str]] = {}  # named volumes per deployment
-        self.foreign_ports: frozenset[tuple[int, str]] = frozenset()
 
     def add(self, c: ObservedContainer) -> None:
         self.by_name[c.name] = c
@@ -109,7 +96,6 @@ class _Engine:
         if c is None:
             return False
         del self.by_id[c.id]
-        self.specs.pop(name, None)
         self.limits.pop(c.id, None)
         self.written.pop(c.id, None)
         mine = self.by_deployment.get(c.deployment_id)
@@ -141,12 +127,7 @@ class HollowRuntime:
         self._clock = clock or (lambda: datetime.now(UTC))
         # Images whose creates the engines refuse, with the engine's words.
         self._refused: dict[str, str] = {}
-        # Images whose pulls the registry refuses, with its words.
-        self._pull_refused: dict[str, str] = {}
         self.calls: Counter[str] = Counter()  # port method name -> calls, for reports
-        # Every pull asked for, in order: (node name, image, credential).
-        self.pulls: list[tuple[str, str, RegistryAuth | None]] = []
-        self.stop_timeouts: Counter[float] = Counter()  # graces stops were given
         for url, spec in (nodes or {}).items():
             self.add_node(url, spec)
 
@@ -172,26 +153,6 @@ class HollowRuntime:
         """Every engine refuses to create containers of `image`, saying `words` (as an engine
         answers a create of an image it cannot pull)."""
         self._refused[image] = words
-
-    def refuse_pull(self, image: str, words: str | None) -> None:
-        """Pulls of `image` fail with the registry's `words` (None: they succeed again)."""
-        if words is None:
-            self._pull_refused.pop(image, None)
-        else:
-            self._pull_refused[image] = words
-
-    def hold_ports(self, docker_url: str, ports: frozenset[tuple[int, str]]) -> None:
-        """Containers that are not ours hold these node ports on the node."""
-        self._engine_of(docker_url).foreign_ports = ports
-
-    def images(self, docker_url: str) -> set[str]:
-        return self._engine_of(docker_url).images
-
-    def volumes(self, docker_url: str) -> dict[uuid.UUID, set[str]]:
-        return self._engine_of(docker_url).volumes
-
-    def spec_of(self, docker_url: str, name: str) -> ContainerSpec:
-        return self._engine_of(docker_url).specs[name]
 
     def exit(self, container_id: str, code: int, at: datetime) -> None:
         """The container exits with `code` at `at` (its process died; nothing restarts it)."""
@@ -284,37 +245,13 @@ class HollowRuntime:
             spec_hash=spec.spec_hash or None,
         )
         engine.add(container)
-        engine.specs[spec.name] = spec
-        engine.images.add(spec.image)
-        if spec.run.named_volumes():
-            engine.volumes.setdefault(spec.deployment_id, set()).update(spec.run.named_volumes())
         if spec.resources is not None and spec.resources.storage_gb > 0:
             engine.limits[container.id] = spec.resources.storage_gb
         return container.id
 
     async def stop(self, node: NodeRecord, container: str, timeout_seconds: float) -> None:
         engine = await self._reach(node, "stop")
-        self.stop_timeouts[timeout_seconds] += 1
         engine.remove(container)
-
-    async def pull(self, node: NodeRecord, image: str, auth: RegistryAuth | None) -> None:
-        engine = await self._reach(node, "pull")
-        self.pulls.append((node.name, image, auth))
-        refused = self._pull_refused.get(image)
-        if refused is not None:
-            raise errors.PermanentError(refused)
-        engine.images.add(image)
-
-    async def host_ports(self, node: NodeRecord) -> frozenset[tuple[int, str]] | None:
-        try:
-            engine = await self._reach(node, "host_ports")
-        except errors.TransientError:
-            return None
-        return engine.foreign_ports
-
-    async def remove_volumes(self, node: NodeRecord, deployment_id: uuid.UUID) -> int:
-        engine = await self._reach(node, "remove_volumes")
-        return len(engine.volumes.pop(deployment_id, set()))
 
     async def disk_usage(self, node: NodeRecord) -> tuple[DiskUse, ...] | None:
         try:
