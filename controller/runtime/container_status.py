@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 from controller.model import (
     LABEL_DEPLOYMENT,
+    LABEL_MANAGED_BY,
     LABEL_REPLICA,
     LABEL_SPEC,
     LABEL_STORAGE_GB,
+    MANAGED_BY_VALUE,
     ContainerState,
     ObservedContainer,
 )
@@ -148,3 +151,19 @@ def disk_use(item: dict[str, Any]) -> DiskUse | None:
         written_bytes=int(item.get("SizeRw") or 0),
         limit_gb=int(limit) if limit and limit.isdigit() else None,
     )
+
+
+def foreign_host_ports(listing: Iterable[Mapping[str, Any]]) -> frozenset[tuple[int, str]]:
+    """The node ports (port, protocol) published by the listed containers that are not ours:
+    the ones a replica's host port must not collide with. A container on the host network
+    publishes nothing the listing shows, so its ports are not known here."""
+    held: set[tuple[int, str]] = set()
+    for item in listing:
+        labels = item.get("Labels") or {}
+        if labels.get(LABEL_MANAGED_BY) == MANAGED_BY_VALUE:
+            continue
+        for port in item.get("Ports") or ():
+            public = port.get("PublicPort")
+            if public:
+                held.add((int(public), str(port.get("Type") or "tcp")))
+    return frozenset(held)

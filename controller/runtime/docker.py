@@ -23,7 +23,8 @@ Why it looks the way it does:
   again after a failed probe), never on error text: see `EngineFlavour`.
 
 `DockerRuntime` here is the port; beside it: `engine_calls` (clients, call and stop slots,
-threads, retries), `engine_connect` (`EngineConnector`), `engine_errors` (`translate`),
+threads, retries), `engine_images` (pulls and their three failures), `engine_volumes` (a
+deployment's named volumes), `engine_connect` (`EngineConnector`), `engine_errors` (`translate`),
 `podman` (`EngineFlavour` and Podman's differences), `container_status` (listing and inspect
 answers as `ObservedContainer` values), `inspect_cache`, `engine_storage` (whether an engine
 can cap disk), `create_request` (what a create asks for).
@@ -42,7 +43,6 @@ from typing import Any, TypeVar
 import docker
 import docker.errors
 import structlog
-from docker.utils import parse_repository_tag
 
 from controller import errors
 from controller.metrics import Metrics
@@ -56,21 +56,22 @@ from controller.model import (
     NodeView,
     ObservedContainer,
 )
+from controller.runspec import host_path_refusal
 from controller.runtime import ContainerSpec, container_status
 from controller.runtime.create_request import container_options, host_options
-from controller.runtime.engine_calls import EngineCalls
 from controller.runtime.engine_connect import (
     EngineConnector,
     close_socket_on_failed_connect,
 )
 from controller.runtime.engine_errors import engine_message, translate
+from controller.runtime.engine_images import ImageCalls
 from controller.runtime.engine_storage import EngineStorage
+from controller.runtime.engine_volumes import VolumeCalls
 from controller.runtime.inspect_cache import InspectCache
 from controller.runtime.podman import (
     PODMAN_HEALTH_STATES,
     EngineFlavour,
     engine_flavour,
-    pull_failure,
     unsupported_request,
 )
 from controller.settings import Settings
@@ -83,7 +84,7 @@ T = TypeVar("T")
 _MANAGED_FILTER = {"label": f"{LABEL_MANAGED_BY}={MANAGED_BY_VALUE}"}
 
 
-class DockerRuntime(EngineCalls):
+class DockerRuntime(ImageCalls, VolumeCalls):
     """The runtime port over real Docker engines."""
 
     def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
@@ -113,6 +114,16 @@ class DockerRuntime(EngineCalls):
             storage_limits=limits,
             engine=flavour.value,
         )
+
+    async def host_ports(self, node: NodeRecord) -> frozenset[tuple[int, str]] | None:
+        try:
+            client = self._client(node)
+            raw = await self._raw(node, client.containers, all=False)
+        except Exception as exc:
+            reason = translate(exc, "list ports", self._certs(node)).reason
+            log.warning("host_ports_failed", node=node.name, error=reason)
+            return None
+        return container_status.foreign_host_ports(raw)
 
     async def disk_usage(self, node: NodeRecord) -> tuple[DiskUse, ...] | None:
         try:
@@ -213,9 +224,12 @@ class DockerRuntime(EngineCalls):
             flavour = await self._flavour(node)
         except Exception as exc:
             raise translate(exc, "identify engine", self._certs(node)) from exc
-        refused = unsupported_request(flavour, spec)
+        refused = unsupported_request(flavour, spec) or host_path_refusal(
+            spec.run, self._settings.allowed_host_paths
+        )
         if refused is not None:
             raise errors.PermanentError(refused)
+        await self._ensure_volumes(node, spec)
         container_id = await self._create(node, spec)
         try:
             await self._call(node, "start container", client.start, container_id)
@@ -246,7 +260,7 @@ class DockerRuntime(EngineCalls):
             except docker.errors.NotFound as exc:
                 if pulled or "image" not in engine_message(exc).lower():
                     raise errors.PermanentError(f"create container: {engine_message(exc)}") from exc
-                await self._pull(node, spec.image)
+                await self._pull(node, spec.image, spec.auth)
                 pulled = True
                 continue
             except errors.ControllerError as exc:
@@ -271,7 +285,10 @@ class DockerRuntime(EngineCalls):
         self, client: docker.APIClient, spec: ContainerSpec, *, with_storage: bool
     ) -> dict[str, Any]:
         host = host_options(self._settings, spec, with_storage=with_storage)
-        return {**container_options(spec), "host_config": client.create_host_config(**host)}
+        return {
+            **container_options(self._settings, spec),
+            "host_config": client.create_host_config(**host),
+        }
 
     async def _taken_on_podman(self, node: NodeRecord, spec: ContainerSpec) -> bool:
         """After a failed create on Podman, whether our container name is taken: Podman answers
@@ -303,27 +320,6 @@ class DockerRuntime(EngineCalls):
             )
         log.info("container_adopted", node=node.name, container=spec.name)
         return str(detail["Id"])
-
-    async def _pull(self, node: NodeRecord, image: str) -> None:
-        repository, tag = parse_repository_tag(image)
-        log.info("image_pull", node=node.name, image=image)
-        try:
-            output = await asyncio.wait_for(
-                self._raw(node, self._client(node).pull, repository, tag=tag or "latest"),
-                timeout=self._settings.pull_timeout_seconds,
-            )
-        except TimeoutError as exc:
-            raise errors.PermanentError(
-                f"image pull failed: {image}: timed out after "
-                f"{self._settings.pull_timeout_seconds:g}s"
-            ) from exc
-        except Exception as exc:
-            raise errors.PermanentError(
-                f"image pull failed: {image}: {engine_message(exc)}"
-            ) from exc
-        failure = pull_failure(output)
-        if failure is not None:
-            raise errors.PermanentError(f"image pull failed: {image}: {failure}")
 
     async def stop(self, node: NodeRecord, container: str, timeout_seconds: float) -> None:
         """The engine's own stop (the image's stop signal, the grace, then SIGKILL), then a

@@ -2,13 +2,15 @@
 
 A 5xx the engine will give again (a driver missing, an option its storage refuses) is
 permanent, so it is recorded instead of retried; a TLS failure names the side that refused
-and the file to check, never the key material.
+and the file to check, never the key material. A failed pull is one of three answers
+(unauthorized, not found, unreachable), told apart by the registry's words.
 """
 
 from __future__ import annotations
 
 import re
 import ssl
+from enum import StrEnum
 from pathlib import PurePath
 
 import docker.errors
@@ -133,3 +135,79 @@ def translate(
     if isinstance(exc, docker.errors.DockerException):
         return errors.PermanentError(f"{what}: {engine_message(exc)}")
     return errors.TransientError(f"{what}: {type(exc).__name__}: {exc}")
+
+
+class PullFailure(StrEnum):
+    """What a registry answered a pull that failed, as an operator must act on it: fix the
+    credential, fix the image name, or fix the way to the registry."""
+
+    UNAUTHORIZED = "unauthorized"
+    NOT_FOUND = "not found"
+    UNREACHABLE = "unreachable"
+
+
+# Words of failed pulls, as dockerd 20.10 and Podman 4.3 report them from distribution 2.8 and
+# Docker Hub (tests/unit/test_pull_errors.py holds the measured answers). Checked in this
+# order: a registry we could not reach said nothing about the image, and Docker Hub answers a
+# repository it will not show with "pull access denied ... repository does not exist or may
+# require 'docker login'", which is a credential to fix first.
+_PULL_MARKERS: tuple[tuple[PullFailure, tuple[str, ...]], ...] = (
+    (
+        PullFailure.UNREACHABLE,
+        (
+            "connection refused",
+            "no such host",
+            "timeout",
+            "timed out",
+            "network is unreachable",
+            "no route to host",
+            "connection reset",
+            "server misbehaving",
+            "server gave http response to https client",
+        ),
+    ),
+    (
+        PullFailure.UNAUTHORIZED,
+        (
+            "unauthorized",
+            "authentication required",
+            "no basic auth credentials",
+            "denied",
+            "forbidden",
+            "incorrect username or password",
+        ),
+    ),
+    (
+        PullFailure.NOT_FOUND,
+        ("manifest unknown", "name unknown", "not found", "does not exist", "no such image"),
+    ),
+)
+
+
+def pull_failure_kind(words: str, status: int | None = None) -> PullFailure | None:
+    """PURE: which of the three answers a failed pull's `words` are (Podman reports every
+    failure in a 200 stream, so the words decide; dockerd's 404 and 401 agree with them)."""
+    text = words.lower()
+    for kind, markers in _PULL_MARKERS:
+        if any(marker in text for marker in markers):
+            return kind
+    if status == 404:
+        return PullFailure.NOT_FOUND
+    if status == 401:
+        return PullFailure.UNAUTHORIZED
+    return None
+
+
+def pull_error(
+    image: str, words: str, *, with_credential: bool, status: int | None = None
+) -> errors.PermanentError:
+    """The reason of a failed pull: `image pull failed: <image>: <answer>: <engine's words>`,
+    where the answer is unauthorized (saying whether a credential was sent), not found or
+    unreachable; other failures keep the engine's words alone."""
+    kind = pull_failure_kind(words, status)
+    if kind is None:
+        return errors.PermanentError(f"image pull failed: {image}: {words}")
+    answer = kind.value
+    if kind is PullFailure.UNAUTHORIZED:
+        answer += " (credential refused)" if with_credential else " (no credential given)"
+    return errors.PermanentError(f"image pull failed: {image}: {answer}: {words}")

@@ -4,8 +4,10 @@ We cannot start a thousand Docker engines on one machine, so, as Kubernetes does
 a scale benchmark gives the real controller (real store, planner, scheduler, work queue) a
 runtime whose nodes exist only in this process: `info` reports the capacity a node was given,
 `ensure` makes a container that is "running" at once, `list` returns it as an
-`ObservedContainer`, `stop` removes it, `disk_usage` reports what `set_written` wrote. Engine
-cost is therefore zero, so what a benchmark measures is the controller's own cost.
+`ObservedContainer`, `stop` removes it, `disk_usage` reports what `set_written` wrote, `pull`
+succeeds unless the image is refused (`refuse`), `host_ports` reports what `set_foreign_ports`
+set, and the named volumes `ensure` made are counted away by `remove_volumes`. Engine cost is
+therefore zero, so what a benchmark measures is the controller's own cost.
 
 Nothing in the daemon selects this class: `controller.cli` builds `DockerRuntime` and only
 `DockerRuntime`, whatever a node's URL says. Hollow nodes are addressed as `hollow://<name>`
@@ -36,6 +38,7 @@ from controller.model import (
     NodeView,
     ObservedContainer,
 )
+from controller.runspec import RegistryAuth
 from controller.runtime import ContainerSpec
 from controller.storage import DiskUse, storage_limits
 
@@ -65,9 +68,12 @@ class _Engine:
         "by_id",
         "by_name",
         "down",
+        "foreign_ports",
+        "images",
         "limits",
         "listing",
         "spec",
+        "volumes",
         "written",
     )
 
@@ -83,6 +89,9 @@ class _Engine:
         # Per container id: its storage_gb label, and the bytes its writable layer holds.
         self.limits: dict[str, int] = {}
         self.written: dict[str, int] = {}
+        self.images: set[str] = set()  # pulled
+        self.volumes: dict[uuid.UUID, set[str]] = {}  # per deployment: its named volumes
+        self.foreign_ports: frozenset[tuple[int, str]] = frozenset()  # not our containers'
 
     def add(self, c: ObservedContainer) -> None:
         self.by_name[c.name] = c
@@ -149,9 +158,17 @@ class HollowRuntime:
             raise KeyError(f"no container {container_id} on {docker_url}")
         engine.written[container_id] = n_bytes
 
+    def set_foreign_ports(self, docker_url: str, ports: frozenset[tuple[int, str]]) -> None:
+        """The node ports (port, protocol) containers that are not ours publish on a node."""
+        self._engine_of(docker_url).foreign_ports = ports
+
+    def images(self, docker_url: str) -> frozenset[str]:
+        """The images `pull` fetched on a node."""
+        return frozenset(self._engine_of(docker_url).images)
+
     def refuse(self, image: str, words: str) -> None:
-        """Every engine refuses to create containers of `image`, saying `words` (as an engine
-        answers a create of an image it cannot pull)."""
+        """Every engine refuses to pull `image` or create containers of it, saying `words` (as
+        an engine answers a create of an image it cannot pull)."""
         self._refused[image] = words
 
     def exit(self, container_id: str, code: int, at: datetime) -> None:
@@ -245,6 +262,9 @@ class HollowRuntime:
             spec_hash=spec.spec_hash or None,
         )
         engine.add(container)
+        named = spec.run.named_volumes()
+        if named:
+            engine.volumes.setdefault(spec.deployment_id, set()).update(named)
         if spec.resources is not None and spec.resources.storage_gb > 0:
             engine.limits[container.id] = spec.resources.storage_gb
         return container.id
@@ -252,6 +272,29 @@ class HollowRuntime:
     async def stop(self, node: NodeRecord, container: str, timeout_seconds: float) -> None:
         engine = await self._reach(node, "stop")
         engine.remove(container)
+
+    async def pull(self, node: NodeRecord, image: str, auth: RegistryAuth | None) -> None:
+        engine = await self._reach(node, "pull")
+        refused = self._refused.get(image)
+        if refused is not None:
+            raise errors.PermanentError(f"image pull failed: {image}: {refused}")
+        engine.images.add(image)
+
+    async def host_ports(self, node: NodeRecord) -> frozenset[tuple[int, str]] | None:
+        try:
+            engine = await self._reach(node, "host_ports")
+        except errors.TransientError:
+            return None
+        return engine.foreign_ports
+
+    async def remove_volumes(self, node: NodeRecord, deployment_id: uuid.UUID) -> int:
+        engine = await self._reach(node, "remove_volumes")
+        if engine.by_deployment.get(deployment_id):
+            # As an engine refuses to remove a volume a container still mounts.
+            raise errors.PermanentError(
+                f"remove volumes of {deployment_id}: volume is in use by its containers"
+            )
+        return len(engine.volumes.pop(deployment_id, ()))
 
     async def disk_usage(self, node: NodeRecord) -> tuple[DiskUse, ...] | None:
         try:

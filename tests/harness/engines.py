@@ -106,7 +106,9 @@ __all__ = [
     "ensure_docker_installed",
     "find_static_busybox",
     "free_port",
+    "install_packages",
     "wait_until",
+    "which",
 ]
 
 API_VERSION = "1.41"
@@ -244,6 +246,31 @@ def _external_urls() -> list[str]:
     return [u.strip() for u in os.environ.get(URLS_ENV, "").split(",") if u.strip()]
 
 
+def which(program: str) -> str | None:
+    """``program``'s path, looking in the sbin directories too (root's tools live there)."""
+    return _which(program)
+
+
+def install_packages(packages: Sequence[str]) -> None:
+    """Install Debian ``packages`` with apt-get (root on Debian; a fresh CI machine); raises
+    ``RuntimeError`` naming them otherwise. Nothing to install: nothing done."""
+    if not packages:
+        return
+    if os.geteuid() != 0 or not _which("apt-get"):
+        raise RuntimeError(
+            f"the test harness needs {', '.join(packages)}; install them "
+            f"(Debian: apt-get install -y {' '.join(packages)}) or run as root on Debian"
+        )
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive", "PATH": _search_path()}
+    for cmd in (["apt-get", "update"], ["apt-get", "install", "-y", *packages]):
+        result = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"{' '.join(cmd)} failed with exit code {result.returncode}:\n"
+                f"{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+            )
+
+
 def ensure_docker_installed(*, podman: bool = False) -> None:
     """Make sure dockerd (unless external engines are configured) and static busybox exist,
     and with ``podman`` Podman and conmon as well.
@@ -264,19 +291,7 @@ def ensure_docker_installed(*, podman: bool = False) -> None:
     )
     if not packages:
         return
-    if os.geteuid() != 0 or not _which("apt-get"):
-        raise RuntimeError(
-            f"the test harness needs {', '.join(packages)}; install them "
-            f"(Debian: apt-get install -y {' '.join(packages)}) or run as root on Debian"
-        )
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive", "PATH": _search_path()}
-    for cmd in (["apt-get", "update"], ["apt-get", "install", "-y", *packages]):
-        result = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            raise RuntimeError(
-                f"{' '.join(cmd)} failed with exit code {result.returncode}:\n"
-                f"{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
-            )
+    install_packages(packages)
     if need_daemon and not _which("dockerd"):
         raise RuntimeError("apt-get installed docker.io but dockerd is still not on PATH")
     if podman and not _which("podman"):
@@ -842,6 +857,32 @@ static_dir = "{root}/data/libpod"
 volume_path = "{root}/data/volumes"
 """
 
+# Podman's registries.conf for one engine: registries on loopback are spoken to over plain
+# HTTP, as dockerd does for 127.0.0.0/8 by default (Podman has no such default and answers a
+# pull from the test registry with "http: server gave HTTP response to HTTPS client"). A
+# location matches every port of its host. Short names keep resolving on Docker Hub.
+_PODMAN_REGISTRIES_CONF = """\
+unqualified-search-registries = ["docker.io"]
+
+[[registry]]
+location = "127.0.0.1"
+insecure = true
+
+[[registry]]
+location = "localhost"
+insecure = true
+"""
+
+
+def _podman_env(root: Path) -> dict[str, str]:
+    """The environment of every podman process of the engine at ``root``."""
+    return {
+        **os.environ,
+        "PATH": _search_path(),
+        "CONTAINERS_CONF": str(root / "containers.conf"),
+        "CONTAINERS_REGISTRIES_CONF": str(root / "registries.conf"),
+    }
+
 
 @dataclass(eq=False)
 class PodmanEngine(Engine):
@@ -895,15 +936,12 @@ class PodmanEngine(Engine):
             for sub in ("data", "run", "tmp", "net"):
                 (root / sub).mkdir(parents=True, exist_ok=True)
             (root / "containers.conf").write_text(_PODMAN_CONF.format(root=root))
+            (root / "registries.conf").write_text(_PODMAN_REGISTRIES_CONF)
             setpriv = _which("setpriv")
             cmd = self._command(root)
             if setpriv and threading.current_thread() is threading.main_thread():
                 cmd = [setpriv, "--pdeathsig", "TERM", "--", *cmd]  # as in Engine._popen
-            env = {
-                **os.environ,
-                "PATH": _search_path(),
-                "CONTAINERS_CONF": str(root / "containers.conf"),
-            }
+            env = _podman_env(root)
             with self.log_path.open("ab") as log:
                 self._proc = subprocess.Popen(
                     cmd,
@@ -940,7 +978,7 @@ class PodmanEngine(Engine):
         root = self._root()
         return subprocess.run(
             [*self._command(root)[:7], *args],
-            env={**os.environ, "CONTAINERS_CONF": str(root / "containers.conf")},
+            env=_podman_env(root),
             capture_output=True,
             text=True,
             check=False,
