@@ -112,6 +112,17 @@ class ReconcileStore(Protocol):
     def save_progress(self, deployment_id: uuid.UUID, state: ProgressState) -> Awaitable[None]:
         """The persisted progress alone (backoff moved, status unchanged)."""
 
+    def registry_credential(
+        self, user_id: uuid.UUID, name: str
+    ) -> Awaitable[tuple[str, str, str] | None]:
+        """The user's credential `name`: (registry host, username, encrypted password)."""
+
+    def deployments_to_purge(self) -> Awaitable[list[uuid.UUID]]:
+        """Deleted deployments whose named volumes an operator asked to remove."""
+
+    def volumes_purged(self, deployment_id: uuid.UUID) -> Awaitable[None]:
+        """Every node's volumes of the deployment are gone: no longer to purge."""
+
 
 class NodeStore(Protocol):
     """What the node monitor reads and writes."""

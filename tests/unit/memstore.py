@@ -51,6 +51,10 @@ class MemoryStore:
     calls: Counter[str] = field(default_factory=Counter)  # operation -> calls
     # The controller's persisted progress per deployment (the state table).
     progress: dict[uuid.UUID, ProgressState] = field(default_factory=dict)
+    # Registry credentials: (user, name) -> (registry host, username, encrypted password).
+    credentials: dict[tuple[uuid.UUID, str], tuple[str, str, str]] = field(default_factory=dict)
+    # Deleted deployments whose volumes an operator asked to purge.
+    to_purge: set[uuid.UUID] = field(default_factory=set)
 
     @property
     def epoch(self) -> int | None:
@@ -151,6 +155,19 @@ class MemoryStore:
         self.calls["save_progress"] += 1
         if deployment_id in self.deployments:
             self.progress[deployment_id] = state
+
+    async def registry_credential(
+        self, user_id: uuid.UUID, name: str
+    ) -> tuple[str, str, str] | None:
+        self.calls["registry_credential"] += 1
+        return self.credentials.get((user_id, name))
+
+    async def deployments_to_purge(self) -> list[uuid.UUID]:
+        return sorted(self.to_purge)
+
+    async def volumes_purged(self, deployment_id: uuid.UUID) -> None:
+        self.calls["volumes_purged"] += 1
+        self.to_purge.discard(deployment_id)
 
     # --- NodeStore -------------------------------------------------------------------------
 
