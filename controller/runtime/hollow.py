@@ -182,6 +182,10 @@ class HollowRuntime:
         an engine answers a create of an image it cannot pull)."""
         self._refused[image] = words
 
+    def allow(self, image: str) -> None:
+        """`image` is no longer refused."""
+        self._refused.pop(image, None)
+
     def exit(self, container_id: str, code: int, at: datetime) -> None:
         """The container exits with `code` at `at` (its process died; nothing restarts it)."""
         for engine in self._engines.values():
