@@ -81,7 +81,8 @@ async def test_each_node_is_pulled_once_for_one_spec_however_many_passes() -> No
     assert f.status(d) is DeploymentStatus.RUNNING
     assert old_replicas_running(f, d.id) == 0
     per_node = Counter(name for name, _, _ in engines.pulls)
-    assert per_node and max(per_node.values()) == 1
+    assert set(per_node) == set(NODES)
+    assert max(per_node.values()) == 1
     # A new spec (an env change) is pulled for again.
     d = f.edit(d, run=RunSpec(env=(("SITE", "north"),)))
     await f.reconcile(d)
@@ -131,7 +132,8 @@ def test_nodes_to_pull_are_those_of_the_old_replicas_stopping_and_new_ones_place
     # No old replica stops: nothing to pull ahead (a create pulls for itself).
     assert prepull_nodes(d, Decision(ensure=(new,), actions=1)) == frozenset()
     held = without_rollout_stops(d, decision)
-    assert held.stops == () and held.actions == 1
+    assert held.stops == ()
+    assert held.actions == 1
     # A deletion's stops are not a rollout's.
     gone = deployment(2, *old, image=NEW, deleted_at=datetime(2026, 1, 2))
     assert prepull_nodes(gone, decision) == frozenset()
