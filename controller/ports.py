@@ -115,7 +115,11 @@ class ReconcileStore(Protocol):
     def registry_credential(
         self, user_id: uuid.UUID, name: str
     ) -> Awaitable[tuple[str, str, str] | None]:
-        """The user's credential `name`: (registry host, username, encrypted password)."""
+        """A user's registry login by name: (registry_host, username, password_encrypted)."""
+
+
+class PurgeStore(Protocol):
+    """What the volume purge (controller.purge) reads and writes."""
 
     def deployments_to_purge(self) -> Awaitable[list[uuid.UUID]]:
         """Deleted deployments whose named volumes an operator asked to remove."""

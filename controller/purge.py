@@ -22,7 +22,7 @@ import structlog
 
 from controller import errors
 from controller.model import NodeRecord, NodeStatus
-from controller.ports import ReconcileStore
+from controller.ports import PurgeStore
 from controller.runtime import Runtime
 
 log = structlog.get_logger(__name__)
@@ -42,7 +42,7 @@ class VolumePurge:
 
     def __init__(
         self,
-        store: ReconcileStore,
+        store: PurgeStore,
         runtime: Runtime,
         records: Callable[[], Mapping[uuid.UUID, NodeRecord]],
     ) -> None:

@@ -51,7 +51,7 @@ class MemoryStore:
     calls: Counter[str] = field(default_factory=Counter)  # operation -> calls
     # The controller's persisted progress per deployment (the state table).
     progress: dict[uuid.UUID, ProgressState] = field(default_factory=dict)
-    # Registry credentials: (user, name) -> (registry host, username, encrypted password).
+    # Registry logins: (user, name) -> (registry_host, username, password_encrypted).
     credentials: dict[tuple[uuid.UUID, str], tuple[str, str, str]] = field(default_factory=dict)
     # Deleted deployments whose volumes an operator asked to purge.
     to_purge: set[uuid.UUID] = field(default_factory=set)
