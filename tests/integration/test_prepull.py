@@ -10,11 +10,19 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
+from sqlalchemy import insert, update
 from sqlalchemy.ext.asyncio import AsyncEngine
+from structlog.testing import capture_logs
 
 from controller.model import Resources, spec_hash
+from controller.plan import DEFAULT_POLICY, rollout_bounds
+from controller.readmodel import DEPLOYMENTS
+from controller.secrets import SecretBox
+from controller.store.node_rows import SPECS
+from schema import models
 from tests.harness.engines import Cluster, build_image
 from tests.harness.fleet import (
     ContainerSampler,
@@ -33,6 +41,7 @@ pytestmark = pytest.mark.docker
 APP_V1 = "fog-test/prepull:1"
 TARGET = 6  # over three nodes: surge 2, unavailable 1
 DEFAULT_RESOURCES = Resources(cpu_cores=0.5, memory_mb=512, gpu_units=0, storage_gb=1)
+CREDENTIALS = models.Base.metadata.tables["registry_credentials"]
 SERVE = [
     "/bin/sh",
     "-c",
@@ -77,6 +86,29 @@ async def fleet(
         await asyncio.to_thread(remove_managed_containers, urls)
 
 
+async def _with_secret(
+    f: Fleet, box: SecretBox, registry: Registry, d: uuid.UUID, image: str
+) -> None:
+    """The user's credential for the registry, and one edit: the pull secret and the image."""
+    async with f.op.engine.begin() as conn:
+        await conn.execute(
+            insert(CREDENTIALS).values(
+                id=uuid.uuid4(),
+                user_id=f.user,
+                name="company-registry",
+                registry_host=registry.host,
+                username=registry.username,
+                password_encrypted=box.encrypt(registry.password),
+            )
+        )
+        await conn.execute(
+            insert(SPECS).values(deployment_id=d, image_pull_secret="company-registry")
+        )
+        await conn.execute(
+            update(DEPLOYMENTS).where(DEPLOYMENTS.c.id == d).values(container_image=image)
+        )
+
+
 async def _serving_v1(f: Fleet, d: uuid.UUID) -> set[str]:
     assert await converged(f.op, f.urls, d, TARGET)
     details = await asyncio.to_thread(container_details, f.urls, d)
@@ -113,3 +145,36 @@ async def test_a_pull_the_registry_refuses_halts_the_rollout_with_every_old_repl
         assert {s.id for s in seen if s.state == "running"} == old, seen
     new_spec = spec_hash(private, DEFAULT_RESOURCES)
     assert all(r["spec_hash"] != new_spec for r in await f.op.live_replicas(d))
+
+
+async def test_the_new_image_is_pulled_with_the_secret_before_any_old_replica_stops(
+    fleet: Fleet, registry: Registry, cluster: Cluster, tmp_path: Path
+) -> None:
+    f = fleet
+    private = await asyncio.to_thread(
+        registry.push_test_image, cluster.engines[0], "team/prepull-ok", "2"
+    )
+    key_file = tmp_path / "secret.key"
+    box = SecretBox.from_file(key_file)
+    _, unavailable = rollout_bounds(TARGET, DEFAULT_POLICY)
+    settings = settings_for_tests(f.url, secret_key_file=str(key_file))
+    with capture_logs() as logs:
+        async with running_controller(settings):
+            d = await f.op.add_deployment(f.user, "rolling", image=APP_V1, replicas=TARGET)
+            await eventually(lambda: _serving_v1(f, d))
+            with ContainerSampler(f.urls, d, interval=0.1) as sampler:
+                await _with_secret(f, box, registry, d, private)
+
+                async def rolled() -> bool:
+                    assert await converged(f.op, f.urls, d, TARGET)
+                    details = await asyncio.to_thread(container_details, f.urls, d)
+                    assert {c.image for c in details} == {private}, details
+                    return True
+
+                await eventually(rolled, within=120)
+
+    events = [e["event"] for e in logs]
+    assert "prepull_done" in events, events
+    assert events.index("prepull_done") < events.index("replica_stopped"), events
+    assert registry.password not in repr(logs)
+    assert min(sampler.running()) >= TARGET - unavailable
