@@ -396,7 +396,9 @@ def test_invalid_yaml_is_exit_2_with_the_place(fog: Fogctl, tmp_path: Path) -> N
         ),
         pytest.param(
             ("target_replicas: 3", "replicas: 3"),
-            "replicas: unknown field (allowed: name, container_image, target_replicas, resources)",
+            "replicas: unknown field (allowed: name, container_image, target_replicas, resources, "
+            "entrypoint, command, env, network, ports, volumes, labels, stop_grace_seconds, "
+            "healthcheck, image_pull_secret)",
             id="misspelt-field",
         ),
         pytest.param(
