@@ -60,6 +60,7 @@ from tests.harness.registry import Registry
 OLD_IMAGE = "fog-bench/prepull:1"
 SERVE = ["/bin/sh", "-c", 'trap "exit 0" TERM INT; while :; do sleep 3600 & wait $!; done']
 SECRET = "bench-registry"
+SETTLE_SECONDS = 3.0
 CREDENTIALS = models.Base.metadata.tables["registry_credentials"]
 
 
@@ -120,7 +121,8 @@ class PrepullBench:
         try:
             op = Operator(engine)
             for i, u in enumerate(urls):
-                await op.add_node(f"node-{i}", u)
+                # Room for 10 replicas and the rollout's surge whatever this machine has.
+                await op.add_node(f"node-{i}", u, cpu_cores=8, memory_mb=16384)
             user = await op.add_user()
             async with engine.begin() as conn:
                 await conn.execute(
@@ -135,18 +137,14 @@ class PrepullBench:
                 )
             settings = settings_for_tests(url, secret_key_file=str(self.key_file))
             async with running_controller(settings):
-                d = await op.add_deployment(
-                    user,
-                    "web",
-                    image=OLD_IMAGE,
-                    replicas=replicas,
-                    cpu_cores=0.05,
-                    memory_mb=32,
-                    storage_gb=0,
-                )
+                d = await op.add_deployment(user, "web", image=OLD_IMAGE, replicas=replicas)
                 await eventually(lambda: converged(op, urls, d, replicas), within=120)
                 old_hash = (await op.live_replicas(d))[0]["spec_hash"]
                 await asyncio.to_thread(self._images, case == "warm")
+                # An old replica counts as serving (and so may be let go) once its container
+                # has been up a second (plan._counts_toward_floor): settled, the first
+                # reconcile after the edit stops some at once, whatever the case.
+                await asyncio.sleep(SETTLE_SECONDS)
                 edited = datetime.now(UTC)
                 async with engine.begin() as conn:
                     await conn.execute(
