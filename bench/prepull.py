@@ -40,11 +40,9 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bench.report import RESULTS_DIR
-from controller.readmodel import DEPLOYMENTS, REPLICAS
+from controller.readmodel import CREDENTIALS, DEPLOYMENTS, REPLICAS, SPECS
 from controller.secrets import SecretBox
-from controller.store.node_rows import SPECS
 from schema import engine as engine_mod
-from schema import models
 from tests.harness.database import TemplateDatabases, admin_url_from_env
 from tests.harness.engines import Cluster, build_image, ensure_docker_installed
 from tests.harness.fleet import (
@@ -61,7 +59,6 @@ OLD_IMAGE = "fog-bench/prepull:1"
 SERVE = ["/bin/sh", "-c", 'trap "exit 0" TERM INT; while :; do sleep 3600 & wait $!; done']
 SECRET = "bench-registry"
 SETTLE_SECONDS = 3.0
-CREDENTIALS = models.Base.metadata.tables["registry_credentials"]
 
 
 @dataclass(frozen=True)

@@ -9,27 +9,24 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
 import structlog
-from sqlalchemy import String, Table, case, func, insert, select, type_coerce, update
+from sqlalchemy import String, case, func, insert, select, type_coerce, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from controller import readmodel
 from controller.model import EngineInfo, NodeRecord, NodeStatus, ReplicaStatus, Resources
-from controller.readmodel import NODES, REPLICAS
+from controller.readmodel import NODES, PORTS, REPLICAS, SPECS
 from controller.storage import StorageLimits
 from controller.store.deployment_rows import IN_CHUNK
 from controller.store.retry import retrying
 from controller.store.unusable import UnusableRows
-from schema import models as tables
 
 log = structlog.get_logger("controller.store")
 
 _NOT_TERMINAL = readmodel.NOT_TERMINAL
 _LIVE = readmodel.LIVE
-PORTS = cast(Table, tables.DeploymentPort.__table__)
-SPECS = cast(Table, tables.DeploymentSpec.__table__)
 
 
 def _labels(raw: Any) -> tuple[tuple[tuple[str, str], ...], str | None]:

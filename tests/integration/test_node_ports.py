@@ -11,9 +11,8 @@ from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from controller.model import ReplicaStatus
-from controller.readmodel import REPLICAS
+from controller.readmodel import PORTS, REPLICAS, SPECS
 from controller.store import Store
-from controller.store.node_rows import PORTS, SPECS
 from tests.harness.fleet import Operator
 
 

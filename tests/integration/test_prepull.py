@@ -19,10 +19,8 @@ from structlog.testing import capture_logs
 
 from controller.model import Resources, spec_hash
 from controller.plan import DEFAULT_POLICY, rollout_bounds
-from controller.readmodel import DEPLOYMENTS
+from controller.readmodel import CREDENTIALS, DEPLOYMENTS, SPECS
 from controller.secrets import SecretBox
-from controller.store.node_rows import SPECS
-from schema import models
 from tests.harness.engines import Cluster, build_image
 from tests.harness.fleet import (
     ContainerSampler,
@@ -41,7 +39,6 @@ pytestmark = pytest.mark.docker
 APP_V1 = "fog-test/prepull:1"
 TARGET = 6  # over three nodes: surge 2, unavailable 1
 DEFAULT_RESOURCES = Resources(cpu_cores=0.5, memory_mb=512, gpu_units=0, storage_gb=1)
-CREDENTIALS = models.Base.metadata.tables["registry_credentials"]
 SERVE = [
     "/bin/sh",
     "-c",
