@@ -4,16 +4,25 @@ network, the container port on the host network, nothing on `none`)."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections import Counter
 
+import pytest
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from controller.model import ReplicaStatus
 from controller.readmodel import PORTS, REPLICAS, SPECS
 from controller.store import Store
-from tests.harness.fleet import Operator
+from tests.harness.engines import Cluster
+from tests.harness.fleet import (
+    Operator,
+    eventually,
+    remove_managed_containers,
+    running_controller,
+    settings_for_tests,
+)
 
 
 async def _spec(
@@ -72,3 +81,39 @@ async def test_node_ports_are_what_live_replicas_publish_per_node(engine: AsyncE
         a: Counter({(18080, "tcp"): 2, (5353, "udp"): 2}),
         b: Counter({(18080, "tcp"): 1, (5353, "udp"): 1, (9100, "tcp"): 1}),
     }
+
+
+@pytest.mark.docker
+async def test_replicas_binding_one_host_port_take_one_node_each_on_real_engines(
+    db_url: str, engine: AsyncEngine, cluster: Cluster
+) -> None:
+    """A deployment on the host network binding 18080: one replica per node, the fourth
+    pending with the scheduler's reason; the load, the store's port usage and the scheduler
+    together."""
+    cluster.ensure_running()
+    urls = list(cluster.urls)
+    op = Operator(engine)
+    for i, url in enumerate(urls):
+        await op.add_node(f"node-{i}", url)
+    user = await op.add_user()
+    try:
+        async with running_controller(settings_for_tests(db_url)):
+            d = await op.add_deployment(user, "bound", replicas=0)
+            await _spec(op, d, "host", [(18080, None, "tcp")])
+            await op.scale(d, len(urls) + 1)
+
+            async def spread() -> str:
+                running = await op.replicas(d, "running")
+                assert len(running) == len(urls)
+                assert len({r["node_id"] for r in running}) == len(urls)
+                reason = str((await op.history(d))[-1]["reason"])
+                assert reason.endswith(
+                    f"0/{len(urls)} nodes fit: {len(urls)} host port 18080/tcp in use"
+                )
+                return reason
+
+            reason = await eventually(spread, within=60)
+            await asyncio.sleep(1)  # more passes: still one per node, the same reason
+            assert await spread() == reason
+    finally:
+        await asyncio.to_thread(remove_managed_containers, urls)
