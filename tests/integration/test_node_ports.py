@@ -16,13 +16,8 @@ from controller.model import ReplicaStatus
 from controller.readmodel import PORTS, REPLICAS, SPECS
 from controller.store import Store
 from tests.harness.engines import Cluster
-from tests.harness.fleet import (
-    Operator,
-    eventually,
-    remove_managed_containers,
-    running_controller,
-    settings_for_tests,
-)
+from tests.harness.fleet import Operator, eventually, running_controller, settings_for_tests
+from tests.integration.fleets import fleet_on
 
 
 async def _spec(
@@ -90,30 +85,23 @@ async def test_replicas_binding_one_host_port_take_one_node_each_on_real_engines
     """A deployment on the host network binding 18080: one replica per node, the fourth
     pending with the scheduler's reason; the load, the store's port usage and the scheduler
     together."""
-    cluster.ensure_running()
-    urls = list(cluster.urls)
-    op = Operator(engine)
-    for i, url in enumerate(urls):
-        await op.add_node(f"node-{i}", url)
-    user = await op.add_user()
-    try:
-        async with running_controller(settings_for_tests(db_url)):
-            d = await op.add_deployment(user, "bound", replicas=0)
-            await _spec(op, d, "host", [(18080, None, "tcp")])
-            await op.scale(d, len(urls) + 1)
+    async with (
+        fleet_on(db_url, engine, cluster) as f,
+        running_controller(settings_for_tests(db_url)),
+    ):
+        n = len(f.urls)
+        d = await f.op.add_deployment(f.user, "bound", replicas=0)
+        await _spec(f.op, d, "host", [(18080, None, "tcp")])
+        await f.op.scale(d, n + 1)
 
-            async def spread() -> str:
-                running = await op.replicas(d, "running")
-                assert len(running) == len(urls)
-                assert len({r["node_id"] for r in running}) == len(urls)
-                reason = str((await op.history(d))[-1]["reason"])
-                assert reason.endswith(
-                    f"0/{len(urls)} nodes fit: {len(urls)} host port 18080/tcp in use"
-                )
-                return reason
+        async def spread() -> str:
+            running = await f.op.replicas(d, "running")
+            assert len(running) == n
+            assert len({r["node_id"] for r in running}) == n
+            reason = str((await f.op.history(d))[-1]["reason"])
+            assert reason.endswith(f"0/{n} nodes fit: {n} host port 18080/tcp in use")
+            return reason
 
-            reason = await eventually(spread, within=60)
-            await asyncio.sleep(1)  # more passes: still one per node, the same reason
-            assert await spread() == reason
-    finally:
-        await asyncio.to_thread(remove_managed_containers, urls)
+        reason = await eventually(spread, within=60)
+        await asyncio.sleep(1)  # more passes: still one per node, the same reason
+        assert await spread() == reason

@@ -9,7 +9,6 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -24,15 +23,14 @@ from controller.secrets import SecretBox
 from tests.harness.engines import Cluster, build_image
 from tests.harness.fleet import (
     ContainerSampler,
-    Operator,
     container_details,
     converged,
     eventually,
-    remove_managed_containers,
     running_controller,
     settings_for_tests,
 )
 from tests.harness.registry import Registry
+from tests.integration.fleets import Fleet, fleet_on
 
 pytestmark = pytest.mark.docker
 
@@ -59,28 +57,12 @@ def app_v1(cluster: Cluster) -> None:
             future.result()
 
 
-@dataclass(frozen=True)
-class Fleet:
-    url: str
-    op: Operator
-    urls: list[str]
-    user: uuid.UUID
-
-
 @pytest.fixture
 async def fleet(
     db_url: str, engine: AsyncEngine, cluster: Cluster, app_v1: None
 ) -> AsyncIterator[Fleet]:
-    cluster.ensure_running()
-    urls = list(cluster.urls)
-    op = Operator(engine)
-    for i, url in enumerate(urls):
-        await op.add_node(f"node-{i}", url)
-    user = await op.add_user()
-    try:
-        yield Fleet(db_url, op, urls, user)
-    finally:
-        await asyncio.to_thread(remove_managed_containers, urls)
+    async with fleet_on(db_url, engine, cluster) as f:
+        yield f
 
 
 async def _with_secret(

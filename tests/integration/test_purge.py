@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import docker
 import pytest
@@ -19,36 +18,20 @@ from controller.model import LABEL_DEPLOYMENT
 from controller.readmodel import SPECS, VOLUMES
 from tests.harness.engines import API_VERSION, Cluster
 from tests.harness.fleet import (
-    Operator,
     converged,
     eventually,
-    remove_managed_containers,
     running_controller,
     settings_for_tests,
 )
+from tests.integration.fleets import Fleet, fleet_on
 
 pytestmark = pytest.mark.docker
 
 
-@dataclass(frozen=True)
-class Fleet:
-    url: str
-    op: Operator
-    urls: list[str]
-    user: uuid.UUID
-
-
 @pytest.fixture
 async def fleet(db_url: str, engine: AsyncEngine, cluster: Cluster) -> AsyncIterator[Fleet]:
-    cluster.ensure_running()
-    urls = list(cluster.urls)
-    op = Operator(engine)
-    for i, url in enumerate(urls):
-        await op.add_node(f"node-{i}", url)
-    try:
-        yield Fleet(db_url, op, urls, await op.add_user())
-    finally:
-        await asyncio.to_thread(remove_managed_containers, urls)
+    async with fleet_on(db_url, engine, cluster) as f:
+        yield f
 
 
 def _volumes(urls: list[str], d: uuid.UUID) -> dict[str, list[str]]:
