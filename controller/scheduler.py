@@ -95,7 +95,8 @@ def refusals(
         reasons.append(INSUFFICIENT.format("gpu"))
     if node.storage_gb is not None and used.storage_gb + request.storage_gb > node.storage_gb:
         reasons.append(INSUFFICIENT.format("storage"))
-    reasons += [HOST_PORT_IN_USE.format(*p) for p in ports_in_use(node, ports, held)]
+    if ports:
+        reasons += [HOST_PORT_IN_USE.format(*p) for p in ports_in_use(node, ports, held)]
     return reasons
 
 
@@ -250,7 +251,8 @@ class NodeIndex:
         -1)."""
         if node_id not in self._by_id:
             return
-        hold(self.held[node_id], ports, sign)
+        if ports:
+            hold(self.held[node_id], ports, sign)
         used = self.used[node_id]
         if sign > 0:
             self.used[node_id] = used + delta
@@ -289,7 +291,7 @@ class NodeIndex:
             if (
                 taken.get(node_id, 0) > 0
                 or node_id in excluded
-                or ports_in_use(self._by_id[node_id], ports, self.held[node_id])
+                or (ports and ports_in_use(self._by_id[node_id], ports, self.held[node_id]))
             ):
                 set_aside.append(heapq.heappop(heap))
                 continue
