@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from tests.harness.bridge import HostBridge, bridged_cluster
 from tests.harness.engines import (
     DEFAULT_ENGINE_KIND,
     ENGINE_KINDS,
@@ -18,6 +19,7 @@ from tests.harness.engines import (
     build_test_image,
     ensure_docker_installed,
 )
+from tests.harness.registry import Registry
 
 # --- docker engines ---
 # Three real engines for the whole session: starting them costs about a second, but a test
@@ -142,3 +144,26 @@ def vfs_cluster(kind_clusters: KindClusters) -> Cluster:
     started = kind_clusters.get("docker-vfs")
     started.ensure_running()
     return started
+
+
+@pytest.fixture(scope="session")
+def registry() -> Iterator[Registry]:
+    """A private registry (Debian's docker-registry, htpasswd auth) on 127.0.0.1 for the
+    session; tests push what they pull (``Registry.push_test_image``)."""
+    started = Registry.start_new()
+    atexit.register(started.close)
+    try:
+        yield started
+    finally:
+        atexit.unregister(started.close)
+        started.close()
+
+
+@pytest.fixture(scope="session")
+def bridged() -> Iterator[tuple[Cluster, HostBridge]]:
+    """One dockerd on a bridge the harness made (published ports answer on 127.0.0.1);
+    started only when a test asks, stopped and the bridge removed at the session's end."""
+    if os.environ.get(URLS_ENV):
+        pytest.skip(f"{URLS_ENV} is set: the harness starts no engine beside those")
+    with bridged_cluster() as started:
+        yield started

@@ -79,15 +79,19 @@ class Runtime(Protocol):
 
     async def pull(self, node: NodeRecord, image: str, auth: RegistryAuth | None) -> None:
         """Have `image` on `node` (a pull, with `auth` when given); the rollout's pre-pull.
+        A tag other than `latest` (or a digest) the node already holds is not pulled again.
         Raises errors.PermanentError naming the registry's answer: unauthorized, not found
-        or unreachable, three different reasons."""
+        or unreachable, three different reasons; errors.TransientError when the engine
+        itself does not answer."""
 
     async def host_ports(self, node: NodeRecord) -> frozenset[tuple[int, str]] | None:
         """Node ports (port, protocol) held by running containers that are not ours; None
         when the node could not be listed."""
 
     async def remove_volumes(self, node: NodeRecord, deployment_id: uuid.UUID) -> int:
-        """Remove the named volumes made for `deployment_id` on `node`; how many went."""
+        """Remove the named volumes made for `deployment_id` on `node`; how many went. One
+        still in use stays, and errors.PermanentError says so in the engine's words (after
+        the others are removed)."""
 
     async def disk_usage(self, node: NodeRecord) -> tuple[DiskUse, ...] | None:
         """Bytes written by each of our running containers on `node` (one listing); None

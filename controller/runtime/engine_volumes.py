@@ -33,44 +33,23 @@ class VolumeCalls(EngineCalls):
             await self._ensure_volume(node, spec.deployment_id, name)
 
     async def _ensure_volume(self, node: NodeRecord, deployment_id: uuid.UUID, name: str) -> None:
-        client = self._client(node)
+        """Create, or find: dockerd 20.10 and Podman 4.3 both answer a create of a name that
+        exists with that volume as it is (labels and all), so one call makes it or finds it,
+        also when replicas of the deployment are created on the node at once."""
         engine_name = volume_name(deployment_id, name)
-        found = await self._volume(node, engine_name)
-        if found is None:
-            try:
-                await self._call(
-                    node,
-                    "create volume",
-                    client.create_volume,
-                    engine_name,
-                    labels=volume_labels(deployment_id, name),
-                )
-                log.info("volume_created", node=node.name, volume=engine_name)
-                return
-            except errors.ControllerError as exc:
-                # Another replica of the deployment made it meanwhile (Podman refuses a
-                # second create; dockerd returns the existing volume).
-                found = await self._volume(node, engine_name)
-                if found is None:
-                    raise errors.PermanentError(
-                        f"create volume {engine_name}: {exc.reason}"
-                    ) from exc
+        found: dict[str, Any] = await self._call(
+            node,
+            "create volume",
+            self._client(node).create_volume,
+            engine_name,
+            labels=volume_labels(deployment_id, name),
+        )
         labels = found.get("Labels") or {}
-        if labels.get(LABEL_MANAGED_BY) != MANAGED_BY_VALUE or labels.get(LABEL_DEPLOYMENT) != str(
-            deployment_id
-        ):
+        owner = (labels.get(LABEL_MANAGED_BY), labels.get(LABEL_DEPLOYMENT))
+        if owner != (MANAGED_BY_VALUE, str(deployment_id)):
             raise errors.ConflictError(
                 f"a volume named {engine_name} exists without our labels; not mounting it"
             )
-
-    async def _volume(self, node: NodeRecord, engine_name: str) -> dict[str, Any] | None:
-        try:
-            found: dict[str, Any] = await self._call(
-                node, "inspect volume", self._client(node).inspect_volume, engine_name
-            )
-        except docker.errors.NotFound:
-            return None
-        return found
 
     async def remove_volumes(self, node: NodeRecord, deployment_id: uuid.UUID) -> int:
         client = self._client(node)

@@ -540,6 +540,10 @@ class Engine:
     # dockerd's --storage-driver (None: the engine's default, overlay2 here). "vfs" is what
     # nested Docker and some edge boards run: no copy-on-write, and no disk quota on ext4.
     storage_driver: str | None = None
+    # A bridge the harness made (tests/harness/bridge.py) for this engine's containers; None:
+    # ``--bridge=none``. With one, published ports are forwarded by docker-proxy on 127.0.0.1
+    # (``--ip``), there being no iptables rules (``--iptables=false``) to do it.
+    bridge: str | None = None
     _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _lock: threading.RLock = field(default_factory=threading.RLock, init=False, repr=False)
     # Process names of this kind of engine's daemons (their descendants count as well).
@@ -547,11 +551,21 @@ class Engine:
 
     @classmethod
     def in_dir(
-        cls, name: str, base_dir: Path, *, tls: bool = False, storage_driver: str | None = None
+        cls,
+        name: str,
+        base_dir: Path,
+        *,
+        tls: bool = False,
+        storage_driver: str | None = None,
+        bridge: str | None = None,
     ) -> Engine:
         root = Path(base_dir).absolute() / name
         engine = cls(
-            name=name, url=f"unix://{root}/docker.sock", root=root, storage_driver=storage_driver
+            name=name,
+            url=f"unix://{root}/docker.sock",
+            root=root,
+            storage_driver=storage_driver,
+            bridge=bridge,
         )
         if tls:
             engine.certs = EngineCertificates.generate(root / "tls")
@@ -639,14 +653,17 @@ class Engine:
             dockerd,
             "--config-file",
             str(root / "daemon.json"),
-            "--bridge=none",
+            f"--bridge={self.bridge or 'none'}",
             "--iptables=false",
             "--ip-masq=false",
         ]
         if "--ip6tables" in _dockerd_help():
             cmd.append("--ip6tables=false")
+        if self.bridge is not None:
+            cmd += ["--userland-proxy=true", f"--ip={TLS_HOST}"]
+        else:
+            cmd.append("--userland-proxy=false")
         cmd += [
-            "--userland-proxy=false",
             "-H",
             self.url,
             "--data-root",

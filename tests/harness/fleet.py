@@ -232,6 +232,20 @@ def remove_managed_containers(urls: list[str]) -> None:
             client.close()
 
 
+def remove_managed_volumes(urls: list[str]) -> None:
+    """Remove the named volumes the controller made (our label) on each engine; call after
+    `remove_managed_containers`, since a volume in use is not removed."""
+    for url in urls:
+        client = docker.APIClient(base_url=url, version=API_VERSION, timeout=60)
+        try:
+            listed = client.volumes(filters={"label": f"{LABEL_MANAGED_BY}={MANAGED_BY_VALUE}"})
+            for volume in (listed or {}).get("Volumes") or ():
+                with contextlib.suppress(docker.errors.NotFound):
+                    client.remove_volume(volume["Name"], force=True)
+        finally:
+            client.close()
+
+
 @asynccontextmanager
 async def fleet_of(
     engine: AsyncEngine, urls: list[str], prefix: str = "node"

@@ -24,8 +24,6 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 from tests.harness.engines import (
     TLS_HOST,
@@ -102,7 +100,7 @@ class Registry:
         registry = cls(root=root, port=free_port())
         registry._owns_root = base_dir is None
         htpasswd = subprocess.run(
-            ["htpasswd", "-Bbn", registry.username, registry.password],
+            [which("htpasswd") or "htpasswd", "-Bbn", registry.username, registry.password],
             capture_output=True,
             text=True,
             check=True,
@@ -203,14 +201,3 @@ class Registry:
         if '"error"' in output:
             raise RuntimeError(f"push of {reference} failed: {output}")
         return reference
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

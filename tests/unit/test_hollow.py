@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import inspect
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 
 from controller import errors
 from controller.model import ContainerState, NodeRecord, NodeStatus, Resources
+from controller.runspec import RunSpec, VolumeSpec
 from controller.runtime import ContainerSpec, Runtime
 from controller.runtime.hollow import HollowNode, HollowRuntime, hollow_url
 
@@ -53,7 +54,17 @@ def test_is_a_runtime(runtime: HollowRuntime) -> None:
     """The benchmarks put it where the Docker runtime goes: every operation of the `Runtime`
     port must be there, awaitable, taking the same parameters (mypy does not read tests)."""
     operations = [n for n, v in vars(Runtime).items() if callable(v) and not n.startswith("_")]
-    assert {"info", "list", "ensure", "stop", "disk_usage", "close"} <= set(operations)
+    assert {
+        "info",
+        "list",
+        "ensure",
+        "stop",
+        "pull",
+        "host_ports",
+        "remove_volumes",
+        "disk_usage",
+        "close",
+    } <= set(operations)
     for name in operations:
         port_fn = getattr(Runtime, name)
         ours = getattr(runtime, name, None)
@@ -172,3 +183,36 @@ async def test_disk_usage_reports_written_bytes_and_the_replicas_limit(
     assert await runtime.disk_usage(B) == ()
     runtime.set_down(A.docker_url)
     assert await runtime.disk_usage(A) is None
+
+
+async def test_pull_fetches_unless_refused_and_a_down_node_is_unreachable(
+    runtime: HollowRuntime,
+) -> None:
+    await runtime.pull(A, "reg:5000/web:2", None)
+    assert runtime.images(A.docker_url) == {"reg:5000/web:2"}
+    runtime.refuse("reg:5000/nope:1", "not found: manifest unknown")
+    with pytest.raises(errors.PermanentError, match=r"^image pull failed: reg:5000/nope:1: not"):
+        await runtime.pull(A, "reg:5000/nope:1", None)
+    runtime.set_down(B.docker_url)
+    with pytest.raises(errors.TransientError):
+        await runtime.pull(B, "reg:5000/web:2", None)
+
+
+async def test_host_ports_are_the_foreign_ones_set_and_unknown_when_down(
+    runtime: HollowRuntime,
+) -> None:
+    assert await runtime.host_ports(A) == frozenset()
+    runtime.set_foreign_ports(A.docker_url, frozenset({(18080, "tcp")}))
+    assert await runtime.host_ports(A) == {(18080, "tcp")}
+    runtime.set_down(A.docker_url)
+    assert await runtime.host_ports(A) is None
+
+
+async def test_named_volumes_outlive_their_replicas_until_removed(runtime: HollowRuntime) -> None:
+    run = RunSpec(volumes=(VolumeSpec("/data", name="data"), VolumeSpec("/logs", name="logs")))
+    made = await runtime.ensure(A, replace(spec(1), run=run))
+    with pytest.raises(errors.PermanentError, match="in use"):
+        await runtime.remove_volumes(A, DEPLOYMENT)
+    await runtime.stop(A, made, 0)
+    assert await runtime.remove_volumes(A, DEPLOYMENT) == 2
+    assert await runtime.remove_volumes(A, DEPLOYMENT) == 0

@@ -1,64 +1,51 @@
-"""Host ports as a node resource through the reconciler: the node monitor learns the ports
-containers that are not ours hold, the placement cache the ports our replicas hold (assumed
-placements included), and the refusal reads as kube-scheduler's. In-memory store, hollow
-nodes, one clock."""
+"""The node ports held by containers that are not ours, read from one engine listing (the
+shape dockerd 20.10 and Podman 4.3 list): a replica's host port must not collide with them,
+and our own replicas' ports are the scheduler's to count, not these."""
 
 from __future__ import annotations
 
-from collections import Counter
+from typing import Any
 
-from controller.model import DeploymentStatus, ReplicaStatus
-from controller.runspec import PortSpec, RunSpec
-from controller.runtime.hollow import hollow_url
-from tests.unit.fog import fog
-
-WEB = RunSpec(ports=(PortSpec(8080, 18080),))
-HOST = RunSpec(network="host", ports=(PortSpec(18080),))
+from controller.model import LABEL_MANAGED_BY, MANAGED_BY_VALUE
+from controller.runtime.container_status import foreign_host_ports
 
 
-async def test_ports_of_containers_not_ours_are_learned_each_probe_and_kept_when_unknown() -> None:
-    f = await fog("n1", "n2")
-    f.runtime.set_foreign_ports(hollow_url("n1"), frozenset({(18080, "tcp")}))
-    await f.nodes.refresh()
-    by_name = {n.name: n for n in f.nodes.snapshot()}
-    assert by_name["n1"].foreign_ports == {(18080, "tcp")}
-    assert by_name["n2"].foreign_ports == frozenset()
-    f.runtime.set_down(hollow_url("n1"))
-    await f.nodes.refresh()
-    assert {n.name: n for n in f.nodes.snapshot()}["n1"].foreign_ports == {(18080, "tcp")}
+def item(ports: list[dict[str, Any]], labels: dict[str, str] | None = None) -> dict[str, Any]:
+    return {"Id": "c", "Labels": labels, "Ports": ports, "State": "running"}
 
 
-async def test_replicas_holding_one_host_port_never_share_a_node_and_say_why() -> None:
-    f = await fog("n1", "n2", "n3")
-    f.runtime.set_foreign_ports(hollow_url("n3"), frozenset({(18080, "tcp")}))
-    await f.nodes.refresh()
-    d = f.new(3, run=WEB)
-    await f.reconcile(d)
-    rows = f.store.rows(d.id, ReplicaStatus.RUNNING)
-    assert sorted(Counter(r.node_id for r in rows).values()) == [1, 1]
-    assert f.node_id("n3") not in {r.node_id for r in rows}
-    assert "0/3 nodes fit: 3 host port 18080/tcp in use" in f.reasons(d)[-1]
-
-    # Another deployment on the host network binding 18080 itself: no node is free.
-    other = f.new(1, id=f.node_id("other"), name="other", run=HOST)
-    await f.reconcile(other)
-    assert not f.store.rows(other.id, ReplicaStatus.RUNNING)
-    assert (
-        f.reasons(other)[-1] == "0/1 replicas running; 0/3 nodes fit: 3 host port 18080/tcp in use"
-    )
-    assert f.status(other) is DeploymentStatus.PENDING
+def test_published_ports_of_others_count_and_ours_do_not() -> None:
+    listing = [
+        item(
+            [
+                {"IP": "0.0.0.0", "PrivatePort": 80, "PublicPort": 8080, "Type": "tcp"},
+                {"IP": "::", "PrivatePort": 80, "PublicPort": 8080, "Type": "tcp"},
+                {"IP": "127.0.0.1", "PrivatePort": 53, "PublicPort": 5353, "Type": "udp"},
+            ],
+            {"team": "other"},
+        ),
+        item(
+            [{"IP": "0.0.0.0", "PrivatePort": 80, "PublicPort": 18080, "Type": "tcp"}],
+            {LABEL_MANAGED_BY: MANAGED_BY_VALUE},
+        ),
+    ]
+    assert foreign_host_ports(listing) == {(8080, "tcp"), (5353, "udp")}
 
 
-async def test_a_stopped_replica_frees_its_port_for_another_deployment() -> None:
-    f = await fog("n1")
-    d = f.new(1, run=WEB)
-    await f.reconcile(d)
-    other = f.new(1, id=f.node_id("other"), name="other", run=HOST)
-    await f.reconcile(other)
-    assert not f.store.rows(other.id, ReplicaStatus.RUNNING)
-    f.clock.advance(1)
-    f.edit(d, target_replicas=0)
-    await f.reconcile(d)
-    f.clock.advance(1)  # a refusal re-reads what the store says is held
-    await f.reconcile(other)
-    assert len(f.store.rows(other.id, ReplicaStatus.RUNNING)) == 1
+def test_exposed_but_unpublished_ports_and_bare_containers_hold_nothing() -> None:
+    listing = [
+        item([{"PrivatePort": 80, "Type": "tcp"}]),
+        {"Id": "bare", "Labels": None, "Ports": None},
+        {"Id": "older"},
+    ]
+    assert foreign_host_ports(listing) == frozenset()
+
+
+def test_a_label_that_only_looks_like_ours_does_not_hide_a_port() -> None:
+    listing = [
+        item(
+            [{"PrivatePort": 80, "PublicPort": 9000, "Type": "tcp"}],
+            {LABEL_MANAGED_BY: "someone-else"},
+        )
+    ]
+    assert foreign_host_ports(listing) == {(9000, "tcp")}
