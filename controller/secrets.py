@@ -10,6 +10,7 @@ mode 0600 in a 0700 directory when the directory is new, as ssh-keygen keeps a p
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken
@@ -65,7 +66,9 @@ def _create_key(path: Path) -> bytes:
     if not path.parent.exists():
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     key = Fernet.generate_key()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # Unique per attempt, not per process: two threads of one process share a pid, and one's
+    # clean-up would remove the other's file before it is linked.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as out:
