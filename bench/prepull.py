@@ -167,7 +167,7 @@ async def _main(args: argparse.Namespace, workdir: Path, command: str) -> int:
     cluster = Cluster.start(3, base_dir=workdir)
     templates = TemplateDatabases(admin_url_from_env(), workdir)
     try:
-        with Registry.start_new(base_dir=workdir) as registry:
+        with contextlib.closing(Registry.start_new(base_dir=workdir)) as registry:
             for e in cluster.engines:
                 build_image(e, OLD_IMAGE, SERVE)
             bench = PrepullBench(cluster, registry, templates, workdir)

@@ -6,6 +6,7 @@ the reason. Containers are sampled every 100 ms throughout."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -46,7 +47,7 @@ SERVE = [
 
 @pytest.fixture(scope="module")
 def registry() -> Iterator[Registry]:
-    with Registry.start_new() as started:
+    with contextlib.closing(Registry.start_new()) as started:
         yield started
 
 
