@@ -2,6 +2,7 @@
 benchmark, then the reaction-latency benchmark (`bench.latency`), end to end.
 ``python -m bench scale [--scale small|full]``: the scale benchmark on hollow nodes
 (`bench.scale`; no Docker engine needed, PostgreSQL only).
+``python -m bench prepull [--runs 3]``: what a rollout's pre-pull costs (`bench.prepull`).
 
 Starts one private Docker engine (``tests.harness.engines.Cluster``; or uses the first engine
 named in ``FOG_TEST_DOCKER_URLS``), imports the test image into it, makes throwaway databases
@@ -329,6 +330,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench import scale  # imported here: the convergence run needs none of it
 
         return scale.main(argv[1:])
+    if argv[:1] == ["prepull"]:
+        from bench import prepull  # imported here: only this suite needs a registry
+
+        return prepull.main(argv[1:])
     args = _parser().parse_args(argv)
     config = _config(args)
     command = shlex.join(["python", "-m", "bench", *argv])

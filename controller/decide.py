@@ -6,13 +6,15 @@ failures the store recorded; `next_look` is when to look again even if nothing w
 (the backoff ends, an unhealthy container's grace or a fresh exit's grace passes, the
 progress deadline could pass). Placement itself needs the scheduler's cache of node usage,
 so the decision says which replicas to place and the executor asks `placement` for nodes.
+`prepull_nodes` says where a rollout's new image must be pulled before its old replicas
+stop, and `without_rollout_stops` is the decision when that pull failed.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from controller.model import (
@@ -21,6 +23,7 @@ from controller.model import (
     DeploymentStatus,
     NodeView,
     Replica,
+    ReplicaStatus,
     short_id,
 )
 from controller.plan import (
@@ -126,6 +129,41 @@ def decide(
         ensure=tuple(r for r in ensure if r.node_id is not None),
         actions=len(p.actions),
     )
+
+
+def rollout_stops(d: Deployment, decision: Decision) -> tuple[StopReplica, ...]:
+    """The stops that replace an outdated replica and have not begun: a rollout's."""
+    if d.deleting:
+        return ()
+    return tuple(
+        s
+        for s in decision.stops
+        if s.replica.status is not ReplicaStatus.STOPPING and d.outdated(s.replica)
+    )
+
+
+def prepull_nodes(d: Deployment, decision: Decision) -> frozenset[uuid.UUID]:
+    """Where the new image must be on the node before this decision's rollout stops run:
+    the nodes of the old replicas it stops (their replacements land where they free room,
+    and on the one node a host port allows) and of the new replicas placed but not started.
+    Any other node a replacement lands on pulls at its create, before an old replica needs
+    it. Empty when the decision stops no old replica."""
+    stops = rollout_stops(d, decision)
+    if not stops:
+        return frozenset()
+    nodes = {s.replica.node_id for s in stops}
+    nodes |= {r.node_id for r in decision.ensure if not d.outdated(r)}
+    return frozenset(n for n in nodes if n is not None)
+
+
+def without_rollout_stops(d: Deployment, decision: Decision) -> Decision:
+    """The decision with its rollout stops held back (the new image could not be pulled):
+    every old replica keeps serving."""
+    held = rollout_stops(d, decision)
+    if not held:
+        return decision
+    kept = tuple(s for s in decision.stops if s not in held)
+    return replace(decision, stops=kept, actions=decision.actions - len(held))
 
 
 def crashes_counted(

@@ -28,6 +28,7 @@ from controller.model import (
 )
 from controller.plan import StopReplica
 from controller.ports import CrashCounts, ReconcileStore, ReplicaChange, Transition
+from controller.runspec import RegistryAuth
 from controller.runtime import ContainerSpec, Runtime
 from schema.enums import (
     LIVE_REPLICA_STATUSES,
@@ -175,10 +176,22 @@ class Executor:
         )
         return [out.changed[r.id] for r in chosen if r.id in moved]
 
-    async def ensure(self, d: Deployment, r: Replica, record: NodeRecord) -> str:
-        """Create (or find by name) and start the replica's container; the engine's errors
-        are raised for the caller to judge."""
-        spec = ContainerSpec(r.id, d.id, d.image, d.resources, d.spec_hash, self._store.epoch)
+    async def ensure(
+        self, d: Deployment, r: Replica, record: NodeRecord, auth: RegistryAuth | None = None
+    ) -> str:
+        """Create (or find by name) and start the replica's container as the spec says,
+        pulling with `auth` (the decrypted pull secret); the engine's errors are raised for
+        the caller to judge."""
+        spec = ContainerSpec(
+            r.id,
+            d.id,
+            d.image,
+            d.resources,
+            d.spec_hash,
+            self._store.epoch,
+            run=d.run,
+            auth=auth,
+        )
         return await self._runtime.ensure(record, spec)
 
     async def mark_started(
@@ -228,8 +241,16 @@ class Executor:
             node_excluded=node_excluded,
         )
 
-    async def stop(self, a: StopReplica, now: Callable[[], datetime], out: Outcomes) -> bool:
-        """Stop gracefully, remove, mark stopped; False when the node could not be reached."""
+    async def stop(
+        self,
+        a: StopReplica,
+        now: Callable[[], datetime],
+        out: Outcomes,
+        grace_seconds: float | None = None,
+    ) -> bool:
+        """Stop gracefully (`grace_seconds`, the deployment's stop_grace_seconds, else
+        FOG_STOP_TIMEOUT_SECONDS), remove, mark stopped; False when the node could not be
+        reached."""
         r = a.replica
         if r.node_id is not None:
             record = self._records().get(r.node_id)
@@ -237,7 +258,8 @@ class Executor:
                 return False  # node unknown: try again once it is back (or removed)
             ref = a.container.id if a.container else (r.container_id or container_name(r.id))
             try:
-                await self._runtime.stop(record, ref, self._stop_timeout)
+                grace = self._stop_timeout if grace_seconds is None else grace_seconds
+                await self._runtime.stop(record, ref, grace)
             except errors.ControllerError as exc:
                 log.warning(
                     "replica_stop_failed", replica_id=str(r.id), node=record.name, reason=exc.reason

@@ -79,6 +79,7 @@ class Controller:
             store,
             self.reconciler,
             self.nodes,
+            runtime,
             metrics=self.metrics,
             health=self.health,
             notifier=self.notifier,

@@ -111,6 +111,9 @@ class Node:
     last_heartbeat_at: datetime | None = None
     # Since when the engine has answered every probe (None: not answering, or not known).
     up_since: datetime | None = None
+    # Node ports (port, protocol) held by containers that are not ours, as of the last
+    # probe that could list them: a replica publishing one of them cannot land here.
+    foreign_ports: frozenset[tuple[int, str]] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,7 +288,10 @@ class EngineInfo:
 
 
 def resolve_node(
-    record: NodeRecord, info: EngineInfo | None, up_since: datetime | None = None
+    record: NodeRecord,
+    info: EngineInfo | None,
+    up_since: datetime | None = None,
+    foreign_ports: frozenset[tuple[int, str]] = frozenset(),
 ) -> Node:
     """The schedulable view of a node: row capacity where set, the engine's figures elsewhere.
     A node never probed has no capacity to offer."""
@@ -306,4 +312,5 @@ def resolve_node(
         draining=record.draining,
         last_heartbeat_at=record.last_heartbeat_at,
         up_since=up_since,
+        foreign_ports=foreign_ports,
     )

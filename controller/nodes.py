@@ -14,6 +14,11 @@ Every probe also reads the engine's storage driver and version and how the runti
 its disk limits (controller.storage); they are written to the node's row when they change
 (first probe, an engine restarted with another driver, a refused size limit), with a
 `node_storage_limits` log line, so `fogctl get nodes -o wide` shows them.
+
+Every successful probe also asks which node ports containers that are not ours hold
+(`Runtime.host_ports`): the scheduler counts them as taken (`Node.foreign_ports`). A node
+whose containers cannot be listed keeps the ports last known, so a listing that fails once
+does not make a port look free.
 """
 
 from __future__ import annotations
@@ -104,6 +109,8 @@ class NodeMonitor:
         self._records: dict[uuid.UUID, NodeRecord] = {}
         self._info: dict[uuid.UUID, EngineInfo] = {}
         self._up_since: dict[uuid.UUID, datetime] = {}
+        # Node ports held by containers that are not ours, as last listed.
+        self._foreign_ports: dict[uuid.UUID, frozenset[tuple[int, str]]] = {}
         # The last probe failure logged per node: a node that was never ready (a TLS set-up
         # mistake, say) makes no `node_not_ready`, so its reason is logged here, once per
         # change rather than on every heartbeat.
@@ -133,7 +140,12 @@ class NodeMonitor:
         (the scheduler's index is rebuilt when it is not)."""
         if self._nodes is None:
             self._nodes = tuple(
-                resolve_node(r, self._info.get(r.id), self._up_since.get(r.id))
+                resolve_node(
+                    r,
+                    self._info.get(r.id),
+                    self._up_since.get(r.id),
+                    self._foreign_ports.get(r.id, frozenset()),
+                )
                 for r in self._records.values()
             )
         return self._nodes
@@ -257,11 +269,29 @@ class NodeMonitor:
         # A black-holed engine must not hold up the heartbeat of every other node.
         timeout = max(2.0, self._settings.node_heartbeat_seconds)
         try:
-            return await asyncio.wait_for(self._runtime.info(record), timeout), None
+            info = await asyncio.wait_for(self._runtime.info(record), timeout)
         except errors.ControllerError as exc:
             return None, exc.reason
         except TimeoutError:
             return None, f"probe timed out after {timeout:g}s"
+        await self._probe_ports(record, timeout)
+        return info, None
+
+    async def _probe_ports(self, record: NodeRecord, limit_seconds: float) -> None:
+        """The node ports containers that are not ours hold; unknown keeps the last known."""
+        try:
+            ports = await asyncio.wait_for(self._runtime.host_ports(record), limit_seconds)
+        except (errors.ControllerError, TimeoutError):
+            ports = None
+        if ports is None:
+            return
+        if ports != self._foreign_ports.get(record.id, frozenset()):
+            log.info(
+                "node_foreign_ports",
+                node=record.name,
+                ports=sorted(f"{port}/{proto}" for port, proto in ports),
+            )
+        self._foreign_ports[record.id] = ports
 
     async def evict(self) -> dict[uuid.UUID, str]:
         """Fail the live replicas of one lost node (rate-limited); returns the deployments

@@ -5,7 +5,10 @@ A placement is assumed the moment it is chosen and before it is written (kube-sc
 "assume, then bind"), so concurrent reconciles schedule against each other's choices without
 a lock held across a database write. Capacity freed meanwhile is seen at the next read: the
 cache can overestimate usage, never underestimate it, and a refusal always re-reads first.
-The choice itself is `scheduler.NodeIndex.schedule` (pure).
+The choice itself is `scheduler.NodeIndex.schedule` (pure). Host ports are kept the same
+way as resources: the ports our live replicas hold per node are read with the usage
+(`node_ports`), and an assumed placement holds its deployment's ports at once, so two
+reconciles never put two holders of one port on one node.
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ from controller.ports import ReconcileStore
 # The scheduler's view of node usage is re-read from the store at least this often (seconds).
 USAGE_MAX_AGE = 5.0
 
+# What an assumed placement holds: its node, its resources and its host ports.
+_Assumed = tuple[uuid.UUID, Resources, frozenset[scheduler.Port]]
+
 
 class PlacementCache:
     """Node usage for the scheduler, with placements assumed until their write is over."""
@@ -34,8 +40,8 @@ class PlacementCache:
         self._read_at = 0.0  # monotonic seconds
         self._lock = asyncio.Lock()  # one read at a time
         # Placements chosen but not yet written, and (during a read) every one chosen meanwhile.
-        self._assumed: dict[uuid.UUID, tuple[uuid.UUID, Resources]] = {}
-        self._assumed_during_read: dict[uuid.UUID, tuple[uuid.UUID, Resources]] | None = None
+        self._assumed: dict[uuid.UUID, _Assumed] = {}
+        self._assumed_during_read: dict[uuid.UUID, _Assumed] | None = None
 
     def new_term(self) -> None:
         """Leadership (re)gained: another leader may have placed replicas meanwhile."""
@@ -47,19 +53,21 @@ class PlacementCache:
         request: Resources,
         spread: Counter[uuid.UUID],
         excluded: Collection[uuid.UUID],
+        ports: frozenset[scheduler.Port] = scheduler.NO_PORTS,
     ) -> scheduler.ScheduleResult:
-        """Nodes for `replica_ids`, each assumed at once; `settle` every placement after its
-        write. A refusal re-reads usage first (capacity may have been freed since)."""
+        """Nodes for `replica_ids` (each publishing host `ports`), each assumed at once;
+        `settle` every placement after its write. A refusal re-reads usage first (capacity
+        or a port may have been freed since)."""
         called_at = time.monotonic()
         if self._index is None or called_at - self._read_at > USAGE_MAX_AGE:
             await self._read(called_at)
-        result = self._schedule(replica_ids, request, spread, excluded)
+        result = self._schedule(replica_ids, request, spread, excluded, ports)
         if result.unplaced and self._read_at < called_at:
             await self._read(called_at)
-            result = self._schedule(replica_ids, request, spread, excluded)
+            result = self._schedule(replica_ids, request, spread, excluded, ports)
         # No await between choosing and assuming: the next reconcile sees these placements.
         for p in result.placements:
-            self._assume(p.replica_id, p.node_id, request)
+            self._assume(p.replica_id, (p.node_id, request, ports))
         return result
 
     def settle(self, replica_id: uuid.UUID, *, written: bool) -> None:
@@ -67,14 +75,14 @@ class PlacementCache:
         assumed = self._assumed.pop(replica_id, None)
         if assumed is None or written or self._index is None:
             return
-        node_id, request = assumed
-        self._index.add(node_id, request, sign=-1)
+        node_id, request, ports = assumed
+        self._index.add(node_id, request, sign=-1, ports=ports)
 
-    def _assume(self, replica_id: uuid.UUID, node_id: uuid.UUID, request: Resources) -> None:
+    def _assume(self, replica_id: uuid.UUID, assumed: _Assumed) -> None:
         """Remember a placement the index already counts until its write is over."""
-        self._assumed[replica_id] = (node_id, request)
+        self._assumed[replica_id] = assumed
         if self._assumed_during_read is not None:
-            self._assumed_during_read[replica_id] = (node_id, request)
+            self._assumed_during_read[replica_id] = assumed
 
     async def _read(self, wanted_after: float) -> None:
         """Re-read usage from the store, plus every placement that may be missing from that
@@ -87,11 +95,13 @@ class PlacementCache:
             pending = self._assumed_during_read = dict(self._assumed)
             try:
                 usage = await self._store.node_usage()
+                held = await self._store.node_ports()
             finally:
                 self._assumed_during_read = None
-            for node_id, request in pending.values():
+            for node_id, request, ports in pending.values():
                 usage[node_id] = usage.get(node_id, ZERO) + request
-            self._index = scheduler.NodeIndex(self._nodes(), usage)
+                scheduler.hold(held.setdefault(node_id, Counter()), ports)
+            self._index = scheduler.NodeIndex(self._nodes(), usage, held)
             self._read_at = started
 
     def _schedule(
@@ -100,6 +110,7 @@ class PlacementCache:
         request: Resources,
         spread: Counter[uuid.UUID],
         excluded: Collection[uuid.UUID],
+        ports: frozenset[scheduler.Port],
     ) -> scheduler.ScheduleResult:
         """`NodeIndex.schedule` over the cached usage; the placements count as used at once."""
         nodes = self._nodes()
@@ -107,6 +118,7 @@ class PlacementCache:
         if index is None:  # a new term began while this reconcile waited
             raise errors.TransientError("scheduler cache not loaded yet")
         if index.nodes is not nodes:
-            # Nodes changed (a probe, a cordon): same usage, new node set.
-            index = self._index = scheduler.NodeIndex(nodes, index.used)
-        return index.schedule(list(replica_ids), request, spread, excluded)
+            # Nodes changed (a probe, a cordon, ports of other containers): same usage, new
+            # node set.
+            index = self._index = scheduler.NodeIndex(nodes, index.used, index.held)
+        return index.schedule(list(replica_ids), request, spread, excluded, ports)

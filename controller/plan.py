@@ -527,6 +527,10 @@ def victims(live: Sequence[Replica], count: int) -> list[Replica]:
 # --- status --------------------------------------------------------------------------------
 
 
+# The problem part of the reason of a deployment the controller cannot run as written.
+CANNOT_RUN = "cannot run: "
+
+
 @dataclass(frozen=True, slots=True)
 class Progress:
     """What the reconciler remembers between passes (persisted with the status it belongs to,
@@ -588,8 +592,11 @@ def derive_status(
     deadline: timedelta,
     policy: Policy = DEFAULT_POLICY,
     mine: Sequence[ObservedContainer] | Observed | None = None,
+    refusal: str | None = None,
 ) -> StatusDecision:
-    """The deployment's status and reason from its replicas and what the engines show."""
+    """The deployment's status and reason from its replicas and what the engines show.
+    `refusal`: why the controller cannot run the spec as written (controller.runnable);
+    a deployment not whole with one is `failed` at once, its reason saying why."""
     live = [r for r in d.replicas if r.live]
     stopping = [r for r in d.replicas if r.status is ReplicaStatus.STOPPING]
     obs = Observed.index(d.id, views, mine)
@@ -605,6 +612,10 @@ def derive_status(
     outdated = sum(1 for r in live if d.outdated(r))
     if ready == target and len(live) == target and not stopping and not outdated:
         return StatusDecision(DeploymentStatus.RUNNING, progress_text, True, ready)
+    if refusal is not None and target > 0:
+        halted = "rollout halted: " if outdated else ""
+        reason = f"{progress_text}; {halted}{CANNOT_RUN}{refusal}"
+        return StatusDecision(DeploymentStatus.FAILED, reason, False, ready)
 
     problem = crash_loop(d, views, policy, obs.mine) or progress.problem
     if outdated:

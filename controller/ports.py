@@ -9,6 +9,7 @@ fields; the column names live in the store alone.
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -85,6 +86,10 @@ class ReconcileStore(Protocol):
     def node_usage(self) -> Awaitable[dict[uuid.UUID, Resources]]:
         """What live replicas hold on each node (the scheduler's usage)."""
 
+    def node_ports(self) -> Awaitable[dict[uuid.UUID, Counter[tuple[int, str]]]]:
+        """The host ports (port, protocol) live replicas hold on each node, each counted per
+        replica holding it: their deployment's `RunSpec.host_ports()`."""
+
     def create_replicas(
         self, deployment_id: uuid.UUID, count: int, now: datetime
     ) -> Awaitable[list[Replica]]: ...
@@ -111,6 +116,16 @@ class ReconcileStore(Protocol):
         self, user_id: uuid.UUID, name: str
     ) -> Awaitable[tuple[str, str, str] | None]:
         """A user's registry login by name: (registry_host, username, password_encrypted)."""
+
+
+class PurgeStore(Protocol):
+    """What the volume purge (controller.purge) reads and writes."""
+
+    def deployments_to_purge(self) -> Awaitable[list[uuid.UUID]]:
+        """Deleted deployments whose named volumes an operator asked to remove."""
+
+    def volumes_purged(self, deployment_id: uuid.UUID) -> Awaitable[None]:
+        """Every node's volumes of the deployment are gone: no longer to purge."""
 
 
 class NodeStore(Protocol):

@@ -9,8 +9,12 @@ derived from the replica id. A controller killed at any point restarts, finds `s
 replicas, and `ensure`s their containers: a create that already happened is found by name and
 adopted instead of making a twin.
 
-The flow: `decide` (pure, controller.decide) over the loaded deployment and the listing; the
-executor (controller.executor) applies the intent writes, removals and stops; the starter
+The flow: `decide` (pure, controller.decide) over the loaded deployment and the listing; when
+it would start something or roll out, whether the spec can be run as written at all
+(controller.runnable: host paths, the pull secret, decrypted by controller.credentials) and,
+before a rollout stops any old replica, the new image pulled where it is needed
+(controller.prepull); the executor (controller.executor) applies the intent writes, removals
+and stops; the starter
 (controller.starts) places and starts under slow start unless the crash backoff
 (controller.progress) holds them; the status is derived from the loaded deployment plus what
 the actions changed, and recorded once (the deployment is not read again). After acting the
@@ -30,7 +34,18 @@ from typing import Any
 
 import structlog
 
-from controller.decide import Decision, crashes_counted, decide, requeue_after, start_gate
+from controller import runnable
+from controller.credentials import Credentials
+from controller.decide import (
+    Decision,
+    crashes_counted,
+    decide,
+    prepull_nodes,
+    requeue_after,
+    rollout_stops,
+    start_gate,
+    without_rollout_stops,
+)
 from controller.executor import Executor
 from controller.model import (
     Deployment,
@@ -44,7 +59,15 @@ from controller.observe import Observer
 from controller.placement import PlacementCache
 from controller.plan import Fleet, Observed, Policy, derive_status, history_needed
 from controller.ports import ReconcileStore
-from controller.progress import Backoff, DeploymentMemory, after_status, persisted, remember
+from controller.prepull import PrePuller, PullFailed
+from controller.progress import (
+    Backoff,
+    DeploymentMemory,
+    after_start_failure,
+    after_status,
+    persisted,
+    remember,
+)
 from controller.resync import Inputs, Triage, group
 from controller.runtime import Runtime
 from controller.settings import Settings
@@ -95,6 +118,9 @@ class Reconciler:
         self.executor = Executor(
             store, runtime, lambda: nodes.records, settings.stop_timeout_seconds
         )
+        self.prepull = PrePuller(runtime, lambda: nodes.records)
+        self.credentials = Credentials(store, settings.secret_key_file)
+        self._allowed_host_paths = settings.allowed_host_paths
         self._triage = Triage()
         self._fleet_of: tuple[Node, ...] | None = None
         self._fleet_cache = Fleet.of(())
@@ -135,6 +161,7 @@ class Reconciler:
         self._problems.pop(deployment_id, None)
         self._triage.forget(deployment_id)
         self.observer.forget(deployment_id)
+        self.prepull.forget(deployment_id)
 
     @property
     def replanned(self) -> int:
@@ -214,6 +241,7 @@ class Reconciler:
             unhealthy_since=self.observer.unhealthy_since,
             over_limit=self._over_storage,
         )
+        decision = await self._admit(p, decision)
         try:
             gated, transient = await self._act(p, decision, now)
             if not decision.empty:
@@ -245,11 +273,54 @@ class Reconciler:
         )
         return Result(requeue_after=requeue, actions=decision.actions)
 
+    async def _admit(self, p: Pass, decision: Decision) -> Decision:
+        """Before anything is placed: can the spec be run as written, and with which pull
+        secret? Asked only when the decision starts something or rolls out (a converged
+        deployment costs no credential lookup). A refused deployment keeps what runs and
+        starts nothing; its status says why (`derive_status`)."""
+        if p.d.deleting or not (decision.wants_starts or rollout_stops(p.d, decision)):
+            return decision
+        secret = await self.credentials.pull_secret(p.d)
+        p.auth = secret.auth
+        p.refusal = runnable.refusal(p.d.run, self._allowed_host_paths, secret.problem)
+        if p.refusal is None:
+            return decision
+        if p.refusal not in (p.d.last_reason or ""):
+            log.warning("deployment_cannot_run", reason=p.refusal)
+        return runnable.held_back(decision, p.d, self._fleet())
+
+    async def _prepull(self, p: Pass, decision: Decision, now: datetime) -> PullFailed | None:
+        """The rollout's new image, pulled where its old replicas stop, before they stop.
+        A failure holds the rollout (no old replica stops, nothing starts) with the reason as
+        the deployment's problem; a refused pull backs off like a failed start, an engine
+        that did not answer is retried soon."""
+        nodes = prepull_nodes(p.d, decision)
+        if not nodes or nodes <= self.prepull.pulled(p.d):
+            return None
+        if start_gate(p.mem, now) is not None:
+            # Backing off (a pull or a start failed): no pull now, and no old replica stops.
+            return PullFailed(p.mem.error or "backing off", transient=False)
+        failed = await self.prepull.pull(p.d, nodes, p.auth)
+        if failed is None:
+            return None
+        reason = f"pull before stopping old replicas failed on {failed.reason}"
+        if failed.transient:
+            p.mem = replace(p.mem, error=reason)
+        else:
+            p.mem, delay = after_start_failure(p.mem, reason, now, self._backoff)
+            log.warning("rollout_halted", reason=reason, retry_in_seconds=delay)
+        return failed
+
     async def _act(self, p: Pass, decision: Decision, now: datetime) -> tuple[float | None, bool]:
         """Apply the decision; returns (seconds the starts wait for the backoff, whether
         something failed transiently)."""
         if decision.empty:
             return None, False
+        halted = await self._prepull(p, decision, now)
+        if halted is not None:
+            decision = without_rollout_stops(p.d, decision)
+            if decision.empty:
+                return start_gate(p.mem, now), halted.transient
         # 1. Intent: everything the engines will be asked to do is committed first.
         moved = await self.executor.record_intent(p.d, decision, now, p.out)
         p.mem, delays = crashes_counted(p.mem, decision.failures, moved, now, self._backoff)
@@ -272,19 +343,26 @@ class Reconciler:
         ]
         background = asyncio.gather(
             *(self.executor.remove(c, why) for c, why in removals),
-            *(self.executor.stop(a, self._clock, p.out) for a in decision.stops),
+            *(
+                self.executor.stop(a, self._clock, p.out, p.d.run.stop_grace_seconds)
+                for a in decision.stops
+            ),
         )
 
         # 3. Starts, in slow-start batches, unless the deployment is backing off.
         gated, transient = None, False
         pending = [*decision.place, *created]
-        if decision.ensure or pending:
+        if (decision.ensure or pending) and halted is None:
             gated = start_gate(p.mem, now)
             if gated is None:
                 transient = await self._starter().run(
                     p, decision.ensure, pending, self._first_placed(p)
                 )
         stopped = await background
+        if halted is not None:
+            # Held by a failed pull: look again when the backoff ends (or soon, for an
+            # engine that did not answer).
+            return start_gate(p.mem, now), halted.transient or not all(stopped)
         return gated, transient or not all(stopped)
 
     def _starter(self) -> Starter:
@@ -310,7 +388,13 @@ class Reconciler:
         now = self._clock()
         d = p.now_d
         decision = derive_status(
-            d, p.views, p.mem.progress, now=now, deadline=self._deadline, policy=self.policy
+            d,
+            p.views,
+            p.mem.progress,
+            now=now,
+            deadline=self._deadline,
+            policy=self.policy,
+            refusal=p.refusal,
         )
         p.mem = after_status(p.mem, decision, now)
         state = p.mem.progress_state()

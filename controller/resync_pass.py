@@ -3,7 +3,8 @@
 A pass lists every node once, loads every deployment in a constant number of queries, asks the
 triage (controller.resync) which deployments a reconcile would act for, and enqueues those
 keys; workers then reconcile one key at a time with fresh reads. The same pass removes
-labelled containers that belong to no deployment, prunes old terminal replica rows, and sets
+labelled containers that belong to no deployment, the named volumes of deleted deployments an
+operator asked to purge (controller.purge), prunes old terminal replica rows, and sets
 the gauges and the systemd STATUS line from what it loaded anyway. `repeat` is the timer: it
 spaces the passes by their own cost.
 """
@@ -21,7 +22,9 @@ from controller import errors, sdnotify
 from controller.metrics import Health, Metrics
 from controller.model import Deployment, DeploymentStatus, NodeStatus
 from controller.nodes import NodeMonitor
+from controller.purge import VolumePurge
 from controller.reconciler import Reconciler
+from controller.runtime import Runtime
 from controller.settings import Settings
 from controller.store import Store
 from controller.workqueue import WorkQueue
@@ -47,6 +50,7 @@ class ResyncPass:
         store: Store,
         reconciler: Reconciler,
         nodes: NodeMonitor,
+        runtime: Runtime,
         *,
         metrics: Metrics,
         health: Health,
@@ -61,6 +65,7 @@ class ResyncPass:
         self.notifier = notifier
         self.passes = 0
         self.last_pass_seconds = 0.0
+        self.purge = VolumePurge(store, runtime, lambda: nodes.records)
 
     async def repeat(
         self,
@@ -130,12 +135,13 @@ class ResyncPass:
             await asyncio.gather(
                 *(self.reconciler.executor.remove(c, "no deployment") for c in strays)
             )
+        purged = await self.purge.run()
         pruned = await self.store.prune_terminal_replicas(self.settings.keep_terminal_replicas)
         self.passes += 1
         self._report(deployments, queue)
         self.metrics.resync_duration.observe(time.monotonic() - started)
         # An idle pass is debug: operators read the info lines as "something happened".
-        quiet = not (enqueued or strays or pruned)
+        quiet = not (enqueued or strays or pruned or purged.deployments or purged.volumes)
         (log.debug if quiet else log.info)(
             "resync_done",
             duration_ms=round((time.monotonic() - started) * 1000, 2),
@@ -143,6 +149,9 @@ class ResyncPass:
             enqueued=enqueued,
             replanned=self.reconciler.replanned,
             strays_removed=len(strays),
+            volumes_removed=purged.volumes,
+            volume_purges_done=purged.deployments,
+            volume_purges_pending=purged.pending,
             replicas_pruned=pruned,
             queue_depth=len(queue),
         )

@@ -2,7 +2,11 @@
 the refusals in the shape kube-scheduler users know ("0/5 nodes fit: 3 insufficient memory").
 
 No I/O, no clock: the reconciler passes in the nodes and what live replicas already hold on
-them (`usage`), and persists the placements it gets back.
+them (`usage`, and the host ports in `held`), and persists the placements it gets back.
+
+Host ports are a node resource as in kube-scheduler's NodePorts filter: a replica that
+publishes port P/proto fits only a node where neither another of our replicas (`held`) nor a
+container that is not ours (`Node.foreign_ports`) holds it.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 import heapq
 import uuid
 from collections import Counter
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from controller.model import ZERO, Node, NodeStatus, Resources
@@ -21,8 +25,31 @@ UNSCHEDULABLE = "unschedulable"
 INSUFFICIENT = "insufficient {}"
 # A node whose engine kept refusing this deployment's replicas (the reconciler's memory).
 REFUSED = "refused this deployment"
+HOST_PORT_IN_USE = "host port {}/{} in use"
 # Tolerance for float CPU sums (0.1 + 0.2 must fit in 0.3).
 _EPSILON = 1e-9
+
+
+# A node port: (port, protocol).
+Port = tuple[int, str]
+NO_PORTS: frozenset[Port] = frozenset()
+_NONE_HELD: Mapping[Port, int] = {}
+
+
+def ports_in_use(node: Node, ports: Collection[Port], held: Mapping[Port, int]) -> list[Port]:
+    """Which of `ports` are taken on `node`: by our replicas (`held`, a count per port) or by
+    containers that are not ours."""
+    if not ports:
+        return []
+    return sorted(p for p in ports if held.get(p, 0) > 0 or p in node.foreign_ports)
+
+
+def hold(held: Counter[Port], ports: Iterable[Port], sign: int = 1) -> None:
+    """Count `ports` as held (or, with `sign` -1, released) in `held`; no zero counts kept."""
+    for p in ports:
+        held[p] += sign
+        if held[p] <= 0:
+            del held[p]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,10 +70,16 @@ class ScheduleResult:
 
 
 def refusals(
-    node: Node, request: Resources, used: Resources, excluded: Collection[uuid.UUID] = ()
+    node: Node,
+    request: Resources,
+    used: Resources,
+    excluded: Collection[uuid.UUID] = (),
+    ports: Collection[Port] = NO_PORTS,
+    held: Mapping[Port, int] = _NONE_HELD,
 ) -> list[str]:
-    """Every reason `node` cannot take one more replica needing `request`; empty means it fits.
-    `excluded`: nodes that refused this deployment too often to be tried again for now."""
+    """Every reason `node` cannot take one more replica needing `request` and host `ports`;
+    empty means it fits. `excluded`: nodes that refused this deployment too often to be tried
+    again for now; `held`: the host ports our live replicas hold on the node."""
     if node.id in excluded:
         return [REFUSED]
     if node.status is not NodeStatus.READY:
@@ -62,6 +95,8 @@ def refusals(
         reasons.append(INSUFFICIENT.format("gpu"))
     if node.storage_gb is not None and used.storage_gb + request.storage_gb > node.storage_gb:
         reasons.append(INSUFFICIENT.format("storage"))
+    if ports:
+        reasons += [HOST_PORT_IN_USE.format(*p) for p in ports_in_use(node, ports, held)]
     return reasons
 
 
@@ -70,12 +105,23 @@ def explain(
     request: Resources,
     usage: Mapping[uuid.UUID, Resources],
     excluded: Collection[uuid.UUID] = (),
+    ports: Collection[Port] = NO_PORTS,
+    held: Mapping[uuid.UUID, Mapping[Port, int]] | None = None,
 ) -> str:
-    """`0/N nodes fit: ...`, each reason counted once per node it applies to (as kube does)."""
+    """`0/N nodes fit: ...`, each reason counted once per node it applies to (as kube does):
+    `0/3 nodes fit: 2 host port 18080/tcp in use, 1 insufficient memory`."""
     counts: Counter[str] = Counter()
     fitting = 0
+    held = held or {}
     for node in nodes:
-        why = refusals(node, request, usage.get(node.id, ZERO), excluded)
+        why = refusals(
+            node,
+            request,
+            usage.get(node.id, ZERO),
+            excluded,
+            ports,
+            held.get(node.id, _NONE_HELD),
+        )
         if why:
             counts.update(why)
         else:
@@ -109,27 +155,36 @@ def schedule(
     usage: Mapping[uuid.UUID, Resources],
     spread: Mapping[uuid.UUID, int],
     excluded: Collection[uuid.UUID] = (),
+    ports: Collection[Port] = NO_PORTS,
+    held: Mapping[uuid.UUID, Mapping[Port, int]] | None = None,
 ) -> ScheduleResult:
     """Place `replica_ids` (in order) one by one; stop at the first that fits nowhere.
 
     `usage` is what live replicas already hold per node; `spread` how many live replicas of
-    this deployment each node has; `excluded` the nodes not to try for this deployment. Each
-    placement counts against the next one, so a single pass never overcommits a node. Score:
-    fewest replicas of this deployment first (spread), then the least allocated node, then
-    the name for a deterministic tie-break.
+    this deployment each node has; `excluded` the nodes not to try for this deployment;
+    `ports` the host ports each replica publishes and `held` those our live replicas hold per
+    node. Each placement counts against the next one, so a single pass never overcommits a
+    node nor puts two holders of one host port on it. Score: fewest replicas of this
+    deployment first (spread), then the least allocated node, then the name for a
+    deterministic tie-break.
     """
     used = {node.id: usage.get(node.id, ZERO) for node in nodes}
     mine = {node.id: spread.get(node.id, 0) for node in nodes}
+    taken = {node.id: Counter((held or {}).get(node.id, _NONE_HELD)) for node in nodes}
     placements: list[Placement] = []
     for replica_id in replica_ids:
-        candidates = [n for n in nodes if not refusals(n, request, used[n.id], excluded)]
+        candidates = [
+            n for n in nodes if not refusals(n, request, used[n.id], excluded, ports, taken[n.id])
+        ]
         if not candidates:
-            return ScheduleResult(tuple(placements), explain(nodes, request, used, excluded))
+            reason = explain(nodes, request, used, excluded, ports, taken)
+            return ScheduleResult(tuple(placements), reason)
         best = min(
             candidates,
             key=lambda n: (mine[n.id], _utilisation(n, used[n.id] + request), n.name, str(n.id)),
         )
         used[best.id] = used[best.id] + request
+        hold(taken[best.id], ports)
         mine[best.id] += 1
         placements.append(Placement(replica_id, best.id))
     return ScheduleResult(tuple(placements))
@@ -146,14 +201,25 @@ class NodeIndex:
     rest of the score, or else the best of the handful, looked at one by one. A heap per
     request shape (there are few) keeps, for every node that fits that shape, its score after
     one more such replica; entries go stale when a node's usage changes (a fresh one is
-    pushed then) and are dropped lazily as they surface.
+    pushed then) and are dropped lazily as they surface. Host ports are not part of the score,
+    so they are checked as entries surface: a node holding a requested port is set aside like
+    one holding the deployment's replicas.
     """
 
-    def __init__(self, nodes: Sequence[Node], usage: Mapping[uuid.UUID, Resources]) -> None:
+    def __init__(
+        self,
+        nodes: Sequence[Node],
+        usage: Mapping[uuid.UUID, Resources],
+        held: Mapping[uuid.UUID, Mapping[Port, int]] | None = None,
+    ) -> None:
         self.nodes = tuple(nodes)
         self._by_id = {n.id: n for n in self.nodes}
         self._open = [n for n in self.nodes if not refusals(n, ZERO, ZERO)]  # ready, schedulable
         self.used: dict[uuid.UUID, Resources] = {n.id: usage.get(n.id, ZERO) for n in self.nodes}
+        # Host ports our live and assumed replicas hold, per node (count per port).
+        self.held: dict[uuid.UUID, Counter[Port]] = {
+            n.id: Counter((held or {}).get(n.id, _NONE_HELD)) for n in self.nodes
+        }
         self._version: dict[uuid.UUID, int] = dict.fromkeys(self._by_id, 0)
         self._heaps: dict[Resources, list[tuple[float, str, str, int, uuid.UUID]]] = {}
 
@@ -173,10 +239,20 @@ class NodeIndex:
             self._heaps[request] = heap
         return heap
 
-    def add(self, node_id: uuid.UUID, delta: Resources, *, sign: int = 1) -> None:
-        """Usage on `node_id` changed by `delta` (taken away when `sign` is -1)."""
+    def add(
+        self,
+        node_id: uuid.UUID,
+        delta: Resources,
+        *,
+        sign: int = 1,
+        ports: Collection[Port] = NO_PORTS,
+    ) -> None:
+        """Usage on `node_id` changed by `delta` and host `ports` (taken away when `sign` is
+        -1)."""
         if node_id not in self._by_id:
             return
+        if ports:
+            hold(self.held[node_id], ports, sign)
         used = self.used[node_id]
         if sign > 0:
             self.used[node_id] = used + delta
@@ -199,8 +275,10 @@ class NodeIndex:
         request: Resources,
         taken: Mapping[uuid.UUID, int],
         excluded: Collection[uuid.UUID] = (),
+        ports: Collection[Port] = NO_PORTS,
     ) -> Node | None:
-        """The best fitting node holding none of the deployment's replicas, and not excluded."""
+        """The best fitting node holding none of the deployment's replicas nor any of `ports`,
+        and not excluded."""
         heap = self._heap(request)
         set_aside = []
         best: Node | None = None
@@ -210,7 +288,11 @@ class NodeIndex:
             if entry[3] != self._version[node_id]:
                 heapq.heappop(heap)  # stale: a fresh entry was pushed when usage changed
                 continue
-            if taken.get(node_id, 0) > 0 or node_id in excluded:
+            if (
+                taken.get(node_id, 0) > 0
+                or node_id in excluded
+                or (ports and ports_in_use(self._by_id[node_id], ports, self.held[node_id]))
+            ):
                 set_aside.append(heapq.heappop(heap))
                 continue
             best = self._by_id[node_id]
@@ -225,17 +307,21 @@ class NodeIndex:
         request: Resources,
         spread: Mapping[uuid.UUID, int],
         excluded: Collection[uuid.UUID] = (),
+        ports: Collection[Port] = NO_PORTS,
     ) -> ScheduleResult:
-        """As `schedule()`, and the placements count as used from now on."""
+        """As `schedule()`, and the placements (with their host `ports`) count as used from
+        now on."""
         mine = {k: v for k, v in spread.items() if v > 0 and k in self._by_id}
         placements: list[Placement] = []
         for replica_id in replica_ids:
-            best = self._best_outside(request, mine, excluded)
+            best = self._best_outside(request, mine, excluded, ports)
             if best is None:
                 holders = [
                     self._by_id[k]
                     for k in mine
-                    if not refusals(self._by_id[k], request, self.used[k], excluded)
+                    if not refusals(
+                        self._by_id[k], request, self.used[k], excluded, ports, self.held[k]
+                    )
                 ]
                 if holders:
                     best = min(
@@ -248,10 +334,9 @@ class NodeIndex:
                         ),
                     )
             if best is None:
-                return ScheduleResult(
-                    tuple(placements), explain(self.nodes, request, self.used, excluded)
-                )
-            self.add(best.id, request)
+                reason = explain(self.nodes, request, self.used, excluded, ports, self.held)
+                return ScheduleResult(tuple(placements), reason)
+            self.add(best.id, request, ports=ports)
             mine[best.id] = mine.get(best.id, 0) + 1
             placements.append(Placement(replica_id, best.id))
         return ScheduleResult(tuple(placements))

@@ -33,6 +33,7 @@ from controller.model import (
 )
 from controller.placement import PlacementCache
 from controller.progress import Backoff, DeploymentMemory, after_start, after_start_failure
+from controller.runspec import RegistryAuth
 
 log = structlog.get_logger(__name__)
 
@@ -46,6 +47,10 @@ class Pass:
     views: Mapping[uuid.UUID, NodeView]
     mem: DeploymentMemory
     out: Outcomes = field(default_factory=Outcomes)
+    # The decrypted pull secret (looked up once, only when something starts or is pulled).
+    auth: RegistryAuth | None = None
+    # Why the spec cannot be run as written (controller.runnable); None: it can.
+    refusal: str | None = None
 
     @property
     def now_d(self) -> Deployment:
@@ -158,7 +163,9 @@ class Starter:
         excluded: set[uuid.UUID] = set()
         if p.mem.refusals:
             p.mem, excluded = refusals.excluded(p.mem, self._up_since, self._clock())
-        result = await self._placement.choose([r.id for r in chunk], request, spread, excluded)
+        result = await self._placement.choose(
+            [r.id for r in chunk], request, spread, excluded, p.d.run.host_ports()
+        )
         reason = result.reason
         last = refusals.last_exclusion(p.mem) if excluded else None
         if reason is not None and last is not None:
@@ -186,7 +193,7 @@ class Starter:
         if record is None:
             return errors.TransientError("node unknown")
         try:
-            container_id = await self._executor.ensure(p.d, r, record)
+            container_id = await self._executor.ensure(p.d, r, record, p.auth)
         except errors.ControllerError as exc:
             return await self._failed(p, r, record, exc)
         await self._executor.mark_started(p.d, r, record, container_id, self._clock(), p.out)

@@ -73,6 +73,7 @@ class _Engine:
         "limits",
         "listing",
         "spec",
+        "specs",
         "volumes",
         "written",
     )
@@ -90,6 +91,8 @@ class _Engine:
         self.limits: dict[str, int] = {}
         self.written: dict[str, int] = {}
         self.images: set[str] = set()  # pulled
+        # What each create was asked for, by container name (tests read its run and auth).
+        self.specs: dict[str, ContainerSpec] = {}
         self.volumes: dict[uuid.UUID, set[str]] = {}  # per deployment: its named volumes
         self.foreign_ports: frozenset[tuple[int, str]] = frozenset()  # not our containers'
 
@@ -105,6 +108,7 @@ class _Engine:
         if c is None:
             return False
         del self.by_id[c.id]
+        self.specs.pop(name, None)
         self.limits.pop(c.id, None)
         self.written.pop(c.id, None)
         mine = self.by_deployment.get(c.deployment_id)
@@ -137,6 +141,9 @@ class HollowRuntime:
         # Images whose creates the engines refuse, with the engine's words.
         self._refused: dict[str, str] = {}
         self.calls: Counter[str] = Counter()  # port method name -> calls, for reports
+        # Every pull asked for, in order: (node name, image, credential).
+        self.pulls: list[tuple[str, str, RegistryAuth | None]] = []
+        self.stop_timeouts: Counter[float] = Counter()  # the graces stops were given
         for url, spec in (nodes or {}).items():
             self.add_node(url, spec)
 
@@ -166,10 +173,18 @@ class HollowRuntime:
         """The images `pull` fetched on a node."""
         return frozenset(self._engine_of(docker_url).images)
 
+    def spec_of(self, docker_url: str, name: str) -> ContainerSpec:
+        """What the create of container `name` on a node was asked for."""
+        return self._engine_of(docker_url).specs[name]
+
     def refuse(self, image: str, words: str) -> None:
         """Every engine refuses to pull `image` or create containers of it, saying `words` (as
         an engine answers a create of an image it cannot pull)."""
         self._refused[image] = words
+
+    def allow(self, image: str) -> None:
+        """`image` is no longer refused."""
+        self._refused.pop(image, None)
 
     def exit(self, container_id: str, code: int, at: datetime) -> None:
         """The container exits with `code` at `at` (its process died; nothing restarts it)."""
@@ -262,6 +277,7 @@ class HollowRuntime:
             spec_hash=spec.spec_hash or None,
         )
         engine.add(container)
+        engine.specs[spec.name] = spec
         named = spec.run.named_volumes()
         if named:
             engine.volumes.setdefault(spec.deployment_id, set()).update(named)
@@ -271,10 +287,12 @@ class HollowRuntime:
 
     async def stop(self, node: NodeRecord, container: str, timeout_seconds: float) -> None:
         engine = await self._reach(node, "stop")
+        self.stop_timeouts[timeout_seconds] += 1
         engine.remove(container)
 
     async def pull(self, node: NodeRecord, image: str, auth: RegistryAuth | None) -> None:
         engine = await self._reach(node, "pull")
+        self.pulls.append((node.name, image, auth))
         refused = self._refused.get(image)
         if refused is not None:
             raise errors.PermanentError(f"image pull failed: {image}: {refused}")

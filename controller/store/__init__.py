@@ -16,6 +16,7 @@ holds that the loads cannot read), `retry` (which failures are worth another try
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -191,6 +192,10 @@ class Store:
     async def node_usage(self) -> dict[uuid.UUID, Resources]:
         """What live replicas hold on each node: the scheduler's `usage`."""
         return await self._nodes.node_usage()
+
+    async def node_ports(self) -> dict[uuid.UUID, Counter[tuple[int, str]]]:
+        """The host ports live replicas hold on each node (see `NodeRows.node_ports`)."""
+        return await self._nodes.node_ports()
 
     async def changed_since(self, since: datetime | None) -> list[tuple[uuid.UUID, datetime]]:
         """Deployments changed after `since`, each with its newest change: the SQLite poller's

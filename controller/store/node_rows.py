@@ -5,18 +5,19 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any
 
 import structlog
-from sqlalchemy import String, func, insert, select, type_coerce, update
+from sqlalchemy import String, case, func, insert, select, type_coerce, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from controller import readmodel
 from controller.model import EngineInfo, NodeRecord, NodeStatus, ReplicaStatus, Resources
-from controller.readmodel import NODES, REPLICAS
+from controller.readmodel import NODES, PORTS, REPLICAS, SPECS
 from controller.storage import StorageLimits
 from controller.store.deployment_rows import IN_CHUNK
 from controller.store.retry import retrying
@@ -123,6 +124,43 @@ class NodeRows:
         async with self._engine.connect() as conn:
             rows = (await conn.execute(query)).all()
         return {row.node_id: readmodel.usage_of(row) for row in rows}
+
+    async def node_ports(self) -> dict[uuid.UUID, Counter[tuple[int, str]]]:
+        """The host ports live replicas hold on each node, counted per replica: as
+        `RunSpec.host_ports()` says, the container port on the host network, nothing on
+        `none`, the published host port otherwise."""
+        return await self._unusable.tolerant(self._node_ports)
+
+    async def _node_ports(self) -> dict[uuid.UUID, Counter[tuple[int, str]]]:
+        rep, port, spec = REPLICAS, PORTS, SPECS
+        held = case(
+            (spec.c.network == "host", port.c.container_port),
+            (spec.c.network == "none", None),
+            else_=port.c.host_port,
+        )
+        query = (
+            select(
+                rep.c.node_id, held.label("port"), port.c.protocol, func.count().label("holders")
+            )
+            .select_from(
+                rep.join(port, port.c.deployment_id == rep.c.deployment_id).outerjoin(
+                    spec, spec.c.deployment_id == rep.c.deployment_id
+                )
+            )
+            .where(
+                rep.c.node_id.is_not(None),
+                rep.c.status.in_(_LIVE),
+                held.is_not(None),
+                self._unusable.skip(REPLICAS),
+            )
+            .group_by(rep.c.node_id, held, port.c.protocol)
+        )
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        out: dict[uuid.UUID, Counter[tuple[int, str]]] = {}
+        for row in rows:
+            out.setdefault(row.node_id, Counter())[(row.port, row.protocol)] = row.holders
+        return out
 
     @retrying
     async def fail_replicas_on_node(

@@ -433,7 +433,8 @@ async def test_resync_remembers_converged_deployments_but_not_past_a_change(
 async def test_a_new_deployment_is_loaded_once_per_reconcile(db_url: str, fleet: Any) -> None:
     """Wake-up to Docker calls for a new deployment of 3 replicas: one deployment load (the
     status after acting comes from what the actions changed, not from reading it again),
-    one read of node usage for the scheduler, and every replica started in that reconcile."""
+    one read of node usage and one of host ports for the scheduler, and every replica
+    started in that reconcile."""
     op, _urls, user = fleet
     settings = settings_for_tests(db_url)
     store = Store(create_engine(db_url))
@@ -455,8 +456,8 @@ async def test_a_new_deployment_is_loaded_once_per_reconcile(db_url: str, fleet:
         loads = [s for s in statements if s.startswith("SELECT") and "FROM DEPLOYMENTS " in s]
         assert len(loads) == 1, loads
         selects = [s for s in statements if s.startswith("SELECT")]
-        # The load's three queries and one per spec table, usage, (fencing).
-        assert len(selects) <= 3 + len(RUN_TABLES) + 2, selects
+        # The load's three queries and one per spec table, usage and host ports, (fencing).
+        assert len(selects) <= 3 + len(RUN_TABLES) + 3, selects
         assert await op.status(d) == "running"
         assert len(await op.replicas(d, "running")) == 3
     finally:

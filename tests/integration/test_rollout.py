@@ -8,7 +8,6 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import docker
 import pytest
@@ -22,14 +21,13 @@ from tests.harness.engines import API_VERSION, Cluster, build_image
 from tests.harness.fleet import (
     ContainerSampler,
     Detail,
-    Operator,
     container_details,
     converged,
     eventually,
-    remove_managed_containers,
     running_controller,
     settings_for_tests,
 )
+from tests.integration.fleets import Fleet, fleet_on
 
 pytestmark = pytest.mark.docker
 
@@ -63,28 +61,12 @@ def images(cluster: Cluster) -> None:
             future.result()
 
 
-@dataclass(frozen=True)
-class Fleet:
-    url: str
-    op: Operator
-    urls: list[str]
-    user: uuid.UUID
-
-
 @pytest.fixture
 async def fleet(
     db_url: str, engine: AsyncEngine, cluster: Cluster, images: None
 ) -> AsyncIterator[Fleet]:
-    cluster.ensure_running()
-    urls = list(cluster.urls)
-    op = Operator(engine)
-    for i, url in enumerate(urls):
-        await op.add_node(f"node-{i}", url)
-    user = await op.add_user()
-    try:
-        yield Fleet(db_url, op, urls, user)
-    finally:
-        await asyncio.to_thread(remove_managed_containers, urls)
+    async with fleet_on(db_url, engine, cluster) as f:
+        yield f
 
 
 async def _details(f: Fleet, d: uuid.UUID) -> list[Detail]:

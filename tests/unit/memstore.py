@@ -53,6 +53,8 @@ class MemoryStore:
     progress: dict[uuid.UUID, ProgressState] = field(default_factory=dict)
     # Registry logins: (user, name) -> (registry_host, username, password_encrypted).
     credentials: dict[tuple[uuid.UUID, str], tuple[str, str, str]] = field(default_factory=dict)
+    # Deleted deployments whose volumes an operator asked to purge.
+    to_purge: set[uuid.UUID] = field(default_factory=set)
 
     @property
     def epoch(self) -> int | None:
@@ -97,6 +99,16 @@ class MemoryStore:
                 continue
             usage[r.node_id] = usage.get(r.node_id, ZERO) + d.resources
         return usage
+
+    async def node_ports(self) -> dict[uuid.UUID, Counter[tuple[int, str]]]:
+        self.calls["node_ports"] += 1
+        held: dict[uuid.UUID, Counter[tuple[int, str]]] = {}
+        for r in self.replicas.values():
+            d = self.deployments.get(r.deployment_id)
+            if r.node_id is None or r.status not in _LIVE or d is None:
+                continue
+            held.setdefault(r.node_id, Counter()).update(d.run.host_ports())
+        return held
 
     async def create_replicas(
         self, deployment_id: uuid.UUID, count: int, now: datetime
@@ -149,6 +161,13 @@ class MemoryStore:
     ) -> tuple[str, str, str] | None:
         self.calls["registry_credential"] += 1
         return self.credentials.get((user_id, name))
+
+    async def deployments_to_purge(self) -> list[uuid.UUID]:
+        return sorted(self.to_purge)
+
+    async def volumes_purged(self, deployment_id: uuid.UUID) -> None:
+        self.calls["volumes_purged"] += 1
+        self.to_purge.discard(deployment_id)
 
     # --- NodeStore -------------------------------------------------------------------------
 

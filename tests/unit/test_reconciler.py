@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
 
 import pytest
 
@@ -22,7 +21,8 @@ from controller.nodes import NodeMonitor
 from controller.reconciler import Reconciler, Result
 from controller.runtime.hollow import HollowNode, HollowRuntime, hollow_url
 from controller.settings import Settings
-from tests.unit.factories import T0, deployment
+from tests.unit.factories import deployment
+from tests.unit.fog import Clock
 from tests.unit.memstore import MemoryStore
 
 RUNNING, PENDING, STOPPED, FAILED = (
@@ -33,19 +33,6 @@ RUNNING, PENDING, STOPPED, FAILED = (
 )
 BACKOFF_SECONDS = 10.0
 EXIT_GRACE_SECONDS = 5.0
-
-
-class Clock:
-    """The one clock of the store, the engines and the controller."""
-
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 @dataclass

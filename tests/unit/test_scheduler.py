@@ -10,10 +10,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from controller.model import ZERO, NodeStatus, Resources
-from controller.scheduler import NodeIndex, explain, schedule
+from controller.scheduler import NodeIndex, Port, explain, hold, schedule
 from tests.unit.factories import node
 
 IDS = [uuid.UUID(int=i) for i in range(100)]
+WEB = frozenset({(18080, "tcp")})
+PORT_POOL = [(80, "tcp"), (80, "udp"), (443, "tcp"), (18080, "tcp")]
+port_sets = st.frozensets(st.sampled_from(PORT_POOL), max_size=2)
 
 
 def test_six_replicas_spread_two_per_node() -> None:
@@ -69,6 +72,38 @@ def test_a_node_that_refused_the_deployment_is_passed_over_and_counted() -> None
     refused = schedule(IDS[:1], Resources(0.5, 512), [a, b], {}, {}, frozenset({a.id, b.id}))
     assert refused.placements == ()
     assert refused.reason == "0/2 nodes fit: 2 refused this deployment"
+
+
+def test_a_host_port_is_held_by_one_replica_per_node() -> None:
+    nodes = [node("a"), node("b"), node("c")]
+    result = schedule(IDS[:4], Resources(0.5, 512), nodes, {}, {}, ports=WEB)
+    assert sorted(Counter(p.node_id for p in result.placements).values()) == [1, 1, 1]
+    assert result.reason == "0/3 nodes fit: 3 host port 18080/tcp in use"
+
+
+def test_ports_of_containers_not_ours_and_of_other_deployments_count_like_kube_says() -> None:
+    stranger = node("a", foreign_ports=WEB)  # a container we did not start publishes 18080
+    ours = node("b")  # another deployment's replica publishes 18080 here
+    small = node("c", mem=256)
+    nodes = [stranger, ours, small]
+    held = {ours.id: Counter(WEB)}
+    result = schedule(IDS[:1], Resources(0.5, 512), nodes, {}, {}, ports=WEB, held=held)
+    assert result.placements == ()
+    assert result.reason == "0/3 nodes fit: 2 host port 18080/tcp in use, 1 insufficient memory"
+    index = NodeIndex(nodes, {}, held)
+    assert index.schedule(IDS[:1], Resources(0.5, 512), {}, ports=WEB) == result
+    # Another protocol or another port is free on both.
+    udp = frozenset({(18080, "udp")})
+    placed = index.schedule(IDS[:2], Resources(0.5, 512), {}, ports=udp)
+    assert {p.node_id for p in placed.placements} == {stranger.id, ours.id}
+
+
+def test_a_released_port_is_free_again_in_the_index() -> None:
+    a = node("a")
+    index = NodeIndex([a], {})
+    assert len(index.schedule(IDS[:2], Resources(0.5, 512), {}, ports=WEB).placements) == 1
+    index.add(a.id, Resources(0.5, 512), sign=-1, ports=WEB)  # its write failed: taken back
+    assert index.schedule(IDS[2:3], Resources(0.5, 512), {}, ports=WEB).placements
 
 
 def test_no_nodes_reason() -> None:
@@ -147,6 +182,7 @@ def call_sequences(draw: st.DrawFn):  # type: ignore[no-untyped-def]
             status=draw(st.sampled_from([NodeStatus.READY] * 3 + [NodeStatus.NOT_READY])),
             unschedulable=draw(st.booleans()) and draw(st.booleans()),
             draining=draw(st.booleans()) and draw(st.booleans()) and draw(st.booleans()),
+            foreign_ports=draw(port_sets) if draw(st.integers(0, 3)) == 0 else frozenset(),
         )
         for i in range(count)
     ]
@@ -165,8 +201,16 @@ def call_sequences(draw: st.DrawFn):  # type: ignore[no-untyped-def]
         spread = {n.id: draw(st.integers(0, 3)) for n in nodes if draw(st.integers(0, 3)) == 0}
         freed = draw(st.sampled_from([None, *range(count)]))
         excluded = frozenset(n.id for n in nodes if draw(st.integers(0, 4)) == 0)
+        ports = draw(port_sets) if draw(st.booleans()) else frozenset()
         calls.append(
-            (draw(st.sampled_from(requests)), draw(st.integers(0, 6)), spread, freed, excluded)
+            (
+                draw(st.sampled_from(requests)),
+                draw(st.integers(0, 6)),
+                spread,
+                freed,
+                excluded,
+                ports,
+            )
         )
     return nodes, usage, calls
 
@@ -179,7 +223,8 @@ def test_the_node_index_places_exactly_as_schedule_does(case) -> None:  # type: 
     nodes, usage, calls = case
     index = NodeIndex(nodes, usage)
     used = {n.id: usage.get(n.id, ZERO) for n in nodes}
-    for request, count, spread, freed, excluded in calls:
+    held: dict[uuid.UUID, Counter[Port]] = {n.id: Counter() for n in nodes}
+    for request, count, spread, freed, excluded, ports in calls:
         if freed is not None:  # a replica stopped: usage goes down between calls
             gone = nodes[freed].id
             index.add(gone, Resources(0.5, 512), sign=-1)
@@ -188,8 +233,35 @@ def test_the_node_index_places_exactly_as_schedule_does(case) -> None:  # type: 
                 max(u.cpu_cores - 0.5, 0.0), max(u.memory_mb - 512, 0), u.gpu_units, u.storage_gb
             )
         assert index.used == used
-        expected = schedule(IDS[:count], request, nodes, used, spread, excluded)
-        got = index.schedule(IDS[:count], request, spread, excluded)
+        expected = schedule(IDS[:count], request, nodes, used, spread, excluded, ports, held)
+        got = index.schedule(IDS[:count], request, spread, excluded, ports)
         assert got == expected
         for p in expected.placements:
             used[p.node_id] = used[p.node_id] + request
+            hold(held[p.node_id], ports)
+
+
+@settings(max_examples=400, deadline=None)
+@given(call_sequences(), st.randoms(use_true_random=False))
+def test_never_two_holders_of_one_host_port_on_a_node_whatever_the_order(case, rnd) -> None:  # type: ignore[no-untyped-def]
+    """Deployments publishing overlapping host ports, scheduled in any order (with releases
+    between calls): no node ever has two of our replicas on one port, nor one of ours on a
+    port a container that is not ours holds."""
+    nodes, usage, calls = case
+    rnd.shuffle(calls)
+    by_id = {n.id: n for n in nodes}
+    index = NodeIndex(nodes, usage)
+    placed: list[tuple[uuid.UUID, frozenset[Port]]] = []
+    for request, count, spread, freed, excluded, ports in calls:
+        if freed is not None and placed:  # a replica stopped: its ports are released
+            node_id, gone = placed.pop(freed % len(placed))
+            index.add(node_id, request, sign=-1, ports=gone)
+        result = index.schedule(IDS[:count], request, spread, excluded, ports)
+        placed += [(p.node_id, ports) for p in result.placements]
+        holders: Counter[tuple[uuid.UUID, Port]] = Counter(
+            (node_id, port) for node_id, ports_held in placed for port in ports_held
+        )
+        assert all(n == 1 for n in holders.values()), holders
+        assert not any(port in by_id[node_id].foreign_ports for node_id, port in holders)
+        if ports and result.unplaced:
+            assert result.reason is not None
