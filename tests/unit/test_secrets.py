@@ -26,7 +26,7 @@ def test_processes_making_the_key_at_once_agree_on_one(tmp_path: Path) -> None:
     for round_no in range(20):
         path = tmp_path / str(round_no) / "secret.key"
         with ThreadPoolExecutor(8) as pool:
-            boxes = list(pool.map(lambda _: SecretBox.from_file(path), range(8)))
+            boxes = list(pool.map(SecretBox.from_file, [path] * 8))
         token = boxes[0].encrypt("pw")
         assert {box.decrypt(token) for box in boxes} == {"pw"}
         assert [p.name for p in path.parent.iterdir()] == ["secret.key"]
