@@ -238,7 +238,7 @@ def history_table(rows: Sequence[views.HistoryRow]) -> Table:
     t = render.table(["TIME", "FROM", "TO", "BY", "REASON"])
     for h in rows:
         t.add_row(
-            h.changed_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            render.utc(h.changed_at),
             h.old_status,
             render.status_text(h.new_status),
             h.changed_by_user or "controller",
@@ -399,19 +399,30 @@ def scale_deployment(
 
 def delete_deployment(
     name: DeploymentName,
+    purge_volumes: Annotated[
+        bool,
+        typer.Option(
+            "--purge-volumes",
+            help="Also remove the deployment's named volumes (and their data) from every node.",
+        ),
+    ] = False,
     user: User = None,
     database_url: DatabaseUrl = None,
 ) -> None:
     """Soft-delete a deployment; the controller stops its replicas and records `deleted`.
 
     Sets deleted_at. The rows stay for audit, and the name is free for a new deployment at
-    once.
+    once. Named volumes live on each node (node-local, not replicated) and are kept unless
+    --purge-volumes is given: then the controller removes them from every node once the
+    replicas are gone. Host-path volumes are the node's own directories and are never removed.
     """
     owner = username(user)
 
     async def work(engine: AsyncEngine) -> views.Outcome:
         async def tx(conn: AsyncConnection) -> views.Outcome:
-            return await queries.soft_delete(conn, await _owner(conn, owner), name)
+            return await queries.soft_delete(
+                conn, await _owner(conn, owner), name, purge_volumes=purge_volumes
+            )
 
         return await session.write(engine, tx)
 

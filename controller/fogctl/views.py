@@ -78,3 +78,7 @@ class Outcome(BaseModel):
     def line(self) -> str:
         tail = f" ({self.detail})" if self.detail else ""
         return f"{self.kind}/{self.name} {self.result}{tail}"
+
+
+class CredentialRow(api.RegistryCredentialResponse):
+    """A registry credential as `secret list` shows it: never the password, in any form."""
