@@ -379,6 +379,23 @@ class Deployment(Base):
         passive_deletes=True,
         order_by="DeploymentStatusHistory.changed_at",
     )
+    # The container spec (issue 14); the controller reads these with Core queries, the ORM
+    # relationships serve `schema.api.DeploymentResponse` and tests.
+    spec: Mapped[DeploymentSpec | None] = relationship(
+        cascade="all, delete-orphan", passive_deletes=True, uselist=False
+    )
+    env: Mapped[list[DeploymentEnv]] = relationship(
+        cascade="all, delete-orphan", passive_deletes=True
+    )
+    labels: Mapped[list[DeploymentLabel]] = relationship(
+        cascade="all, delete-orphan", passive_deletes=True
+    )
+    ports: Mapped[list[DeploymentPort]] = relationship(
+        cascade="all, delete-orphan", passive_deletes=True
+    )
+    volumes: Mapped[list[DeploymentVolume]] = relationship(
+        cascade="all, delete-orphan", passive_deletes=True
+    )
 
 
 class DeploymentReplica(Base):
@@ -477,6 +494,7 @@ PORT_MIN, PORT_MAX = 1, 65535
 STOP_GRACE_MAX_SECONDS = 3600
 PATH_MAX_LENGTH = 4096
 LABEL_KEY_MAX_LENGTH = 253
+ENV_NAME_MAX_LENGTH = NAME_MAX_LENGTH * 2
 SECRET_NAME_MAX_LENGTH = NAME_MAX_LENGTH
 NETWORK_MODES = ("host", "bridge", "none")
 PORT_PROTOCOLS = ("tcp", "udp")
@@ -587,7 +605,7 @@ class DeploymentEnv(Base):
     deployment_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("deployments.id", ondelete="CASCADE"), primary_key=True
     )
-    name: Mapped[str] = mapped_column(String(NAME_MAX_LENGTH * 2), primary_key=True)
+    name: Mapped[str] = mapped_column(String(ENV_NAME_MAX_LENGTH), primary_key=True)
     value: Mapped[str] = mapped_column(String, default="", server_default=text("''"))
 
 

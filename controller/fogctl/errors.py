@@ -103,6 +103,17 @@ _SELF_EXPLAINED = frozenset(
         "control_character",
         "docker_url_scheme",
         "null",
+        # The container spec's (issue 14).
+        "one_of",
+        "not_absolute",
+        "volume_name",
+        "volume_source",
+        "healthcheck_command",
+        "duplicate",
+        "env_name",
+        "label",
+        "ports_without_network",
+        "password",
     }
 )
 
@@ -148,7 +159,8 @@ def validation_messages(
             text = error["msg"][0].lower() + error["msg"][1:]
             if path in allowed:
                 text += f" (allowed: {allowed[path]})"
-            text += f", got {_shown(error['input'])}"
+            if error["loc"][-1:] != ("password",):  # a secret is never echoed
+                text += f", got {_shown(error['input'])}"
         lines.append(f"{label}: {text}" if label else text)
     return lines
 

@@ -303,3 +303,431 @@ def test_operation_responses_accept_a_plain_mapping() -> None:
     )
     assert response.deployment_id == deployment_id
     assert response.success is True
+
+
+# --- the container spec (issue 14) ----------------------------------------------------------
+
+FULL_SPEC: dict[str, Any] = {
+    "entrypoint": ["/bin/sh", "-c"],
+    "command": ["exec httpd -f -p 8080"],
+    "env": {"LOG_LEVEL": "debug", "SITE": "north"},
+    "network": "bridge",
+    "ports": [{"container_port": 8080, "host_port": 18080, "protocol": "tcp"}],
+    "volumes": [
+        {"name": "data", "mount_path": "/data"},
+        {"host_path": "/srv/fog/cfg", "mount_path": "/cfg", "read_only": True},
+    ],
+    "labels": {"team": "edge"},
+    "stop_grace_seconds": 10,
+    "healthcheck": {
+        "command": ["CMD-SHELL", "wget -q -O- http://127.0.0.1:8080/ || exit 1"],
+        "interval_seconds": 5,
+        "timeout_seconds": 2,
+        "retries": 3,
+        "start_period_seconds": 10,
+    },
+    "image_pull_secret": "company-registry",
+}
+
+
+def _spec_errors(**spec: Any) -> dict[str, str]:
+    with pytest.raises(ValidationError) as raised:
+        api.DeploymentCreate.model_validate({**DEPLOYMENT, **spec})
+    return _errors(raised)
+
+
+def test_the_issues_example_is_accepted_whole() -> None:
+    created = api.DeploymentCreate.model_validate({**DEPLOYMENT, **FULL_SPEC})
+    assert created.model_dump(include=set(FULL_SPEC), exclude_none=True) == {
+        **FULL_SPEC,
+        "volumes": [
+            {"name": "data", "mount_path": "/data", "read_only": False},
+            {"host_path": "/srv/fog/cfg", "mount_path": "/cfg", "read_only": True},
+        ],
+    }
+
+
+def test_a_deployment_without_spec_fields_runs_as_its_image_says() -> None:
+    created = api.DeploymentCreate.model_validate(DEPLOYMENT)
+    assert (created.entrypoint, created.command, created.network) == (None, None, None)
+    assert (created.env, created.labels, created.ports, created.volumes) == ({}, {}, [], [])
+    assert created.healthcheck is None
+    assert created.image_pull_secret is None
+
+
+def test_a_port_defaults_to_tcp_and_no_host_port() -> None:
+    created = api.DeploymentCreate.model_validate({**DEPLOYMENT, "ports": [{"container_port": 53}]})
+    assert created.ports[0].model_dump() == {
+        "container_port": 53,
+        "host_port": None,
+        "protocol": "tcp",
+    }
+
+
+@pytest.mark.parametrize(
+    ("spec", "loc", "expected"),
+    [
+        pytest.param(
+            {"ports": [{"container_port": 0}]},
+            "ports.0.container_port",
+            f"container_port must be between {models.PORT_MIN} and {models.PORT_MAX}, got 0",
+            id="container-port-0",
+        ),
+        pytest.param(
+            {"ports": [{"container_port": 80}, {"container_port": 81, "host_port": 65536}]},
+            "ports.1.host_port",
+            "host_port must be between 1 and 65535, got 65536",
+            id="host-port-65536",
+        ),
+        pytest.param(
+            {"ports": [{"container_port": True}]},
+            "ports.0.container_port",
+            "container_port must be a number, got True",
+            id="port-yes",
+        ),
+        pytest.param(
+            {"ports": [{"container_port": 80, "protocol": "sctp"}]},
+            "ports.0.protocol",
+            "protocol must be one of tcp, udp, got 'sctp'",
+            id="protocol",
+        ),
+        pytest.param(
+            {"network": "overlay"},
+            "network",
+            "network must be one of host, bridge, none, got 'overlay'",
+            id="network",
+        ),
+        pytest.param(
+            {"stop_grace_seconds": models.STOP_GRACE_MAX_SECONDS + 1},
+            "stop_grace_seconds",
+            "stop_grace_seconds must be between 0 and 3600 seconds, got 3601",
+            id="grace-3601",
+        ),
+        pytest.param(
+            {"stop_grace_seconds": -1},
+            "stop_grace_seconds",
+            "stop_grace_seconds must be between 0 and 3600 seconds, got -1",
+            id="grace-minus-1",
+        ),
+        pytest.param(
+            {"volumes": [{"name": "data", "mount_path": "data"}]},
+            "volumes.0.mount_path",
+            "mount_path must be an absolute path (starting with /), got 'data'",
+            id="relative-mount",
+        ),
+        pytest.param(
+            {"volumes": [{"host_path": "srv/cfg", "mount_path": "/cfg"}]},
+            "volumes.0.host_path",
+            "host_path must be an absolute path (starting with /), got 'srv/cfg'",
+            id="relative-host-path",
+        ),
+        pytest.param(
+            {"volumes": [{"name": "data", "host_path": "/srv", "mount_path": "/d"}]},
+            "volumes.0",
+            "a volume needs exactly one of name (a named volume) or host_path, got both",
+            id="name-and-host-path",
+        ),
+        pytest.param(
+            {"volumes": [{"mount_path": "/d"}]},
+            "volumes.0",
+            "a volume needs exactly one of name (a named volume) or host_path, got neither",
+            id="neither",
+        ),
+        pytest.param(
+            {"volumes": [{"name": "-data", "mount_path": "/d"}]},
+            "volumes.0.name",
+            "name must be a letter or digit followed by letters, digits, _, . or -, got '-data'",
+            id="volume-name-leading-dash",
+        ),
+        pytest.param(
+            {"volumes": [{"name": "da/ta", "mount_path": "/d"}]},
+            "volumes.0.name",
+            "name must be a letter or digit followed by letters, digits, _, . or -, got 'da/ta'",
+            id="volume-name-slash",
+        ),
+        pytest.param(
+            {"labels": {"fog.deployment": "x"}},
+            "labels.fog.deployment",
+            "label key must not start with 'fog.' (the controller's own labels), "
+            "got 'fog.deployment'",
+            id="reserved-label",
+        ),
+        pytest.param(
+            {"labels": {"": "x"}},
+            "labels.",
+            f"label key must be 1 to {models.LABEL_KEY_MAX_LENGTH} characters long, got 0",
+            id="empty-label-key",
+        ),
+        pytest.param(
+            {"env": {"A=B": "x"}},
+            "env.A=B",
+            "env name must not contain '=', got 'A=B'",
+            id="env-equals",
+        ),
+        pytest.param(
+            {"env": {"": "x"}},
+            "env.",
+            f"env name must be 1 to {models.ENV_NAME_MAX_LENGTH} characters long, got 0",
+            id="env-empty",
+        ),
+        pytest.param(
+            {"env": {"A": "a\x00b"}},
+            "env.A",
+            "env name must not contain a NUL character, got 'A'",
+            id="env-nul",
+        ),
+        pytest.param(
+            {"entrypoint": ["/bin/sh", "a\x00"]},
+            "entrypoint.1",
+            "entrypoint must not contain a NUL character, got 'a\\x00'",
+            id="argv-nul",
+        ),
+        pytest.param(
+            {"healthcheck": {"command": ["wget", "-q"]}},
+            "healthcheck.command",
+            "command must start with one of CMD, CMD-SHELL, NONE (as Docker's HEALTHCHECK), "
+            "got ['wget', '-q']",
+            id="healthcheck-form",
+        ),
+        pytest.param(
+            {"healthcheck": {"command": ["CMD", "true"], "retries": 0}},
+            "healthcheck.retries",
+            f"retries must be between 1 and {api.INTEGER_MAX}, got 0",
+            id="healthcheck-retries",
+        ),
+        pytest.param(
+            {"healthcheck": {"command": ["CMD", "true"], "interval_seconds": 0}},
+            "healthcheck.interval_seconds",
+            "interval_seconds must be greater than 0, got 0.0",
+            id="healthcheck-interval",
+        ),
+        pytest.param(
+            {"healthcheck": {"command": ["CMD", "true"], "start_period_seconds": -1}},
+            "healthcheck.start_period_seconds",
+            "start_period_seconds must be 0 or more, got -1",
+            id="healthcheck-start-period",
+        ),
+        pytest.param(
+            {"image_pull_secret": ""},
+            "image_pull_secret",
+            "image_pull_secret must be 1 to 100 characters long, got 0",
+            id="empty-secret-name",
+        ),
+    ],
+)
+def test_bad_spec_fields_name_field_rule_and_value(
+    spec: dict[str, Any], loc: str, expected: str
+) -> None:
+    assert _spec_errors(**spec)[loc] == expected
+
+
+@pytest.mark.parametrize(
+    ("spec", "loc", "expected"),
+    [
+        pytest.param(
+            {
+                "ports": [
+                    {"container_port": 80, "host_port": 18080},
+                    {"container_port": 81, "host_port": 18080},
+                ]
+            },
+            "ports.1.host_port",
+            "host_port 18080/tcp is given twice in one deployment (also ports.0)",
+            id="host-port",
+        ),
+        pytest.param(
+            {"ports": [{"container_port": 80}, {"container_port": 53}, {"container_port": 80}]},
+            "ports.2.container_port",
+            "container_port 80/tcp is given twice in one deployment (also ports.0)",
+            id="container-port",
+        ),
+        pytest.param(
+            {
+                "volumes": [
+                    {"name": "a", "mount_path": "/data"},
+                    {"host_path": "/srv", "mount_path": "/data"},
+                ]
+            },
+            "volumes.1.mount_path",
+            "mount_path '/data' is given twice in one deployment (also volumes.0)",
+            id="mount-path",
+        ),
+        pytest.param(
+            {
+                "volumes": [
+                    {"name": "a", "mount_path": "/one"},
+                    {"name": "a", "mount_path": "/two"},
+                ]
+            },
+            "volumes.1.name",
+            "name 'a' is given twice in one deployment (also volumes.0)",
+            id="volume-name",
+        ),
+    ],
+)
+def test_duplicates_in_one_deployment_are_refused_where_they_repeat(
+    spec: dict[str, Any], loc: str, expected: str
+) -> None:
+    assert _spec_errors(**spec) == {loc: expected}
+
+
+def test_the_same_port_number_over_tcp_and_udp_is_two_ports() -> None:
+    ports = [
+        {"container_port": 53, "host_port": 5353, "protocol": "tcp"},
+        {"container_port": 53, "host_port": 5353, "protocol": "udp"},
+    ]
+    assert len(api.DeploymentCreate.model_validate({**DEPLOYMENT, "ports": ports}).ports) == 2
+
+
+def test_ports_without_a_network_are_refused() -> None:
+    assert _spec_errors(network="none", ports=[{"container_port": 80}]) == {
+        "ports": "ports cannot be served with network none, got 1 port(s)"
+    }
+    update = {"network": "none", "ports": [{"container_port": 80}]}
+    with pytest.raises(ValidationError) as raised:
+        api.DeploymentUpdate.model_validate(update)
+    assert set(_errors(raised)) == {"ports"}
+    assert api.DeploymentCreate.model_validate({**DEPLOYMENT, "network": "none"}).ports == []
+
+
+@given(st.integers(min_value=-(2**20), max_value=2**20))
+def test_ports_accept_exactly_1_to_65535(value: int) -> None:
+    spec = {**DEPLOYMENT, "ports": [{"container_port": value}]}
+    if models.PORT_MIN <= value <= models.PORT_MAX:
+        assert api.DeploymentCreate.model_validate(spec).ports[0].container_port == value
+    else:
+        with pytest.raises(ValidationError) as raised:
+            api.DeploymentCreate.model_validate(spec)
+        assert f"got {value}" in _errors(raised)["ports.0.container_port"]
+
+
+@given(st.text(alphabet="aZ09_.-/ ", min_size=1, max_size=12))
+def test_volume_names_follow_the_databases_pattern(name: str) -> None:
+    spec = {**DEPLOYMENT, "volumes": [{"name": name, "mount_path": "/data"}]}
+    fits = name[0].isalnum() and all(c.isalnum() or c in "_.-" for c in name)
+    if fits:
+        assert api.DeploymentCreate.model_validate(spec).volumes[0].name == name
+    else:
+        with pytest.raises(ValidationError):
+            api.DeploymentCreate.model_validate(spec)
+
+
+def test_an_update_may_reset_a_spec_field_to_the_images_own() -> None:
+    update = api.DeploymentUpdate.model_validate({"entrypoint": None, "network": None})
+    assert update.model_dump(exclude_unset=True) == {"entrypoint": None, "network": None}
+
+
+@pytest.mark.parametrize("field", ["env", "labels", "ports", "volumes"])
+def test_an_update_clears_a_collection_with_an_empty_one_not_null(field: str) -> None:
+    with pytest.raises(ValidationError) as raised:
+        api.DeploymentUpdate.model_validate({field: None})
+    assert _errors(raised) == {field: f"{field} may be left out but not set to null"}
+
+
+def test_an_update_validates_spec_fields_like_a_create() -> None:
+    with pytest.raises(ValidationError) as raised:
+        api.DeploymentUpdate.model_validate(
+            {"ports": [{"container_port": 70000}], "labels": {"fog.x": "1"}}
+        )
+    assert set(_errors(raised)) == {"ports.0.container_port", "labels.fog.x"}
+
+
+# --- registry credentials --------------------------------------------------------------------
+
+CREDENTIAL = {
+    "name": "company-registry",
+    "registry": "127.0.0.1:5000",
+    "username": "fog",
+    "password": "s3cret-Passw0rd",
+}
+
+
+def test_a_credentials_password_is_never_shown() -> None:
+    credential = api.RegistryCredentialCreate.model_validate(CREDENTIAL)
+    assert credential.password.get_secret_value() == CREDENTIAL["password"]
+    assert CREDENTIAL["password"] not in repr(credential)
+    assert CREDENTIAL["password"] not in credential.model_dump_json()
+    with pytest.raises(ValidationError) as raised:
+        api.RegistryCredentialCreate.model_validate({**CREDENTIAL, "name": "", "extra": 1})
+    assert CREDENTIAL["password"] not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("changes", "loc", "expected"),
+    [
+        ({"password": ""}, "password", "password must be non-empty text"),
+        ({"registry": "a b"}, "registry", "registry must not contain whitespace"),
+        ({"username": ""}, "username", "username must be 1 to 500 characters long, got 0"),
+        ({"name": ""}, "name", "name must be 1 to 100 characters long, got 0"),
+    ],
+)
+def test_bad_credentials_are_named(changes: dict[str, str], loc: str, expected: str) -> None:
+    with pytest.raises(ValidationError) as raised:
+        api.RegistryCredentialCreate.model_validate({**CREDENTIAL, **changes})
+    assert _errors(raised)[loc].startswith(expected)
+
+
+def test_a_credential_response_has_no_password_field() -> None:
+    row = {
+        "id": uuid4(),
+        "name": "company-registry",
+        "registry_host": "127.0.0.1:5000",
+        "username": "fog",
+        "password_encrypted": "gAAAA-ciphertext",
+        "created_at": "2026-01-01T00:00:00Z",
+        "updated_at": "2026-01-01T00:00:00Z",
+    }
+    shown = api.RegistryCredentialResponse.model_validate(row).model_dump()
+    assert shown["registry"] == "127.0.0.1:5000"
+    assert not {"password", "password_encrypted"} & set(shown)
+    assert "gAAAA" not in repr(shown)
+
+
+# --- the spec in responses -------------------------------------------------------------------
+
+
+class _Row:
+    def __init__(self, **values: Any) -> None:
+        self.__dict__.update(values)
+
+
+def test_spec_fields_turn_rows_into_what_apply_reads() -> None:
+    spec = _Row(
+        entrypoint=["/bin/sh", "-c"],
+        command=["exec httpd -f -p 8080"],
+        network="bridge",
+        stop_grace_seconds=10,
+        image_pull_secret="company-registry",
+        healthcheck_command=FULL_SPEC["healthcheck"]["command"],
+        healthcheck_interval_seconds=5.0,
+        healthcheck_timeout_seconds=2.0,
+        healthcheck_retries=3,
+        healthcheck_start_period_seconds=10.0,
+    )
+    fields = api.spec_fields(
+        spec,
+        env=[_Row(name="SITE", value="north"), _Row(name="LOG_LEVEL", value="debug")],
+        labels=[_Row(key="team", value="edge")],
+        ports=[_Row(container_port=8080, host_port=18080, protocol="tcp")],
+        volumes=[
+            _Row(name="data", host_path=None, mount_path="/data", read_only=False),
+            _Row(name=None, host_path="/srv/fog/cfg", mount_path="/cfg", read_only=True),
+        ],
+    )
+    shown = api.DeploymentSpecResponse.model_validate(fields).model_dump(exclude_none=True)
+    applied = api.DeploymentCreate.model_validate({**DEPLOYMENT, **FULL_SPEC})
+    assert shown == applied.model_dump(include=set(FULL_SPEC), exclude_none=True) | {
+        # Sorted by mount path, as the controller sorts them.
+        "volumes": [
+            {"host_path": "/srv/fog/cfg", "mount_path": "/cfg", "read_only": True},
+            {"name": "data", "mount_path": "/data", "read_only": False},
+        ]
+    }
+    assert list(shown["env"]) == ["LOG_LEVEL", "SITE"]
+
+
+def test_a_deployment_without_a_spec_row_shows_an_empty_spec() -> None:
+    shown = api.DeploymentSpecResponse.model_validate(api.spec_fields(None))
+    assert shown == api.DeploymentSpecResponse()
+    assert shown.healthcheck is None
+    assert shown.env == {}
