@@ -52,14 +52,15 @@ async def find_credential(
 
 
 async def require_credential(
-    conn: AsyncConnection, user: views.UserRow, name: str, *, field: str
+    conn: AsyncConnection, user: views.UserRow, name: str, *, where: str
 ) -> views.CredentialRow:
     """The credential an apply names, held against a concurrent delete until commit."""
     found = await find_credential(conn, user.id, name, lock="share")
     if found is None:
         raise InputError(
-            f"{field}: user {user.username!r} has no registry credential {name!r} (add it "
-            f"with `fogctl secret add {name} --registry HOST --username NAME --password-stdin`)"
+            f"{where}: image_pull_secret: user {user.username!r} has no registry credential "
+            f"{name!r} (add it with `fogctl secret add {name} --registry HOST --username NAME "
+            "--password-stdin`)"
         )
     return found
 

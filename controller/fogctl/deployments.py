@@ -19,7 +19,7 @@ from rich.text import Text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from controller import generation
-from controller.fogctl import documents, queries, render, rollout, session, views
+from controller.fogctl import documents, queries, render, rollout, session, spec_text, views
 from controller.fogctl.errors import FogctlError, InputError, validation_messages
 from controller.fogctl.options import (
     AllUsers,
@@ -162,13 +162,19 @@ def get_deployments(
     all_users: AllUsers = False,
     database_url: DatabaseUrl = None,
 ) -> None:
-    """List deployments (aliases: deployment, deploy)."""
+    """List deployments (aliases: deployment, deploy).
+
+    -o json|yaml include each container spec under the apply file's field names, so
+    `fogctl get deploy web -o yaml > web.yaml` gives a file that `fogctl apply` takes as it
+    is (the read-only keys, such as status and counts, are ignored there).
+    """
     owner = None if all_users else username(user)
 
-    async def work(engine: AsyncEngine) -> list[views.DeploymentRow]:
-        async def q(conn: AsyncConnection) -> list[views.DeploymentRow]:
+    async def work(engine: AsyncEngine) -> list[views.Deployment]:
+        async def q(conn: AsyncConnection) -> list[views.Deployment]:
             uid = (await _owner(conn, owner)).id if owner is not None else None
-            return await queries.list_deployments(conn, uid, statuses=status or (), name=name)
+            rows = await queries.list_deployments(conn, uid, statuses=status or (), name=name)
+            return await queries.with_specs(conn, rows)
 
         return await session.read(engine, q)
 
@@ -281,6 +287,7 @@ def describe_renderables(d: views.DeploymentDetail) -> list[RenderableType]:
         ("Status:", status),
         ("Reason:", d.reason or "-"),
         ("Resources:", resources),
+        *spec_text.rows(d),
         ("Created:", render.timestamp(d.created_at)),
         ("Updated:", render.timestamp(d.updated_at)),
         ("Generation:", _generation(d)),

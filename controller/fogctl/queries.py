@@ -280,14 +280,24 @@ async def history(
     return rows, int(total)
 
 
+async def with_specs(
+    conn: AsyncConnection, rows: Sequence[views.DeploymentRow]
+) -> list[views.Deployment]:
+    """The deployments with their container specs (five statements for any number)."""
+    specs = await spec_queries.load(conn, [r.id for r in rows])
+    return [views.Deployment.model_validate({**r.model_dump(), **dict(specs[r.id])}) for r in rows]
+
+
 async def describe(
     conn: AsyncConnection, user: views.UserRow, name: str, *, history_limit: int
 ) -> views.DeploymentDetail:
-    found = await require_deployment(conn, user, name, include_deleted=True)
+    found = (
+        await with_specs(conn, [await require_deployment(conn, user, name, include_deleted=True)])
+    )[0]
     replicas = await list_replicas(conn, user.id, deployment_ids=[found.id])
     rows, total = await history(conn, user.id, found.id, limit=history_limit)
     return views.DeploymentDetail.model_validate(
-        {**found.model_dump(), "replicas": replicas, "history": rows, "history_total": total}
+        {**dict(found), "replicas": replicas, "history": rows, "history_total": total}
     )
 
 
@@ -343,7 +353,7 @@ async def _apply_one(
     current = await find_deployment(conn, user.id, spec.name)
     wanted = _resource_values(spec.resources)
     wanted_spec = spec_queries.wanted(spec)
-    await spec_queries.check_pull_secret(conn, user, wanted_spec)
+    await spec_queries.check_pull_secret(conn, user, spec.name, wanted_spec)
     if current is None:
         deployment_id = uuid.uuid4()
         await conn.execute(

@@ -63,7 +63,9 @@ async def load(
         children[part] = grouped
     return {
         i: api.DeploymentSpecResponse.model_validate(
-            api.spec_fields(specs.get(i), **{part: rows.get(i, []) for part, rows in children.items()})
+            api.spec_fields(
+                specs.get(i), **{part: rows.get(i, []) for part, rows in children.items()}
+            )
         )
         for i in ids
     }
@@ -156,12 +158,12 @@ async def write(
 
 
 async def check_pull_secret(
-    conn: AsyncConnection, user: views.UserRow, spec: api.DeploymentSpecResponse
+    conn: AsyncConnection, user: views.UserRow, name: str, spec: api.DeploymentSpecResponse
 ) -> None:
     """Refuse a pull secret the user does not have: the pull would fail on every node."""
     if spec.image_pull_secret is not None:
         await credential_queries.require_credential(
-            conn, user, spec.image_pull_secret, field="image_pull_secret"
+            conn, user, spec.image_pull_secret, where=f"deployment {name!r}"
         )
 
 

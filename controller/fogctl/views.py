@@ -50,7 +50,12 @@ class HistoryRow(api.DeploymentStatusHistoryResponse):
     changed_by_user: str | None
 
 
-class DeploymentDetail(DeploymentRow):
+class Deployment(api.DeploymentSpecResponse, DeploymentRow):
+    """A deployment with its container spec under the apply file's field names (after the
+    row's own fields, as fields are only ever added): `get -o yaml` applies back unchanged."""
+
+
+class DeploymentDetail(Deployment):
     replicas: list[ReplicaRow] = Field(default_factory=list)
     history: list[HistoryRow] = Field(default_factory=list)
     history_total: int = 0
@@ -82,3 +87,11 @@ class Outcome(BaseModel):
 
 class CredentialRow(api.RegistryCredentialResponse):
     """A registry credential as `secret list` shows it: never the password, in any form."""
+
+
+# Keys of `get`/`describe -o json|yaml` beyond an apply document (ids, status, counts,
+# timestamps, replicas, history): `fogctl apply` ignores them, as kubectl apply ignores an
+# object's status, so that output applies back as it is.
+READ_ONLY_FIELDS = frozenset(DeploymentDetail.model_fields) - frozenset(
+    api.DeploymentCreate.model_fields
+)

@@ -83,6 +83,47 @@ class Fogctl:
         return json.loads(self.ok(*args, "-o", "json", user=user))
 
 
+class FogctlProcess:
+    """The installed `fogctl` script run as a subprocess, as an operator runs it: its own
+    process, environment and standard input. Every run is kept, so a test can search all
+    that fogctl printed."""
+
+    def __init__(self, db_url: str, env: dict[str, str] | None = None) -> None:
+        self.db_url = db_url
+        self.env = {**os.environ, "FOG_DATABASE_URL": db_url, **(env or {})}
+        for name in ("NO_COLOR", "FORCE_COLOR", "FOG_USER"):
+            self.env.pop(name, None)
+        self.runs: list[subprocess.CompletedProcess[str]] = []
+
+    def __call__(
+        self, *args: str, user: str | None = None, stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        env = self.env if user is None else {**self.env, "FOG_USER": user}
+        done = subprocess.run(
+            [fogctl_script(), *args],
+            input=stdin if stdin is not None else "",
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        self.runs.append(done)
+        return done
+
+    def ok(self, *args: str, user: str | None = None, stdin: str | None = None) -> str:
+        done = self(*args, user=user, stdin=stdin)
+        assert done.returncode == 0, (args, done.stdout, done.stderr)
+        return done.stdout
+
+    def json(self, *args: str, user: str | None = None) -> Any:
+        return json.loads(self.ok(*args, "-o", "json", user=user))
+
+    def printed(self) -> str:
+        """Everything every run wrote to standard output and standard error."""
+        return "".join(r.stdout + r.stderr for r in self.runs)
+
+
 def sql(db_url: str, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
     """Run `work` in one write transaction on its own engine (as a second client would)."""
 
