@@ -92,7 +92,7 @@ async def put(
             await conn.execute(
                 update(c)
                 .where(c.c.id == current.id, c.c.user_id == user.id)
-                .values(updated_at=tables.utc_now(), **values)
+                .values(updated_at=c.c.updated_at, **values)
             )
     except (IntegrityError, DataError) as exc:
         # The token is not the password, but it has no place in a message either.

@@ -141,7 +141,7 @@ async def write(
             await conn.execute(
                 update(SPECS)
                 .where(SPECS.c.deployment_id == deployment_id)
-                .values(updated_at=tables.utc_now(), **columns)
+                .values(updated_at=SPECS.c.updated_at, **columns)
             )
         elif any(v is not None for v in columns.values()):
             await conn.execute(
@@ -172,7 +172,7 @@ async def mark_purge_volumes(conn: AsyncConnection, deployment_id: uuid.UUID) ->
     done = await conn.execute(
         update(SPECS)
         .where(SPECS.c.deployment_id == deployment_id)
-        .values(purge_volumes=True, updated_at=tables.utc_now())
+        .values(purge_volumes=True, updated_at=SPECS.c.updated_at)
     )
     if done.rowcount == 0:
         await conn.execute(

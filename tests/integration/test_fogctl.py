@@ -437,7 +437,9 @@ def test_invalid_yaml_is_exit_2_with_the_place(fog: Fogctl, tmp_path: Path) -> N
         ),
         pytest.param(
             ("target_replicas: 3", "replicas: 3"),
-            "replicas: unknown field (allowed: name, container_image, target_replicas, resources)",
+            "replicas: unknown field (allowed: name, container_image, target_replicas, resources, "
+            "entrypoint, command, env, network, ports, volumes, labels, stop_grace_seconds, "
+            "healthcheck, image_pull_secret)",
             id="misspelt-field",
         ),
         pytest.param(
@@ -564,6 +566,17 @@ DEPLOYMENT_KEYS = [
     "deleted_at",
     "generation",
     "observed_generation",
+    # The container spec (issue 14), under the apply file's names.
+    "entrypoint",
+    "command",
+    "env",
+    "network",
+    "ports",
+    "volumes",
+    "labels",
+    "stop_grace_seconds",
+    "healthcheck",
+    "image_pull_secret",
 ]
 
 
@@ -596,6 +609,17 @@ def test_get_output_formats_are_stable(fog: Fogctl) -> None:
         # Inserted with its resources (2); the status describes that generation.
         "generation": 2,
         "observed_generation": 2,
+        # Nothing beyond image and resources: every spec field as the image says.
+        "entrypoint": None,
+        "command": None,
+        "env": {},
+        "network": None,
+        "ports": [],
+        "volumes": [],
+        "labels": {},
+        "stop_grace_seconds": None,
+        "healthcheck": None,
+        "image_pull_secret": None,
     }
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z", listing[1]["created_at"])
     # Same bytes on every run; YAML holds the same values.
