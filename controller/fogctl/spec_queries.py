@@ -31,17 +31,11 @@ LABELS = cast(Table, tables.DeploymentLabel.__table__)
 PORTS = cast(Table, tables.DeploymentPort.__table__)
 VOLUMES = cast(Table, tables.DeploymentVolume.__table__)
 
-# The parts kept in `deployment_specs` columns; the rest are child tables.
-COLUMN_PARTS = (
-    "entrypoint",
-    "command",
-    "network",
-    "stop_grace_seconds",
-    "healthcheck",
-    "image_pull_secret",
-)
+# The spec's fields in the apply file's order; the lists and maps are child tables, the
+# rest columns of `deployment_specs`.
+PARTS = tuple(api.DeploymentSpecResponse.model_fields)
 CHILD_PARTS = ("env", "labels", "ports", "volumes")
-PARTS = COLUMN_PARTS + CHILD_PARTS
+COLUMN_PARTS = tuple(p for p in PARTS if p not in CHILD_PARTS)
 
 
 async def load(
