@@ -107,6 +107,11 @@ class ReconcileStore(Protocol):
     def save_progress(self, deployment_id: uuid.UUID, state: ProgressState) -> Awaitable[None]:
         """The persisted progress alone (backoff moved, status unchanged)."""
 
+    def registry_credential(
+        self, user_id: uuid.UUID, name: str
+    ) -> Awaitable[tuple[str, str, str] | None]:
+        """A user's registry login by name: (registry_host, username, password_encrypted)."""
+
 
 class NodeStore(Protocol):
     """What the node monitor reads and writes."""

@@ -26,6 +26,15 @@ REPLICAS = cast(Table, tables.DeploymentReplica.__table__)
 HISTORY = cast(Table, tables.DeploymentStatusHistory.__table__)
 CONTROL_PLANE = cast(Table, tables.ControlPlane.__table__)
 STATE = cast(Table, tables.DeploymentControllerState.__table__)
+# The container spec (issue 14): the 1:1 row, its child rows, and the users' registry logins.
+SPECS = cast(Table, tables.DeploymentSpec.__table__)
+ENV = cast(Table, tables.DeploymentEnv.__table__)
+LABELS = cast(Table, tables.DeploymentLabel.__table__)
+PORTS = cast(Table, tables.DeploymentPort.__table__)
+VOLUMES = cast(Table, tables.DeploymentVolume.__table__)
+CREDENTIALS = cast(Table, tables.RegistryCredential.__table__)
+# The tables `controller.runspec.RunSpec` is built from, in load order.
+SPEC_TABLES = (SPECS, ENV, LABELS, PORTS, VOLUMES)
 
 LIVE = [s.value for s in LIVE_REPLICA_STATUSES]
 NOT_TERMINAL = [s.value for s in NOT_TERMINAL_REPLICA_STATUSES]

@@ -374,8 +374,10 @@ def _env(value: dict[str, str]) -> dict[str, str]:
             problem = f"must be 1 to {ENV_NAME_MAX_LENGTH} characters long, got {len(name)}"
         elif "=" in name:
             problem = f"must not contain '=', got {name!r}"
-        elif "\x00" in name or "\x00" in text:
+        elif "\x00" in name:
             problem = f"must not contain a NUL character, got {name!r}"
+        elif "\x00" in text:
+            problem = f"is fine but its value must not contain a NUL character, got {text!r}"
         if problem:
             error = _error("env_name", "env name {problem}", problem=problem)
             errors.append(_detail((name,), error, name))

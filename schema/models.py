@@ -755,22 +755,50 @@ class DeploymentControllerState(Base):
     last_error: Mapped[str | None] = mapped_column(String(REASON_MAX_LENGTH))
 
 
-# Triggers that count `DeploymentControllerState.generation` (migration 0006), per backend.
+# Triggers that count `DeploymentControllerState.generation` (migrations 0006 and 0007), per
+# backend; 0007's also move the deployment's `updated_at` (the SQLite poll's marker).
+SPEC_TABLES = (
+    "deployment_specs",
+    "deployment_env",
+    "deployment_labels",
+    "deployment_ports",
+    "deployment_volumes",
+)
 GENERATION_TRIGGERS: dict[str, tuple[str, ...]] = {
-    "postgresql": ("trg_deployments_generation", "trg_deployment_resources_generation"),
+    "postgresql": (
+        "trg_deployments_generation",
+        "trg_deployment_resources_generation",
+        *(f"trg_{table}_generation" for table in SPEC_TABLES),
+    ),
     "sqlite": (
         "trg_deployments_generation_insert",
         "trg_deployments_generation",
         "trg_deployment_resources_generation_insert",
         "trg_deployment_resources_generation",
         "trg_deployment_resources_generation_delete",
+        *(
+            f"trg_{table}_generation{suffix}"
+            for table in SPEC_TABLES
+            for suffix in ("_insert", "", "_delete")
+        ),
     ),
 }
-GENERATION_FUNCTIONS = ("fog_generation_deployments", "fog_generation_deployment_resources")
+GENERATION_FUNCTIONS = (
+    "fog_generation_deployments",
+    "fog_generation_deployment_resources",
+    "fog_generation_deployment_specs",
+    "fog_generation_spec_rows",
+)
 
 
 # Tables whose `updated_at` a trigger keeps moving on every UPDATE, raw SQL included.
-TABLES_WITH_UPDATED_AT = ("deployments", "deployment_resources", "nodes")
+TABLES_WITH_UPDATED_AT = (
+    "deployments",
+    "deployment_resources",
+    "nodes",
+    "deployment_specs",
+    "registry_credentials",
+)
 
 
 class ControlPlane(Base):
@@ -807,6 +835,32 @@ NOTIFY_TABLES: dict[str, tuple[str, ...]] = {
         "labels",
         "unschedulable",
         "draining",
+    ),
+    # Migration 0007: every spec table; `purge_volumes` wakes the controller as well.
+    "deployment_specs": (
+        "entrypoint",
+        "command",
+        "network",
+        "stop_grace_seconds",
+        "healthcheck_command",
+        "healthcheck_interval_seconds",
+        "healthcheck_timeout_seconds",
+        "healthcheck_retries",
+        "healthcheck_start_period_seconds",
+        "image_pull_secret",
+        "deployment_id",
+        "purge_volumes",
+    ),
+    "deployment_env": ("deployment_id", "name", "value"),
+    "deployment_labels": ("deployment_id", "key", "value"),
+    "deployment_ports": ("id", "deployment_id", "container_port", "host_port", "protocol"),
+    "deployment_volumes": (
+        "id",
+        "deployment_id",
+        "name",
+        "host_path",
+        "mount_path",
+        "read_only",
     ),
 }
 

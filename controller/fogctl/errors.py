@@ -194,6 +194,93 @@ def _status_rule(values: Sequence[str]) -> str:
     return f"must be {_choices(values)}"
 
 
+_PORT_RANGE = f"must be {models.PORT_MIN} to {models.PORT_MAX}"
+_GONE = "does not exist (deleted meanwhile?)"
+# The container spec's tables (migration 0007), named by the fields of `fogctl apply`.
+_SPEC_CONSTRAINTS: dict[str, Rule] = {
+    "ck_deployment_specs_entrypoint_array": Rule("entrypoint", "must be a JSON array of strings"),
+    "ck_deployment_specs_command_array": Rule("command", "must be a JSON array of strings"),
+    "ck_deployment_specs_healthcheck_command_array": Rule(
+        "healthcheck.command", "must be a JSON array of strings"
+    ),
+    "ck_deployment_specs_network_known": Rule(
+        "network", f"must be {_choices(models.NETWORK_MODES)} (or left out)"
+    ),
+    "ck_deployment_specs_stop_grace_seconds_range": Rule(
+        "stop_grace_seconds", f"must be 0 to {models.STOP_GRACE_MAX_SECONDS} seconds"
+    ),
+    "ck_deployment_specs_healthcheck_interval_positive": Rule(
+        "healthcheck.interval_seconds", "must be greater than 0"
+    ),
+    "ck_deployment_specs_healthcheck_timeout_positive": Rule(
+        "healthcheck.timeout_seconds", "must be greater than 0"
+    ),
+    "ck_deployment_specs_healthcheck_retries_positive": Rule(
+        "healthcheck.retries", "must be 1 or more"
+    ),
+    "ck_deployment_specs_healthcheck_start_period_non_negative": Rule(
+        "healthcheck.start_period_seconds", "must be 0 or more"
+    ),
+    "ck_deployment_specs_healthcheck_needs_command": Rule(
+        "healthcheck.command", "is required when any other healthcheck field is set"
+    ),
+    "ck_deployment_specs_image_pull_secret_not_empty": Rule(
+        "image_pull_secret", "must not be empty (leave it out for a public image)"
+    ),
+    "uq_deployment_specs_deployment_id": Rule(
+        "spec", "is already set for this deployment (one deployment_specs row per deployment)"
+    ),
+    "ck_deployment_env_name_not_empty": Rule("env", "names must not be empty"),
+    "ck_deployment_env_name_without_equals": Rule("env", "names must not contain '='"),
+    "pk_deployment_env": Rule("env", "names must be unique in one deployment"),
+    "ck_deployment_labels_key_not_empty": Rule("labels", "keys must not be empty"),
+    "ck_deployment_labels_key_not_reserved": Rule(
+        "labels",
+        f"keys must not start with {models.RESERVED_LABEL_PREFIX!r} (the controller's own)",
+    ),
+    "pk_deployment_labels": Rule("labels", "keys must be unique in one deployment"),
+    "ck_deployment_ports_container_port_range": Rule("ports.container_port", _PORT_RANGE),
+    "ck_deployment_ports_host_port_range": Rule("ports.host_port", _PORT_RANGE),
+    "ck_deployment_ports_protocol_known": Rule(
+        "ports.protocol", f"must be {_choices(models.PORT_PROTOCOLS)}"
+    ),
+    "uq_deployment_ports_deployment_id_host_port_protocol": Rule(
+        "ports.host_port", "is given twice in one deployment (per protocol)"
+    ),
+    "uq_deployment_ports_deployment_id_container_port_protocol": Rule(
+        "ports.container_port", "is given twice in one deployment (per protocol)"
+    ),
+    "ck_deployment_volumes_name_or_host_path": Rule(
+        "volumes", "each needs exactly one of name (a named volume) or host_path"
+    ),
+    "ck_deployment_volumes_mount_path_absolute": Rule(
+        "volumes.mount_path", "must be an absolute path (starting with /)"
+    ),
+    "ck_deployment_volumes_host_path_absolute": Rule(
+        "volumes.host_path", "must be an absolute path (starting with /)"
+    ),
+    "ck_deployment_volumes_name_format": Rule(
+        "volumes.name", "must be a letter or digit followed by letters, digits, _, . or -"
+    ),
+    "uq_deployment_volumes_deployment_id_mount_path": Rule(
+        "volumes.mount_path", "is given twice in one deployment"
+    ),
+    "uq_deployment_volumes_deployment_id_name": Rule(
+        "volumes.name", "is given twice in one deployment"
+    ),
+    "ck_registry_credentials_name_not_empty": Rule("name", "must not be empty"),
+    "ck_registry_credentials_registry_host_not_empty": Rule("registry", "must not be empty"),
+    "ck_registry_credentials_username_not_empty": Rule("username", "must not be empty"),
+    "uq_registry_credentials_user_id_name": Rule(
+        "name", "is taken: this user already has a registry secret with this name"
+    ),
+    "fk_registry_credentials_user_id_users": Rule("user", _GONE),
+    **{
+        f"fk_{table}_deployment_id_deployments": Rule("deployment", _GONE)
+        for table in models.SPEC_TABLES
+    },
+}
+
 CONSTRAINTS: dict[str, Rule] = {
     **{
         f"ck_deployment_resources_{k}_range": Rule(f"resources.{k}", f"must be {v}")
@@ -251,6 +338,7 @@ CONSTRAINTS: dict[str, Rule] = {
         "resources", "is already set for this deployment (one resources row per deployment)"
     ),
     "fk_deployments_user_id_users": Rule("user", "does not exist (deleted meanwhile?)"),
+    **_SPEC_CONSTRAINTS,
     "fk_deployment_resources_deployment_id_deployments": Rule(
         "deployment", "does not exist (deleted meanwhile?)"
     ),
@@ -262,6 +350,23 @@ _SQLITE_UNIQUE = {
     "nodes.name": "uq_nodes_name",
     "deployments.user_id, deployments.name": "idx_deployments_user_name_unique",
     "deployment_resources.deployment_id": "uq_deployment_resources_deployment_id",
+    "deployment_specs.deployment_id": "uq_deployment_specs_deployment_id",
+    "deployment_env.deployment_id, deployment_env.name": "pk_deployment_env",
+    "deployment_labels.deployment_id, deployment_labels.key": "pk_deployment_labels",
+    "deployment_ports.deployment_id, deployment_ports.host_port, deployment_ports.protocol": (
+        "uq_deployment_ports_deployment_id_host_port_protocol"
+    ),
+    "deployment_ports.deployment_id, deployment_ports.container_port, "
+    "deployment_ports.protocol": "uq_deployment_ports_deployment_id_container_port_protocol",
+    "deployment_volumes.deployment_id, deployment_volumes.mount_path": (
+        "uq_deployment_volumes_deployment_id_mount_path"
+    ),
+    "deployment_volumes.deployment_id, deployment_volumes.name": (
+        "uq_deployment_volumes_deployment_id_name"
+    ),
+    "registry_credentials.user_id, registry_credentials.name": (
+        "uq_registry_credentials_user_id_name"
+    ),
 }
 _PG_NAME = re.compile(r'constraint "([^"]+)"')
 _SQLITE_CHECK = re.compile(r"CHECK constraint failed: (\w+)")

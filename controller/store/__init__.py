@@ -37,7 +37,7 @@ from controller.model import (
 )
 from controller.ports import ReplicaChange, Transition
 from controller.readmodel import CONTROL_PLANE, DEPLOYMENTS, REPLICAS
-from controller.store import deployment_rows
+from controller.store import deployment_rows, spec_rows
 from controller.store.deployment_rows import IN_CHUNK, ResyncSnapshot
 from controller.store.group_commit import GroupCommit
 from controller.store.node_rows import NodeRows
@@ -144,8 +144,8 @@ class Store:
     @retrying
     async def load_deployments(self, ids: Sequence[uuid.UUID] | None = None) -> list[Deployment]:
         """Deployments not yet `deleted` (all of them, or `ids`), with resources, non-terminal
-        replicas, newest history row and the controller's persisted progress: three queries
-        whatever the count (the progress joins the first). Held deployments
+        replicas, newest history row, the controller's persisted progress and the container
+        spec: eight queries whatever the count (see `deployment_rows`). Held deployments
         (see `held`) are left out."""
         skip = self._unusable.skip
         return await self._unusable.tolerant(
@@ -158,10 +158,11 @@ class Store:
 
         On PostgreSQL a pass re-reads only what changed: one query fingerprints each
         deployment by the row versions (`xmin`) of its deployment, resources and live replica
-        rows, and only deployments whose fingerprint moved are loaded again; the rest come
-        from the previous pass. Any write makes a new row version, so nothing changed is
-        missed; still, every `FULL_RELOAD_EVERY`-th pass reloads everything, as an informer
-        relists. A fingerprint taken before its load can only make the next pass reload more.
+        rows (a change of its spec rows moves its deployment row: migration 0007), and only
+        deployments whose fingerprint moved are loaded again; the rest come from the previous
+        pass. Any write makes a new row version, so nothing changed is missed; still, every
+        `FULL_RELOAD_EVERY`-th pass reloads everything, as an informer relists. A
+        fingerprint taken before its load can only make the next pass reload more.
         """
         if self._engine.dialect.name != "postgresql":
             return await self.load_deployments()
@@ -177,7 +178,7 @@ class Store:
         return self._snapshot.end(prints, cached, stale, fresh)
 
     async def load_deployment(self, deployment_id: uuid.UUID) -> Deployment | None:
-        """One deployment; loads asked for at once share one read of three queries."""
+        """One deployment; loads asked for at once share one read (see `load_deployments`)."""
         return await self._loads.submit(deployment_id)
 
     async def _load_rounds(self, ids: Sequence[uuid.UUID]) -> list[Deployment | None]:
@@ -195,6 +196,32 @@ class Store:
         """Deployments changed after `since`, each with its newest change: the SQLite poller's
         question (see `deployment_rows.changed_since`)."""
         return await deployment_rows.changed_since(self._engine, since)
+
+    @retrying
+    async def registry_credential(
+        self, user_id: uuid.UUID, name: str
+    ) -> tuple[str, str, str] | None:
+        """The user's registry login called `name` (a deployment's `image_pull_secret`):
+        (registry_host, username, password_encrypted), or None when there is none. The
+        password stays encrypted here; the caller decrypts it for one pull."""
+        async with self._engine.connect() as conn:
+            row = (
+                await conn.execute(spec_rows.registry_credential_query(user_id, name))
+            ).one_or_none()
+        return None if row is None else (row[0], row[1], row[2])
+
+    @retrying
+    async def deployments_to_purge(self) -> list[uuid.UUID]:
+        """Deleted deployments (status `deleted` or `deleted_at` set) whose named volumes the
+        operator asked to remove (`deployment_specs.purge_volumes`)."""
+        async with self._engine.connect() as conn:
+            return list((await conn.execute(spec_rows.to_purge_query())).scalars())
+
+    @retrying
+    async def volumes_purged(self, deployment_id: uuid.UUID) -> None:
+        """The deployment's named volumes are gone from every node: clear its request."""
+        async with self._write() as conn:
+            await conn.execute(spec_rows.purged_statement(deployment_id))
 
     # --- writes ----------------------------------------------------------------------------
 

@@ -1,9 +1,9 @@
 """Reading deployments: the queries behind `Store.load_deployments` and `load_active`.
 
 A read loads whole deployments (resources, live replicas, newest history row, persisted
-progress) in three queries whatever the count; a resync pass on PostgreSQL fingerprints every
-deployment and re-reads only the ones whose row versions moved (`ResyncSnapshot`). Also the
-SQLite poller's `changed_since`.
+progress, the container spec) in eight queries whatever the count; a resync pass on
+PostgreSQL fingerprints every deployment and re-reads only the ones whose row versions moved
+(`ResyncSnapshot`). Also the SQLite poller's `changed_since`.
 """
 
 from __future__ import annotations
@@ -31,6 +31,9 @@ from sqlalchemy.types import NullType
 from controller import readmodel
 from controller.model import Deployment, DeploymentStatus, ProgressState, Replica, ReplicaStatus
 from controller.readmodel import DEPLOYMENTS, REPLICAS, RESOURCES, STATE
+from controller.runspec import EMPTY_RUN, RunSpec
+from controller.store.spec_rows import read_specs
+from controller.store.unusable import check_numbers
 from schema.models import UUIDType
 
 _NOT_TERMINAL = readmodel.NOT_TERMINAL
@@ -63,8 +66,9 @@ async def read_deployments(
     skip: Callable[[Table], ColumnElement[bool]],
 ) -> list[Deployment]:
     """Deployments not yet `deleted` (all of them, or `ids`), whole: resources, non-terminal
-    replicas, newest history row and persisted progress, in three queries whatever the count
-    (the progress joins the first). `skip` leaves out rows the loads cannot read."""
+    replicas, newest history row, persisted progress and the container spec (`run`), in eight
+    queries whatever the count (the progress joins the first; one per spec table, see
+    `spec_rows`). `skip` leaves out rows the loads cannot read."""
     d, rep, st = DEPLOYMENTS, REPLICAS, STATE
     scope: ColumnElement[bool]
     if ids is not None:
@@ -92,26 +96,30 @@ async def read_deployments(
             )
         ).all()
         last_rows = (await conn.execute(readmodel.newest_history(scope))).all()
+        runs = await read_specs(conn, scope, skip)
     replicas: dict[uuid.UUID, list[Replica]] = {}
     # PostgreSQL's column types already guarantee numbers: the check costs it nothing.
     checked = engine.dialect.name == "sqlite"
     for r in replica_rows:
         if checked:
-            _numbers(r, _REPLICA_NUMBERS)
+            check_numbers(r, _REPLICA_NUMBERS)
         replicas.setdefault(r.deployment_id, []).append(_replica(r))
     last = {row.deployment_id: row.reason for row in last_rows}
     out = []
     for row in rows:
         if checked:
-            _numbers(row, _DEPLOYMENT_NUMBERS)
-            _numbers(row, _STATE_NUMBERS)
-        out.append(_deployment(row, tuple(replicas.get(row.id, ())), last.get(row.id)))
+            check_numbers(row, _DEPLOYMENT_NUMBERS)
+            check_numbers(row, _STATE_NUMBERS)
+        run = runs.get(row.id, EMPTY_RUN)
+        out.append(_deployment(row, tuple(replicas.get(row.id, ())), last.get(row.id), run))
     return out
 
 
 async def fingerprints(engine: AsyncEngine) -> dict[uuid.UUID, str]:
     """Each live deployment's fingerprint (PostgreSQL): the row versions (`xmin`) of its
-    deployment, resources, state and live replica rows. Any write makes a new row version."""
+    deployment, resources, state and live replica rows. Any write makes a new row version.
+    The spec tables need no join of their own: every change of a spec row also updates its
+    deployment's row (the generation triggers of migration 0007 move `updated_at`)."""
     async with engine.connect() as conn:
         rows = (await conn.execute(_FINGERPRINTS)).all()
     return {row.id: row.fp for row in rows}
@@ -190,17 +198,9 @@ _REPLICA_NUMBERS = (("restart_count", int), ("last_exit_code", int))
 _STATE_NUMBERS = (("generation", int), ("observed_generation", int), ("crash_failures", int))
 
 
-def _numbers(row: Any, names: Sequence[tuple[str, Any]]) -> None:
-    """Refuse a row whose number columns hold text: SQLite stores 'three' in an INTEGER column
-    (and its CHECKs compare text as greater than any number). The load's tolerant path then
-    finds the row and leaves it out (`UnusableRows.tolerant`)."""
-    for name, kind in names:
-        value = getattr(row, name)
-        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
-            raise TypeError(f"{name} = {value!r} is not a number")
-
-
-def _deployment(row: Any, replicas: tuple[Replica, ...], last_reason: str | None) -> Deployment:
+def _deployment(
+    row: Any, replicas: tuple[Replica, ...], last_reason: str | None, run: RunSpec = EMPTY_RUN
+) -> Deployment:
     """A loaded deployment row (resources and progress joined) as the model's value."""
     return Deployment(
         id=row.id,
@@ -216,6 +216,7 @@ def _deployment(row: Any, replicas: tuple[Replica, ...], last_reason: str | None
         last_reason=last_reason,
         generation=row.generation or 1,
         progress=_progress(row),
+        run=run,
     )
 
 

@@ -1,21 +1,25 @@
-"""Rows the loads cannot read (SQLite, where a column holds whatever was written).
+"""Rows the loads cannot read (SQLite, where a column holds whatever was written) or cannot
+use (an argument list of the container spec that is JSON but not strings, on either backend).
 
 A load that fails on such a row scans the tables the loads read, leaves the rows it finds out
 of every later load until they are fixed, and holds the deployments they belong to: one bad
 row costs its deployment, not every pass. Each row is reported once, in the operator's terms.
-PostgreSQL's column types refuse such values on write, so there this is a pass-through.
+PostgreSQL's column types refuse most such values on write; there only the spec's JSON
+argument lists are scanned.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
+import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import structlog
 from sqlalchemy import (
+    Boolean,
     ColumnElement,
     Float,
     Integer,
@@ -29,7 +33,19 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.types import NullType
 
-from controller.readmodel import DEPLOYMENTS, HISTORY, NODES, REPLICAS, RESOURCES, STATE
+from controller.readmodel import (
+    DEPLOYMENTS,
+    ENV,
+    HISTORY,
+    LABELS,
+    NODES,
+    PORTS,
+    REPLICAS,
+    RESOURCES,
+    SPECS,
+    STATE,
+    VOLUMES,
+)
 
 log = structlog.get_logger("controller.store")
 
@@ -67,7 +83,41 @@ _SCANNED: dict[str, tuple[Table, str | None]] = {
     "deployment_status_history": (HISTORY, "deployment_id"),
     "deployment_controller_state": (STATE, "deployment_id"),
     "nodes": (NODES, None),
+    "deployment_specs": (SPECS, "deployment_id"),
+    "deployment_env": (ENV, "deployment_id"),
+    "deployment_labels": (LABELS, "deployment_id"),
+    "deployment_ports": (PORTS, "deployment_id"),
+    "deployment_volumes": (VOLUMES, "deployment_id"),
 }
+# Argument lists kept as JSON (migration 0007): the database checks "an array", the controller
+# needs an array of strings, which PostgreSQL's json type does not guarantee either.
+ARGV_COLUMNS = frozenset(
+    ("deployment_specs", c) for c in ("entrypoint", "command", "healthcheck_command")
+)
+# What PostgreSQL's types leave to check: only the argument lists (see `find`).
+_PG_SCANNED = ("deployment_specs",)
+
+
+def _row_id(table: Table, row: Any) -> str:
+    """The row's key as stored, for the operator to find it: its id, or (deployment, name)."""
+    return "/".join(str(getattr(row, c.name)) for c in table.primary_key.columns)
+
+
+def argv_problem(value: Any) -> str | None:
+    """Why a parsed argument list is none the controller can pass to the engine, or None."""
+    if not isinstance(value, list) or not all(isinstance(a, str) for a in value):
+        return "is not a JSON array of strings"
+    return None
+
+
+def check_numbers(row: Any, names: Sequence[tuple[str, Any]]) -> None:
+    """Refuse a row whose number columns hold text: SQLite stores 'three' in an INTEGER column
+    (and its CHECKs compare text as greater than any number). The load's tolerant path then
+    finds the row and leaves it out (`UnusableRows.tolerant`)."""
+    for name, kind in names:
+        value = getattr(row, name)
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+            raise TypeError(f"{name} = {value!r} is not a number")
 
 
 def _problem(col: Any, value: Any, processor: Any) -> str | None:
@@ -84,6 +134,11 @@ def _problem(col: Any, value: Any, processor: Any) -> str | None:
         return f"cannot be read ({type(exc).__name__}: {exc})"
     if col.name == "labels" and not isinstance(parsed, dict):
         return "is not a JSON object"
+    if isinstance(col.type, Boolean) and value not in (0, 1, True, False):
+        # SQLAlchemy's SQLite boolean would read any text as True, 'false' included.
+        return "is not a boolean (true or false)"
+    if (col.table.name, col.name) in ARGV_COLUMNS:
+        return argv_problem(parsed)
     return None
 
 
@@ -113,7 +168,7 @@ class UnusableRows:
         rowids = [u.rowid for u in self._unusable.values() if u.table == table.name]
         held = list(self.held)
         conditions: list[ColumnElement[bool]] = []
-        if rowids:
+        if rowids and self._engine.dialect.name == "sqlite":
             conditions.append(literal_column(f"{table.name}.rowid").not_in(rowids))
         key = _SCANNED.get(table.name, (table, None))[1]
         if held and key is not None:
@@ -121,27 +176,31 @@ class UnusableRows:
         return and_(true(), *conditions)
 
     async def find(self) -> list[Unusable]:
-        """Scan the tables the loads read for values their types cannot hold (SQLite only:
-        PostgreSQL's types refuse them on write). Newly found rows are logged once as
-        `row_unusable`, and the deployment each belongs to gets the reason in its history;
-        fixed rows drop out of the set, so the loads take them again."""
-        if self._engine.dialect.name != "sqlite":
-            return []
-        found: dict[tuple[str, int], Unusable] = {}
+        """Scan the tables the loads read for values their types cannot hold (SQLite) and for
+        spec argument lists that are no list of strings (both backends). Newly found rows are
+        logged once as `row_unusable`, and the deployment each belongs to gets the reason in
+        its history; fixed rows drop out of the set, so the loads take them again."""
         dialect = self._engine.dialect
+        sqlite = dialect.name == "sqlite"
+        scanned = _SCANNED if sqlite else {name: _SCANNED[name] for name in _PG_SCANNED}
+        found: dict[tuple[str, int], Unusable] = {}
         async with self._engine.connect() as conn:
-            for name, (table, key) in _SCANNED.items():
+            for name, (table, key) in scanned.items():
                 cols = list(table.columns)
+                # PostgreSQL has no rowid: a stable number from the row's key stands in (the
+                # held deployment, not the rowid, is what keeps such a row out of the loads).
+                rowid: ColumnElement[Any] = literal_column("rowid" if sqlite else "0")
                 rows: Sequence[Any] = (
                     await conn.execute(
                         select(
-                            literal_column("rowid"),
-                            *(type_coerce(c, NullType()).label(c.name) for c in cols),
+                            rowid, *(type_coerce(c, NullType()).label(c.name) for c in cols)
                         ).select_from(table)
                     )
                 ).all()
-                processors = [c.type._cached_result_processor(dialect, None) for c in cols]
-                id_processor = processors[cols.index(table.c.id)]
+                # asyncpg hands over typed values (json already parsed): nothing to convert.
+                processors = [
+                    c.type._cached_result_processor(dialect, None) if sqlite else None for c in cols
+                ]
                 for row in rows:
                     for col, processor, value in zip(cols, processors, row[1:], strict=True):
                         problem = _problem(col, value, processor)
@@ -150,10 +209,13 @@ class UnusableRows:
                         owner: uuid.UUID | None = None
                         if key is not None:
                             raw_key = getattr(row, key)
-                            if _problem(table.c[key], raw_key, id_processor) is None:
+                            key_processor = processors[cols.index(table.c[key])]
+                            if _problem(table.c[key], raw_key, key_processor) is None:
                                 owner = uuid.UUID(str(raw_key))
-                        found[(name, row[0])] = Unusable(
-                            name, row[0], str(row.id), col.name, repr(value), problem, owner
+                        row_id = _row_id(table, row)
+                        number = row[0] if sqlite else zlib.crc32(row_id.encode())
+                        found[(name, number)] = Unusable(
+                            name, number, row_id, col.name, repr(value), problem, owner
                         )
                         break
         self._unusable = found
@@ -183,10 +245,8 @@ class UnusableRows:
                 await self._note(u.deployment_id, u.reason)
 
     async def tolerant(self, load: Callable[[], Awaitable[T]]) -> T:
-        """Run a load; on SQLite, a row it cannot read is found, reported and left out, and the
+        """Run a load; a row it cannot read or use is found, reported and left out, and the
         load runs again without it, instead of failing every pass."""
-        if self._engine.dialect.name != "sqlite":
-            return await load()
         if self._unusable and time.monotonic() - self._scanned_at >= _RESCAN_SECONDS:
             await self.find()  # fixed rows come back
         # What this load leaves out: a concurrent load may find a bad row between here and

@@ -24,6 +24,8 @@ import docker
 import pytest
 from sqlalchemy.engine import make_url
 
+from controller.runspec import PortSpec, RunSpec, VolumeSpec
+from controller.store import Store
 from schema.engine import is_sqlite, sqlite_path
 from tests.e2e.daemon import REPO_ROOT, Daemon, Daemons, Sql
 from tests.harness import database
@@ -35,6 +37,18 @@ BLOCK = re.compile(r"```sql\n-- plain-sql (\S+) (both|postgresql|sqlite)\n(.*?)`
 WEB = uuid.UUID("8f0c2b1e-4a5d-4e6f-9a1b-2c3d4e5f6a7b")
 EDGE_1 = uuid.UUID("0c6f1c9e-2b7d-4e3a-8f41-5d6e7f8a9b0c")
 IMAGE_V2 = "fog-test/busybox:v2"
+CONVERGE_STEPS = ("create", "add-node", "create-generated", "scale", "update-image", "soft-delete")
+# The container spec's statements (issue 14): checked by what the store loads from them, not
+# run against the daemon here (the controller's side of the spec is built separately).
+SPEC_STEPS = ("set-env", "publish-port", "named-volume", "pull-secret")
+DOCUMENTED_RUN = RunSpec(
+    command=("httpd", "-f", "-p", "8080"),
+    env=(("LOG_LEVEL", "debug"), ("SITE", "north")),
+    network="bridge",
+    ports=(PortSpec(8080, 18080, "tcp"),),
+    volumes=(VolumeSpec("/data", name="data"),),
+    image_pull_secret="company-registry",
+)
 
 
 def doc_statements(backend: str) -> dict[str, str]:
@@ -106,14 +120,7 @@ async def test_the_documented_plain_sql_converges_on_both_backends(
         lambda: [build_test_image(docker.DockerClient(base_url=u), IMAGE_V2) for u in engines]
     )
     steps = doc_statements(backend)
-    assert set(steps) == {
-        "create",
-        "add-node",
-        "create-generated",
-        "scale",
-        "update-image",
-        "soft-delete",
-    }
+    assert set(steps) == set(CONVERGE_STEPS) | set(SPEC_STEPS)
     swaps = {
         "unix:///run/fog/edge-1.sock": engines[0],
         "unix:///run/fog/edge-2.sock": engines[1],
@@ -194,10 +201,39 @@ async def test_the_documented_plain_sql_converges_on_both_backends(
 def test_every_documented_step_exists_for_both_backends() -> None:
     for backend in ("postgresql", "sqlite"):
         steps = doc_statements(backend)
-        assert len(steps) == 6, (backend, sorted(steps))
+        assert len(steps) == len(CONVERGE_STEPS) + len(SPEC_STEPS), (backend, sorted(steps))
         assert all(body.strip() for body in steps.values())
     assert "now()" in doc_statements("postgresql")["soft-delete"]
     assert "strftime" in doc_statements("sqlite")["soft-delete"]
+
+
+async def test_the_documented_spec_statements_load_into_the_runspec_they_describe(
+    sql: Sql,
+) -> None:
+    """Only what the store loads: the statements run through psql and sqlite3, and the rows
+    they leave become the RunSpec the document describes, one generation per row changed."""
+    backend = "sqlite" if sql.sqlite else "postgresql"
+    steps = doc_statements(backend)
+    await asyncio.to_thread(run_shell, sql.url, steps["create"])
+
+    async def generation() -> int:
+        found = await sql.scalar(
+            f"SELECT generation FROM deployment_controller_state WHERE deployment_id = '{WEB}'"
+        )
+        return int(found)
+
+    created = await generation()
+    for name in SPEC_STEPS:
+        await asyncio.to_thread(run_shell, sql.url, steps[name])
+    # Two env rows, the spec row and a port, a volume, the spec row changed again.
+    assert await generation() == created + 6
+    # Run again with the same values: upserts that change nothing are no new generation.
+    await asyncio.to_thread(run_shell, sql.url, steps["set-env"])
+    assert await generation() == created + 6
+
+    store = Store(sql.engine)
+    (loaded,) = await store.load_deployments([WEB])
+    assert loaded.run == DOCUMENTED_RUN
 
 
 async def test_sqlite_an_unreadable_value_typed_in_the_shell_holds_one_deployment_with_a_reason(

@@ -23,7 +23,7 @@ from sqlalchemy.schema import CreateTable
 from schema import engine as engine_mod
 from schema import migrate, models
 
-HEAD = "0006_deployment_generation"
+HEAD = "0007_deployment_spec"
 TABLES = {
     "users",
     "nodes",
@@ -33,6 +33,12 @@ TABLES = {
     "deployment_status_history",
     "control_plane",
     "deployment_controller_state",
+    "deployment_specs",
+    "deployment_env",
+    "deployment_labels",
+    "deployment_ports",
+    "deployment_volumes",
+    "registry_credentials",
 }
 TRIGGERS = {f"trg_{table}_touch_updated_at" for table in models.TABLES_WITH_UPDATED_AT}
 # PostgreSQL only: NOTIFY on changes of operator-owned columns.
@@ -237,7 +243,7 @@ async def test_uuid_columns_are_canonical_text_on_sqlite_and_ids_default_to_rand
 ) -> None:
     async with engine.connect() as connection:
         found = await connection.run_sync(_uuid_columns)
-    assert len(found) == 14  # 7 ids, 7 foreign keys
+    assert len(found) == 24  # 11 ids, 13 foreign keys
     for (table, column), (declared, default) in found.items():
         if engine.dialect.name == "sqlite":
             nullable = column in {"node_id", "changed_by"}

@@ -31,6 +31,8 @@ deployments = models.Base.metadata.tables["deployments"]
 resources = models.Base.metadata.tables["deployment_resources"]
 replicas = models.Base.metadata.tables["deployment_replicas"]
 history = models.Base.metadata.tables["deployment_status_history"]
+specs = models.Base.metadata.tables["deployment_specs"]
+credentials = models.Base.metadata.tables["registry_credentials"]
 
 # SQLAlchemy's SQLite DateTime text form; SQL-side stamps (defaults, triggers) must match it.
 SQLITE_STAMP = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}$")
@@ -301,6 +303,22 @@ async def _row_for(conn: AsyncConnection, table_name: str) -> tuple[Table, uuid.
     if table_name == "deployment_resources":
         row_id = await _insert(conn, resources, deployment_id=deployment_id, **GOOD_RESOURCES)
         return resources, row_id, "memory_mb = memory_mb + 1"
+    if table_name == "deployment_specs":
+        row_id = await _insert(conn, specs, deployment_id=deployment_id)
+        return specs, row_id, "stop_grace_seconds = coalesce(stop_grace_seconds, 0) + 1"
+    if table_name == "registry_credentials":
+        user_id = await _user(conn)
+        row_id = await _insert(
+            conn,
+            credentials,
+            user_id=user_id,
+            name="reg",
+            registry_host="127.0.0.1:5000",
+            username="fog",
+            password_encrypted="x",
+        )
+        return credentials, row_id, "username = username || 'x'"
+    assert table_name == "nodes", f"no row maker for {table_name}"
     return nodes, await _node(conn), "draining = NOT draining"
 
 
@@ -472,6 +490,12 @@ async def test_orm_rows_serialise_with_to_dict_and_the_api_schemas(engine: Async
             target_replicas=2,
             resources=models.DeploymentResource(**GOOD_RESOURCES),
             replicas=[models.DeploymentReplica(node=node, status=ReplicaStatus.RUNNING)],
+            spec=models.DeploymentSpec(
+                network="bridge", command=["httpd", "-f"], image_pull_secret="company"
+            ),
+            env=[models.DeploymentEnv(name="SITE", value="north")],
+            ports=[models.DeploymentPort(container_port=8080, host_port=18080)],
+            volumes=[models.DeploymentVolume(name="data", mount_path="/data")],
         )
         session.add(deployment)
         await session.commit()
@@ -483,6 +507,11 @@ async def test_orm_rows_serialise_with_to_dict_and_the_api_schemas(engine: Async
                 .options(
                     selectinload(models.Deployment.resources),
                     selectinload(models.Deployment.replicas),
+                    selectinload(models.Deployment.spec),
+                    selectinload(models.Deployment.env),
+                    selectinload(models.Deployment.labels),
+                    selectinload(models.Deployment.ports),
+                    selectinload(models.Deployment.volumes),
                 )
                 .where(models.Deployment.id == deployment.id)
             )
@@ -507,6 +536,18 @@ async def test_orm_rows_serialise_with_to_dict_and_the_api_schemas(engine: Async
     assert response.resources is not None
     assert response.resources.memory_mb == 1024
     assert [r.status for r in response.replicas] == [ReplicaStatus.RUNNING]
+    # The spec rows, flat under the names `fogctl apply` reads; defaults where no row says.
+    assert (response.network, response.command) == ("bridge", ["httpd", "-f"])
+    assert response.image_pull_secret == "company"
+    assert response.env == {"SITE": "north"}
+    assert [(p.container_port, p.host_port, p.protocol) for p in response.ports] == [
+        (8080, 18080, "tcp")
+    ]
+    assert [(v.name, v.mount_path, v.read_only) for v in response.volumes] == [
+        ("data", "/data", False)
+    ]
+    assert response.labels == {}
+    assert response.entrypoint is None
     assert node_response.labels == {"zone": "a"}
     assert operation.deployment_id == deployment.id
     assert operation.message == "scaled to 2"
@@ -604,6 +645,12 @@ async def test_sqlite_refuses_a_malformed_id_in_every_uuid_column_by_name(
         "deployment_replicas": "id, deployment_id, node_id",
         "deployment_status_history": "old_status, new_status, id, deployment_id, changed_by",
         "deployment_controller_state": "id, deployment_id",
+        "deployment_specs": "id, deployment_id",
+        "deployment_env": "name, deployment_id",
+        "deployment_labels": "key, deployment_id",
+        "deployment_ports": "container_port, id, deployment_id",
+        "deployment_volumes": "name, mount_path, id, deployment_id",
+        "registry_credentials": "name, registry_host, username, password_encrypted, id, user_id",
     }[table_name].split(", ")
     plain = {
         "username": "'u'",
@@ -615,6 +662,11 @@ async def test_sqlite_refuses_a_malformed_id_in_every_uuid_column_by_name(
         "storage_gb": "1",
         "old_status": "'pending'",
         "new_status": "'running'",
+        "key": "'k'",
+        "container_port": "80",
+        "mount_path": "'/data'",
+        "registry_host": "'127.0.0.1:5000'",
+        "password_encrypted": "'x'",
     }
     literals = [f"'{bad}'" if c == column else plain.get(c, f"'{uuid.uuid4()}'") for c in values]
     assert column in values

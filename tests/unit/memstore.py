@@ -51,6 +51,8 @@ class MemoryStore:
     calls: Counter[str] = field(default_factory=Counter)  # operation -> calls
     # The controller's persisted progress per deployment (the state table).
     progress: dict[uuid.UUID, ProgressState] = field(default_factory=dict)
+    # Registry logins: (user, name) -> (registry_host, username, password_encrypted).
+    credentials: dict[tuple[uuid.UUID, str], tuple[str, str, str]] = field(default_factory=dict)
 
     @property
     def epoch(self) -> int | None:
@@ -141,6 +143,12 @@ class MemoryStore:
         self.calls["save_progress"] += 1
         if deployment_id in self.deployments:
             self.progress[deployment_id] = state
+
+    async def registry_credential(
+        self, user_id: uuid.UUID, name: str
+    ) -> tuple[str, str, str] | None:
+        self.calls["registry_credential"] += 1
+        return self.credentials.get((user_id, name))
 
     # --- NodeStore -------------------------------------------------------------------------
 

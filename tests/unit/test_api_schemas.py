@@ -473,8 +473,14 @@ def test_a_port_defaults_to_tcp_and_no_host_port() -> None:
         pytest.param(
             {"env": {"A": "a\x00b"}},
             "env.A",
-            "env name must not contain a NUL character, got 'A'",
-            id="env-nul",
+            "env name is fine but its value must not contain a NUL character, got 'a\\x00b'",
+            id="env-value-nul",
+        ),
+        pytest.param(
+            {"env": {"A\x00": "a"}},
+            "env.A\x00",
+            "env name must not contain a NUL character, got 'A\\x00'",
+            id="env-name-nul",
         ),
         pytest.param(
             {"entrypoint": ["/bin/sh", "a\x00"]},
