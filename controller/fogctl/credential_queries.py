@@ -14,19 +14,15 @@ locking clause out there.
 from __future__ import annotations
 
 import uuid
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Table, delete, insert, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from controller.fogctl import views
 from controller.fogctl.errors import InputError, NotFound, constraint_message
-from controller.readmodel import DEPLOYMENTS
-from schema import models as tables
-
-CREDENTIALS = cast(Table, tables.RegistryCredential.__table__)
-SPECS = cast(Table, tables.DeploymentSpec.__table__)
+from controller.readmodel import CREDENTIALS, DEPLOYMENTS, SPECS
 
 
 def _select(user_id: uuid.UUID) -> Any:

@@ -16,20 +16,14 @@ from __future__ import annotations
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Table, delete, insert, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from controller.fogctl import credential_queries, views
+from controller.readmodel import ENV, LABELS, PORTS, SPECS, VOLUMES
 from schema import api
-from schema import models as tables
-
-SPECS = cast(Table, tables.DeploymentSpec.__table__)
-ENV = cast(Table, tables.DeploymentEnv.__table__)
-LABELS = cast(Table, tables.DeploymentLabel.__table__)
-PORTS = cast(Table, tables.DeploymentPort.__table__)
-VOLUMES = cast(Table, tables.DeploymentVolume.__table__)
 
 # The spec's fields in the apply file's order; the lists and maps are child tables, the
 # rest columns of `deployment_specs`.
