@@ -1,5 +1,7 @@
-"""Every SQL statement fogctl runs: the operator's side of the database, apart from the daemon's
-`controller.store` (which owns the controller's columns and is changed by other hands). What
+"""The SQL fogctl runs for deployments, nodes and users (the container spec's rows are in
+`spec_queries`, registry credentials in `credential_queries`): the operator's side of the
+database, apart from the daemon's `controller.store` (which owns the controller's columns and
+is changed by other hands). What
 both programs read alike (a deployment with its resources, its newest history row, what live
 replicas hold on each node) is built once in `controller.readmodel` and only run from here.
 
