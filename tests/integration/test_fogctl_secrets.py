@@ -206,6 +206,7 @@ def test_the_password_is_nowhere_in_clear_text(
     token = row["password_encrypted"]
     assert token in dump  # the dump is complete: the credential is in it, encrypted
     assert PASSWORD not in dump
+    assert token not in printed  # not even encrypted: no output shows the password in any form
     # The token opens with the key file (so it is the password, encrypted) and the key file
     # is the operator's alone.
     assert SecretBox.from_file(key_file, create=False).decrypt(token) == PASSWORD
