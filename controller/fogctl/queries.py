@@ -370,7 +370,12 @@ async def _apply_one(
         await conn.execute(
             insert(res).values(id=uuid.uuid4(), deployment_id=deployment_id, **wanted)
         )
-        await spec_queries.write(conn, deployment_id, wanted_spec, spec_queries.PARTS)
+        await spec_queries.write(
+            conn,
+            deployment_id,
+            wanted_spec,
+            spec_queries.changed_parts(spec_queries.EMPTY, wanted_spec),
+        )
         return views.Outcome(kind="deployment", name=spec.name, result="created")
 
     changes: dict[str, Any] = {}

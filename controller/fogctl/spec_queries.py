@@ -30,6 +30,7 @@ from schema import api
 PARTS = tuple(api.DeploymentSpecResponse.model_fields)
 CHILD_PARTS = ("env", "labels", "ports", "volumes")
 COLUMN_PARTS = tuple(p for p in PARTS if p not in CHILD_PARTS)
+EMPTY = api.DeploymentSpecResponse()  # everything as the image says: no spec rows at all
 
 
 async def load(

@@ -77,7 +77,7 @@ def test_one_changed_field_is_that_part_alone(field: str, value: object) -> None
 
 def test_left_out_fields_are_every_part_changed() -> None:
     assert spec_queries.changed_parts(wanted(FULL), wanted(BASE)) == list(spec_queries.PARTS)
-    assert spec_queries.changed_parts(wanted(BASE), api.DeploymentSpecResponse()) == []
+    assert spec_queries.changed_parts(wanted(BASE), spec_queries.EMPTY) == []
 
 
 def test_describe_words_an_unset_spec_by_whose_default_applies() -> None:
