@@ -34,7 +34,7 @@ PORTS = cast(Table, tables.DeploymentPort.__table__)
 VOLUMES = cast(Table, tables.DeploymentVolume.__table__)
 CREDENTIALS = cast(Table, tables.RegistryCredential.__table__)
 # The tables `controller.runspec.RunSpec` is built from, in load order.
-SPEC_TABLES = (SPECS, ENV, LABELS, PORTS, VOLUMES)
+RUN_TABLES = (SPECS, ENV, LABELS, PORTS, VOLUMES)
 
 LIVE = [s.value for s in LIVE_REPLICA_STATUSES]
 NOT_TERMINAL = [s.value for s in NOT_TERMINAL_REPLICA_STATUSES]

@@ -731,7 +731,11 @@ def spec_fields(
         "labels": {row.key: row.value for row in sorted(labels, key=lambda r: r.key)},
         "ports": sorted(
             (PortResponse.model_validate(row) for row in ports),
-            key=lambda p: (p.container_port, p.protocol, p.host_port or 0),
+            key=lambda p: (
+                p.container_port,
+                -1 if p.host_port is None else p.host_port,
+                p.protocol,
+            ),
         ),
         "volumes": sorted(
             (VolumeResponse.model_validate(row) for row in volumes), key=lambda v: v.mount_path

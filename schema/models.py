@@ -836,7 +836,7 @@ NOTIFY_TABLES: dict[str, tuple[str, ...]] = {
         "unschedulable",
         "draining",
     ),
-    # Migration 0007: every spec table; `purge_volumes` wakes the controller as well.
+    # Migration 0007: every spec table; `purge_volumes` only when set (false to true).
     "deployment_specs": (
         "entrypoint",
         "command",

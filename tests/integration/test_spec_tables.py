@@ -261,6 +261,12 @@ GENERATION_CASES = [
     ("spec-same-value", SEED[:1], "UPDATE deployment_specs SET network = 'bridge'", 0),
     ("spec-touched", SEED[:1], "UPDATE deployment_specs SET updated_at = updated_at", 0),
     ("purge-volumes", SEED[:1], "UPDATE deployment_specs SET purge_volumes = true", 0),
+    (
+        "purge-volumes-done",
+        (SEED[0], "UPDATE deployment_specs SET purge_volumes = true"),
+        "UPDATE deployment_specs SET purge_volumes = false",
+        0,
+    ),
     ("env-insert", (), SEED[1], 1),
     ("env-update", SEED[1:2], "UPDATE deployment_env SET value = 'b'", 1),
     ("env-rename", SEED[1:2], "UPDATE deployment_env SET name = 'B'", 1),
@@ -291,8 +297,9 @@ async def test_every_spec_change_is_a_new_generation_and_moves_the_deployment(
     await _run(engine, (statement,), d=d)
     assert await _generation(engine, d) == before + bumps
     moved = await _updated_at(engine, d) > stamp
-    # purge_volumes is no spec change but the controller must act on it: it moves too.
-    assert moved == (bumps > 0 or "purge_volumes" in statement)
+    # A purge request is no spec change but the controller must act on it: it moves too;
+    # the controller clearing it when done does not.
+    assert moved == (bumps > 0 or "purge_volumes = true" in statement)
 
 
 async def test_a_spec_row_moved_to_another_deployment_bumps_both(engine: AsyncEngine) -> None:
@@ -358,7 +365,7 @@ async def test_postgresql_notifies_every_spec_table_change(
             *SEED,
             "UPDATE deployment_specs SET purge_volumes = true",
             "DELETE FROM deployment_labels",
-            CRED_ROW,  # no deployment: wakes nobody (checked by the barrier below)
+            CRED_ROW,  # no deployment: wakes nobody (checked with the barrier below)
         ]
         for statement in statements[:-1]:
             keys.clear()
@@ -366,6 +373,8 @@ async def test_postgresql_notifies_every_spec_table_change(
             await eventually(heard, within=5)
         keys.clear()
         await _run(pg_engine, (statements[-1],), u=user)
+        # The controller's own write when the purge is done.
+        await _run(pg_engine, ("UPDATE deployment_specs SET purge_volumes = false",))
         await _run(pg_engine, ("DELETE FROM deployment_env",), d=d)  # the barrier
         await eventually(heard, within=5)
         assert keys == [d]

@@ -14,7 +14,7 @@ from sqlalchemy import event, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from controller.model import DeploymentStatus, NodeStatus, ReplicaStatus
-from controller.readmodel import DEPLOYMENTS, REPLICAS, SPEC_TABLES
+from controller.readmodel import DEPLOYMENTS, REPLICAS, RUN_TABLES
 from controller.store import ReplicaChange, Store, Transition
 from tests.harness.fleet import Operator
 
@@ -60,7 +60,7 @@ async def test_a_pass_loads_any_number_of_deployments_in_a_fixed_number_of_queri
     assert all(d.resources is not None for d in loaded)
     selects = [s for s in many if s.lstrip().upper().startswith(("SELECT", "WITH"))]
     # Deployments, replicas, newest history; one per spec table (controller.store.spec_rows).
-    assert len(selects) == 3 + len(SPEC_TABLES)
+    assert len(selects) == 3 + len(RUN_TABLES)
     assert len(many) == len(few)
 
 

@@ -20,9 +20,10 @@ The same triggers move the deployment's `deployments.updated_at`: a spec change 
 the deployment, and on SQLite that column is what the controller's one-second poll watches
 (`changed_since`). Unioning the child tables into the poll instead could not work: they have
 no timestamp, and a DELETE leaves nothing behind to find. `purge_volumes` (set by
-`fogctl delete --purge-volumes`) is no spec, but the controller must act on it, so its change
-moves `updated_at` too without a new generation. On PostgreSQL every spec table also gets a
-NOTIFY trigger as 0002's (payload `deployment_id`), so the controller wakes at once there.
+`fogctl delete --purge-volumes`) is no spec, but the controller must act on it, so setting it
+moves `updated_at` too without a new generation (the controller clearing it moves nothing).
+On PostgreSQL every spec table also gets a NOTIFY trigger as 0002's (payload
+`deployment_id`), so the controller wakes at once there.
 
 Frozen like 0001: names and columns are spelled out, not imported.
 
@@ -73,6 +74,9 @@ SPEC_COLUMNS = (
     "deployment_id",
 )
 JSON_COLUMNS = ("entrypoint", "command", "healthcheck_command")
+# The operator asking for a deployment's volumes to be purged (false to true): the controller
+# must hear of it. Its clearing, the controller's own write once done, wakes nobody.
+PURGE_ASKED = "(NEW.purge_volumes AND NOT OLD.purge_volumes)"
 # Every column of the child tables is the operator's.
 CHILD_COLUMNS: dict[str, tuple[str, ...]] = {
     "deployment_env": ("deployment_id", "name", "value"),
@@ -393,8 +397,8 @@ def _sqlite_generation_triggers() -> None:
     for table in GENERATION_TABLES:
         if table == SPECS:
             spec_changed = _changed(SPEC_COLUMNS)
-            # purge_volumes wakes the controller but is no new generation.
-            when = f"{spec_changed} OR NEW.purge_volumes IS NOT OLD.purge_volumes"
+            # A purge request wakes the controller but is no new generation.
+            when = f"{spec_changed} OR {PURGE_ASKED}"
             bump_old = f"{BUMP}OLD.deployment_id AND {spec_changed}"
         else:
             when = _changed(CHILD_COLUMNS[table])
@@ -471,12 +475,11 @@ def _pg_generation_body(spec_changed: str, touch_changed: str) -> str:
 
 def _pg_generation_triggers() -> None:
     spec_changed = f"{_pg_row('OLD', SPEC_COLUMNS)} IS DISTINCT FROM {_pg_row('NEW', SPEC_COLUMNS)}"
-    purge_changed = "OLD.purge_volumes IS DISTINCT FROM NEW.purge_volumes"
     op.execute(
         f"""
         CREATE FUNCTION fog_generation_deployment_specs() RETURNS trigger
         LANGUAGE plpgsql AS $$
-        {_pg_generation_body(spec_changed, f"{spec_changed} OR {purge_changed}")}
+        {_pg_generation_body(spec_changed, f"{spec_changed} OR {PURGE_ASKED}")}
         $$
         """
     )
@@ -502,9 +505,10 @@ def _pg_generation_triggers() -> None:
 def _pg_notify_triggers() -> None:
     """0002's NOTIFY triggers for the spec tables; `id` is NULL for env and label rows,
     which have none (the controller only reads `deployment_id`)."""
-    watched = {SPECS: (*SPEC_COLUMNS, "purge_volumes"), **CHILD_COLUMNS}
+    watched = {SPECS: SPEC_COLUMNS, **CHILD_COLUMNS}
     for table, columns in watched.items():
         row_id = "NULL" if table in ("deployment_env", "deployment_labels") else "row.id"
+        also = f" AND NOT {PURGE_ASKED}" if table == SPECS else ""
         op.execute(
             f"""
             CREATE FUNCTION fog_notify_{table}() RETURNS trigger
@@ -513,7 +517,7 @@ def _pg_notify_triggers() -> None:
                 row {table}%ROWTYPE;
             BEGIN
                 IF TG_OP = 'UPDATE' AND {_pg_row("OLD", columns)} IS NOT DISTINCT FROM
-                    {_pg_row("NEW", columns)} THEN
+                    {_pg_row("NEW", columns)}{also} THEN
                     RETURN NULL;  -- only updated_at moved
                 END IF;
                 IF TG_OP = 'DELETE' THEN row := OLD; ELSE row := NEW; END IF;
