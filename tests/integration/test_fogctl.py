@@ -285,12 +285,19 @@ def observe_generation(db_url: str, deployment_id: uuid.UUID) -> None:
     sql(db_url, q)
 
 
-@pytest.fixture
-def fog(db_url: str) -> Fogctl:
-    cli = Fogctl(db_url)
+CliT = TypeVar("CliT", Fogctl, FogctlProcess)
+
+
+def with_users(cli: CliT) -> CliT:
+    """The CLI after adding the two users the tests act as."""
     for name in ("alice", "bob"):
         cli.ok("user", "add", name)
     return cli
+
+
+@pytest.fixture
+def fog(db_url: str) -> Fogctl:
+    return with_users(Fogctl(db_url))
 
 
 def write(tmp_path: Path, name: str, text: str) -> str:

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from controller.secrets import SecretBox
-from tests.integration.test_fogctl import FogctlProcess
+from tests.integration.test_fogctl import FogctlProcess, with_users
 from tests.integration.test_fogctl_spec import FULL, rows
 
 # Distinctive, with blanks and non-ASCII, so a partial echo or an encoding slip would show.
@@ -29,10 +29,7 @@ def key_file(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def fog(db_url: str, key_file: Path) -> FogctlProcess:
-    cli = FogctlProcess(db_url, env={"FOG_SECRET_KEY_FILE": str(key_file)})
-    for name in ("alice", "bob"):
-        cli.ok("user", "add", name)
-    return cli
+    return with_users(FogctlProcess(db_url, env={"FOG_SECRET_KEY_FILE": str(key_file)}))
 
 
 def add(

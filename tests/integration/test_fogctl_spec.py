@@ -16,7 +16,8 @@ import yaml
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from tests.integration.test_fogctl import WEB, FogctlProcess, sql, write
+from schema.models import SPEC_TABLES
+from tests.integration.test_fogctl import WEB, FogctlProcess, sql, with_users, write
 
 SPEC = """\
 entrypoint: ["/bin/sh", "-c"]
@@ -36,21 +37,11 @@ interval_seconds: 5, timeout_seconds: 2, retries: 3, start_period_seconds: 10}
 image_pull_secret: company-registry
 """
 FULL = WEB + SPEC
-SPEC_TABLES = (
-    "deployment_specs",
-    "deployment_env",
-    "deployment_labels",
-    "deployment_ports",
-    "deployment_volumes",
-)
 
 
 @pytest.fixture
 def fog(db_url: str) -> FogctlProcess:
-    cli = FogctlProcess(db_url)
-    for name in ("alice", "bob"):
-        cli.ok("user", "add", name)
-    return cli
+    return with_users(FogctlProcess(db_url))
 
 
 def add_secret(fog: FogctlProcess, tmp_path: Path, name: str = "company-registry") -> None:
