@@ -15,7 +15,7 @@ from typing import Any
 import typer
 
 from controller import __version__
-from controller.fogctl import cluster, db, deployments
+from controller.fogctl import cluster, credentials, db, deployments
 
 EPILOG = (
     "Start:  fogctl user add alice;  export FOG_USER=alice;  "
@@ -97,6 +97,13 @@ node.command("cordon")(cluster.node_cordon)
 node.command("uncordon")(cluster.node_uncordon)
 node.command("drain")(cluster.node_drain)
 node.command("delete")(cluster.node_delete)
+
+secret = _group(
+    app, "secret", "Add, list or delete your private registry logins (image_pull_secret)."
+)
+secret.command("add")(credentials.secret_add)
+secret.command("list")(credentials.secret_list)
+secret.command("delete")(credentials.secret_delete)
 
 user = _group(app, "user", "Add users (the owners of deployments).")
 user.command("add")(cluster.user_add)

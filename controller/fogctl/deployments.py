@@ -19,7 +19,7 @@ from rich.text import Text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from controller import generation
-from controller.fogctl import documents, queries, render, rollout, session, views
+from controller.fogctl import documents, queries, render, rollout, session, spec_text, views
 from controller.fogctl.errors import FogctlError, InputError, validation_messages
 from controller.fogctl.options import (
     AllUsers,
@@ -162,13 +162,19 @@ def get_deployments(
     all_users: AllUsers = False,
     database_url: DatabaseUrl = None,
 ) -> None:
-    """List deployments (aliases: deployment, deploy)."""
+    """List deployments (aliases: deployment, deploy).
+
+    -o json|yaml include each container spec under the apply file's field names, so
+    `fogctl get deploy web -o yaml > web.yaml` gives a file that `fogctl apply` takes as it
+    is (the read-only keys, such as status and counts, are ignored there).
+    """
     owner = None if all_users else username(user)
 
-    async def work(engine: AsyncEngine) -> list[views.DeploymentRow]:
-        async def q(conn: AsyncConnection) -> list[views.DeploymentRow]:
+    async def work(engine: AsyncEngine) -> list[views.Deployment]:
+        async def q(conn: AsyncConnection) -> list[views.Deployment]:
             uid = (await _owner(conn, owner)).id if owner is not None else None
-            return await queries.list_deployments(conn, uid, statuses=status or (), name=name)
+            rows = await queries.list_deployments(conn, uid, statuses=status or (), name=name)
+            return await queries.with_specs(conn, rows)
 
         return await session.read(engine, q)
 
@@ -238,7 +244,7 @@ def history_table(rows: Sequence[views.HistoryRow]) -> Table:
     t = render.table(["TIME", "FROM", "TO", "BY", "REASON"])
     for h in rows:
         t.add_row(
-            h.changed_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            render.utc(h.changed_at),
             h.old_status,
             render.status_text(h.new_status),
             h.changed_by_user or "controller",
@@ -281,6 +287,7 @@ def describe_renderables(d: views.DeploymentDetail) -> list[RenderableType]:
         ("Status:", status),
         ("Reason:", d.reason or "-"),
         ("Resources:", resources),
+        *spec_text.rows(d),
         ("Created:", render.timestamp(d.created_at)),
         ("Updated:", render.timestamp(d.updated_at)),
         ("Generation:", _generation(d)),
@@ -399,19 +406,30 @@ def scale_deployment(
 
 def delete_deployment(
     name: DeploymentName,
+    purge_volumes: Annotated[
+        bool,
+        typer.Option(
+            "--purge-volumes",
+            help="Also remove the deployment's named volumes (and their data) from every node.",
+        ),
+    ] = False,
     user: User = None,
     database_url: DatabaseUrl = None,
 ) -> None:
     """Soft-delete a deployment; the controller stops its replicas and records `deleted`.
 
     Sets deleted_at. The rows stay for audit, and the name is free for a new deployment at
-    once.
+    once. Named volumes live on each node (node-local, not replicated) and are kept unless
+    --purge-volumes is given: then the controller removes them from every node once the
+    replicas are gone. Host-path volumes are the node's own directories and are never removed.
     """
     owner = username(user)
 
     async def work(engine: AsyncEngine) -> views.Outcome:
         async def tx(conn: AsyncConnection) -> views.Outcome:
-            return await queries.soft_delete(conn, await _owner(conn, owner), name)
+            return await queries.soft_delete(
+                conn, await _owner(conn, owner), name, purge_volumes=purge_volumes
+            )
 
         return await session.write(engine, tx)
 

@@ -8,6 +8,11 @@ list) are both accepted; a document that is a list holds several deployments.
 PyYAML quietly keeps the last of two equal keys; an operator who writes `target_replicas`
 twice meant one of them, so duplicates are an error here. Every message names the source
 (`web.yaml, document 2`) as well as the field.
+
+A document with an `id` is the output of `fogctl get|describe -o json|yaml`: its read-only
+keys (views.READ_ONLY_FIELDS: id, status, counts, timestamps, replicas) are dropped before
+validation, so that output applies as it is. Only there: in a hand-written file such a key
+(`replicas: 3`, kubectl's habit) is a mistake and is reported as an unknown field.
 """
 
 from __future__ import annotations
@@ -23,9 +28,11 @@ import yaml
 from pydantic import ValidationError
 
 from controller.fogctl.errors import InputError, validation_messages
+from controller.fogctl.views import READ_ONLY_FIELDS
 from schema.api import DeploymentCreate
 
 STDIN = "-"
+EXPORT_MARK = "id"  # every get/describe document has it; an apply document never does
 DOCUMENT_SUFFIXES = (".yaml", ".yml", ".json")
 
 
@@ -141,8 +148,12 @@ def validate(raw: Sequence[tuple[str, Any]]) -> list[Document]:
                 f"resources, got {type(data).__name__}"
             )
             continue
+        fields = data
+        if EXPORT_MARK in data:
+            # fogctl's own get/describe output: its read-only keys are not the operator's.
+            fields = {k: v for k, v in data.items() if k not in READ_ONLY_FIELDS}
         try:
-            documents.append(Document(where, DeploymentCreate.model_validate(data)))
+            documents.append(Document(where, DeploymentCreate.model_validate(fields)))
         except ValidationError as exc:
             problems.extend(
                 f"{where}: {line}" for line in validation_messages(exc, DeploymentCreate)

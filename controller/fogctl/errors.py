@@ -119,10 +119,8 @@ _SELF_EXPLAINED = frozenset(
 
 
 def _path(loc: Sequence[str | int]) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
+    """Pydantic's own dotted location, list indexes included: `ports.0.host_port`."""
+    return ".".join(str(part) for part in loc)
 
 
 def _shown(value: Any) -> str:

@@ -1,5 +1,7 @@
-"""Every SQL statement fogctl runs: the operator's side of the database, apart from the daemon's
-`controller.store` (which owns the controller's columns and is changed by other hands). What
+"""The SQL fogctl runs for deployments, nodes and users (the container spec's rows are in
+`spec_queries`, registry credentials in `credential_queries`): the operator's side of the
+database, apart from the daemon's `controller.store` (which owns the controller's columns and
+is changed by other hands). What
 both programs read alike (a deployment with its resources, its newest history row, what live
 replicas hold on each node) is built once in `controller.readmodel` and only run from here.
 
@@ -41,7 +43,7 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from controller import readmodel
-from controller.fogctl import views
+from controller.fogctl import spec_queries, views
 from controller.fogctl.errors import InputError, NotFound, constraint_message
 from controller.readmodel import (
     DEPLOYMENTS,
@@ -280,14 +282,24 @@ async def history(
     return rows, int(total)
 
 
+async def with_specs(
+    conn: AsyncConnection, rows: Sequence[views.DeploymentRow]
+) -> list[views.Deployment]:
+    """The deployments with their container specs (five statements for any number)."""
+    specs = await spec_queries.load(conn, [r.id for r in rows])
+    return [views.Deployment.model_validate({**r.model_dump(), **dict(specs[r.id])}) for r in rows]
+
+
 async def describe(
     conn: AsyncConnection, user: views.UserRow, name: str, *, history_limit: int
 ) -> views.DeploymentDetail:
-    found = await require_deployment(conn, user, name, include_deleted=True)
+    found = (
+        await with_specs(conn, [await require_deployment(conn, user, name, include_deleted=True)])
+    )[0]
     replicas = await list_replicas(conn, user.id, deployment_ids=[found.id])
     rows, total = await history(conn, user.id, found.id, limit=history_limit)
     return views.DeploymentDetail.model_validate(
-        {**found.model_dump(), "replicas": replicas, "history": rows, "history_total": total}
+        {**dict(found), "replicas": replicas, "history": rows, "history_total": total}
     )
 
 
@@ -311,6 +323,9 @@ def _context(spec: api.DeploymentCreate) -> dict[str, object]:
         "target_replicas": spec.target_replicas,
     }
     out.update({f"resources.{k}": v for k, v in _resource_values(spec.resources).items()})
+    out.update(
+        {k: getattr(spec, k) for k in ("network", "stop_grace_seconds", "image_pull_secret")}
+    )
     return out
 
 
@@ -339,6 +354,8 @@ async def _apply_one(
     d, res = DEPLOYMENTS, RESOURCES
     current = await find_deployment(conn, user.id, spec.name)
     wanted = _resource_values(spec.resources)
+    wanted_spec = spec_queries.wanted(spec)
+    await spec_queries.check_pull_secret(conn, user, spec.name, wanted_spec)
     if current is None:
         deployment_id = uuid.uuid4()
         await conn.execute(
@@ -353,6 +370,12 @@ async def _apply_one(
         await conn.execute(
             insert(res).values(id=uuid.uuid4(), deployment_id=deployment_id, **wanted)
         )
+        await spec_queries.write(
+            conn,
+            deployment_id,
+            wanted_spec,
+            spec_queries.changed_parts(spec_queries.EMPTY, wanted_spec),
+        )
         return views.Outcome(kind="deployment", name=spec.name, result="created")
 
     changes: dict[str, Any] = {}
@@ -364,7 +387,9 @@ async def _apply_one(
         changes["target_replicas"] = spec.target_replicas
     have = current.resources.model_dump() if current.resources else None
     resources_changed = have != wanted
-    if not changes and not resources_changed:
+    stored_spec = (await spec_queries.load(conn, [current.id]))[current.id]
+    spec_changed = spec_queries.changed_parts(stored_spec, wanted_spec)
+    if not changes and not resources_changed and not spec_changed:
         return views.Outcome(kind="deployment", name=spec.name, result="unchanged")
     if resources_changed:
         if current.resources is None:
@@ -377,15 +402,16 @@ async def _apply_one(
                 .where(res.c.deployment_id == current.id)
                 .values(updated_at=res.c.updated_at, **wanted)
             )
-    # The deployment row is touched even when only its resources changed, so its `updated_at`
-    # dates the edit for readers of the deployment row; the generation counts the resources
-    # change by itself (migration 0006), and `rollout status` waits on that.
+    await spec_queries.write(conn, current.id, wanted_spec, spec_changed)
+    # The deployment row is touched even when only its resources or spec changed, so its
+    # `updated_at` dates the edit for readers of the deployment row; the generation counts
+    # those changes by itself (triggers on their tables), and `rollout status` waits on that.
     await conn.execute(
         update(d)
         .where(d.c.id == current.id, d.c.user_id == user.id, d.c.deleted_at.is_(None))
         .values(updated_at=d.c.updated_at, **changes)
     )
-    what = sorted(changes) + (["resources"] if resources_changed else [])
+    what = sorted([*changes, *spec_changed, *(["resources"] if resources_changed else [])])
     return views.Outcome(
         kind="deployment", name=spec.name, result="configured", detail=", ".join(what)
     )
@@ -416,16 +442,23 @@ async def scale(
     )
 
 
-async def soft_delete(conn: AsyncConnection, user: views.UserRow, name: str) -> views.Outcome:
-    """Set `deleted_at`: the controller stops the replicas and records `deleted`; rows stay."""
+async def soft_delete(
+    conn: AsyncConnection, user: views.UserRow, name: str, *, purge_volumes: bool = False
+) -> views.Outcome:
+    """Set `deleted_at`: the controller stops the replicas and records `deleted`; rows stay.
+    With `purge_volumes`, the flag that has the controller remove the named volumes too, in
+    the same transaction (a delete never goes out without it)."""
     d = DEPLOYMENTS
     found = await require_deployment(conn, user, name)
+    if purge_volumes:
+        await spec_queries.mark_purge_volumes(conn, found.id)
     await conn.execute(
         update(d)
         .where(d.c.id == found.id, d.c.user_id == user.id, d.c.deleted_at.is_(None))
         .values(deleted_at=tables.utc_now(), updated_at=d.c.updated_at)
     )
-    return views.Outcome(kind="deployment", name=found.name, result="deleted")
+    detail = "its named volumes will be removed" if purge_volumes else ""
+    return views.Outcome(kind="deployment", name=found.name, result="deleted", detail=detail)
 
 
 # --- nodes -------------------------------------------------------------------------------------

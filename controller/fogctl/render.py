@@ -121,11 +121,15 @@ def age(when: datetime | None, now: datetime | None = None) -> str:
     return f"{seconds // 86400}d"
 
 
+def utc(when: datetime) -> str:
+    """ISO 8601 to the second, in UTC: a table column that sorts as text."""
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def timestamp(when: datetime | None, now: datetime | None = None) -> str:
     if when is None:
         return "-"
-    text = when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return f"{text} ({age(when, now)} ago)"
+    return f"{utc(when)} ({age(when, now)} ago)"
 
 
 def number(value: float | None) -> str:

@@ -50,7 +50,12 @@ class HistoryRow(api.DeploymentStatusHistoryResponse):
     changed_by_user: str | None
 
 
-class DeploymentDetail(DeploymentRow):
+class Deployment(api.DeploymentSpecResponse, DeploymentRow):
+    """A deployment with its container spec under the apply file's field names (after the
+    row's own fields, as fields are only ever added): `get -o yaml` applies back unchanged."""
+
+
+class DeploymentDetail(Deployment):
     replicas: list[ReplicaRow] = Field(default_factory=list)
     history: list[HistoryRow] = Field(default_factory=list)
     history_total: int = 0
@@ -78,3 +83,15 @@ class Outcome(BaseModel):
     def line(self) -> str:
         tail = f" ({self.detail})" if self.detail else ""
         return f"{self.kind}/{self.name} {self.result}{tail}"
+
+
+class CredentialRow(api.RegistryCredentialResponse):
+    """A registry credential as `secret list` shows it: never the password, in any form."""
+
+
+# Keys of `get`/`describe -o json|yaml` beyond an apply document (ids, status, counts,
+# timestamps, replicas, history): `fogctl apply` ignores them, as kubectl apply ignores an
+# object's status, so that output applies back as it is.
+READ_ONLY_FIELDS = frozenset(DeploymentDetail.model_fields) - frozenset(
+    api.DeploymentCreate.model_fields
+)

@@ -83,6 +83,47 @@ class Fogctl:
         return json.loads(self.ok(*args, "-o", "json", user=user))
 
 
+class FogctlProcess:
+    """The installed `fogctl` script run as a subprocess, as an operator runs it: its own
+    process, environment and standard input. Every run is kept, so a test can search all
+    that fogctl printed."""
+
+    def __init__(self, db_url: str, env: dict[str, str] | None = None) -> None:
+        self.db_url = db_url
+        self.env = {**os.environ, "FOG_DATABASE_URL": db_url, **(env or {})}
+        for name in ("NO_COLOR", "FORCE_COLOR", "FOG_USER"):
+            self.env.pop(name, None)
+        self.runs: list[subprocess.CompletedProcess[str]] = []
+
+    def __call__(
+        self, *args: str, user: str | None = None, stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        env = self.env if user is None else {**self.env, "FOG_USER": user}
+        done = subprocess.run(
+            [fogctl_script(), *args],
+            input=stdin if stdin is not None else "",
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        self.runs.append(done)
+        return done
+
+    def ok(self, *args: str, user: str | None = None, stdin: str | None = None) -> str:
+        done = self(*args, user=user, stdin=stdin)
+        assert done.returncode == 0, (args, done.stdout, done.stderr)
+        return done.stdout
+
+    def json(self, *args: str, user: str | None = None) -> Any:
+        return json.loads(self.ok(*args, "-o", "json", user=user))
+
+    def printed(self) -> str:
+        """Everything every run wrote to standard output and standard error."""
+        return "".join(r.stdout + r.stderr for r in self.runs)
+
+
 def sql(db_url: str, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
     """Run `work` in one write transaction on its own engine (as a second client would)."""
 
@@ -244,12 +285,19 @@ def observe_generation(db_url: str, deployment_id: uuid.UUID) -> None:
     sql(db_url, q)
 
 
-@pytest.fixture
-def fog(db_url: str) -> Fogctl:
-    cli = Fogctl(db_url)
+CliT = TypeVar("CliT", Fogctl, FogctlProcess)
+
+
+def with_users(cli: CliT) -> CliT:
+    """The CLI after adding the two users the tests act as."""
     for name in ("alice", "bob"):
         cli.ok("user", "add", name)
     return cli
+
+
+@pytest.fixture
+def fog(db_url: str) -> Fogctl:
+    return with_users(Fogctl(db_url))
 
 
 def write(tmp_path: Path, name: str, text: str) -> str:
@@ -525,6 +573,17 @@ DEPLOYMENT_KEYS = [
     "deleted_at",
     "generation",
     "observed_generation",
+    # The container spec (issue 14), under the apply file's names.
+    "entrypoint",
+    "command",
+    "env",
+    "network",
+    "ports",
+    "volumes",
+    "labels",
+    "stop_grace_seconds",
+    "healthcheck",
+    "image_pull_secret",
 ]
 
 
@@ -557,6 +616,17 @@ def test_get_output_formats_are_stable(fog: Fogctl) -> None:
         # Inserted with its resources (2); the status describes that generation.
         "generation": 2,
         "observed_generation": 2,
+        # Nothing beyond image and resources: every spec field as the image says.
+        "entrypoint": None,
+        "command": None,
+        "env": {},
+        "network": None,
+        "ports": [],
+        "volumes": [],
+        "labels": {},
+        "stop_grace_seconds": None,
+        "healthcheck": None,
+        "image_pull_secret": None,
     }
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z", listing[1]["created_at"])
     # Same bytes on every run; YAML holds the same values.
