@@ -76,8 +76,12 @@ class Fogctl:
 
 
 def _get(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=2) as answer:
-        body: bytes = answer.read()
+    """The body at `url`; a refused connection is a failed check (not yet serving)."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as answer:
+            body: bytes = answer.read()
+    except OSError as exc:
+        raise AssertionError(f"GET {url}: {exc}") from exc
     return body.decode()
 
 
