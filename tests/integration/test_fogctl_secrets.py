@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from controller.secrets import SecretBox
-from tests.integration.test_fogctl import FogctlProcess, with_users
+from tests.integration.test_fogctl import FogctlInProcess, FogctlProcess, with_users
 from tests.integration.test_fogctl_spec import FULL, rows
 
 # Distinctive, with blanks and non-ASCII, so a partial echo or an encoding slip would show.
@@ -29,6 +29,13 @@ def key_file(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def fog(db_url: str, key_file: Path) -> FogctlProcess:
+    """In-process (CliRunner), for the variants; the installed script is `fog_process`."""
+    return with_users(FogctlInProcess(db_url, env={"FOG_SECRET_KEY_FILE": str(key_file)}))
+
+
+@pytest.fixture
+def fog_process(db_url: str, key_file: Path) -> FogctlProcess:
+    """The installed script as an operator runs it: its own process, environment, stdin."""
     return with_users(FogctlProcess(db_url, env={"FOG_SECRET_KEY_FILE": str(key_file)}))
 
 
@@ -57,7 +64,8 @@ def stored(db_url: str) -> list[dict[str, Any]]:
     )
 
 
-def test_add_list_replace_and_delete(fog: FogctlProcess, key_file: Path) -> None:
+def test_add_list_replace_and_delete(fog_process: FogctlProcess, key_file: Path) -> None:
+    fog = fog_process
     first = add(fog)
     assert (first.returncode, first.stdout) == (
         0,
@@ -101,7 +109,8 @@ def test_add_list_replace_and_delete(fog: FogctlProcess, key_file: Path) -> None
     )
 
 
-def test_the_password_is_read_from_standard_input_only(fog: FogctlProcess) -> None:
+def test_the_password_is_read_from_standard_input_only(fog_process: FogctlProcess) -> None:
+    fog = fog_process
     result = fog("secret", "add", "reg", "--registry", "r.example", "--username", "u", user="alice")
     assert result.returncode == 2
     assert "--password-stdin: the password is read from standard input only" in result.stderr
@@ -168,8 +177,9 @@ def _dump(db_url: str) -> str:
 
 
 def test_the_password_is_nowhere_in_clear_text(
-    fog: FogctlProcess, key_file: Path, tmp_path: Path
+    fog_process: FogctlProcess, key_file: Path, tmp_path: Path
 ) -> None:
+    fog = fog_process
     assert add(fog).returncode == 0
     fog.ok("apply", "-f", "-", user="alice", stdin=FULL)
     for args in (

@@ -1,5 +1,6 @@
 """`fogctl apply` of the whole container spec (issue 14), its `get`/`describe`, and
-`delete --purge-volumes`: the installed script as a subprocess, on PostgreSQL and SQLite.
+`delete --purge-volumes`, on PostgreSQL and SQLite: the installed script as a subprocess for
+the whole-spec apply and the `get -o yaml` round trip, the variants in-process (CliRunner).
 
 What fogctl wrote is read back with plain SQL, not through fogctl, so a test cannot pass on
 a write and a read that are wrong the same way. The generation is the database's own count
@@ -17,7 +18,14 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from schema.models import SPEC_TABLES
-from tests.integration.test_fogctl import WEB, FogctlProcess, sql, with_users, write
+from tests.integration.test_fogctl import (
+    WEB,
+    FogctlInProcess,
+    FogctlProcess,
+    sql,
+    with_users,
+    write,
+)
 
 SPEC = """\
 entrypoint: ["/bin/sh", "-c"]
@@ -41,6 +49,12 @@ FULL = WEB + SPEC
 
 @pytest.fixture
 def fog(db_url: str) -> FogctlProcess:
+    return with_users(FogctlInProcess(db_url))
+
+
+@pytest.fixture
+def fog_process(db_url: str) -> FogctlProcess:
+    """The installed script, as an operator runs it."""
     return with_users(FogctlProcess(db_url))
 
 
@@ -107,7 +121,10 @@ def as_list(value: Any) -> Any:
 # --- apply -------------------------------------------------------------------------------------
 
 
-def test_apply_writes_the_whole_spec_to_the_spec_tables(fog: FogctlProcess, tmp_path: Path) -> None:
+def test_apply_writes_the_whole_spec_to_the_spec_tables(
+    fog_process: FogctlProcess, tmp_path: Path
+) -> None:
+    fog = fog_process
     add_secret(fog, tmp_path)
     assert fog.ok("apply", "-f", "-", user="alice", stdin=FULL) == "deployment/web created\n"
 
@@ -295,7 +312,8 @@ def test_a_pull_secret_the_user_does_not_have_is_refused(
 # --- get, describe -----------------------------------------------------------------------------
 
 
-def test_get_yaml_applies_back_unchanged(fog: FogctlProcess, tmp_path: Path) -> None:
+def test_get_yaml_applies_back_unchanged(fog_process: FogctlProcess, tmp_path: Path) -> None:
+    fog = fog_process
     add_secret(fog, tmp_path)
     fog.ok("apply", "-f", "-", user="alice", stdin=FULL)
     before = generation(fog.db_url)
