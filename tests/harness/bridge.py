@@ -23,7 +23,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.harness.engines import Cluster, Engine, build_test_image, ensure_docker_installed
+from tests.harness.engines import (
+    Cluster,
+    Engine,
+    build_test_image,
+    ensure_docker_installed,
+    install_packages,
+    which,
+)
 
 __all__ = ["HostBridge", "bridged_cluster"]
 
@@ -31,6 +38,8 @@ _SUBNETS = ipaddress.ip_network("10.213.0.0/16")
 
 
 def _ip(*args: str) -> subprocess.CompletedProcess[str]:
+    if which("ip") is None:  # a minimal image may lack it; docker.io does not pull it in
+        install_packages(["iproute2"])
     return subprocess.run(["ip", *args], capture_output=True, text=True, check=False, timeout=30)
 
 
