@@ -12,7 +12,14 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.harness.engines import Cluster
-from tests.harness.fleet import Operator, remove_managed_containers
+from tests.harness.fleet import (
+    Detail,
+    Operator,
+    Seen,
+    container_details,
+    managed_containers,
+    remove_managed_containers,
+)
 
 
 @dataclass(frozen=True)
@@ -21,6 +28,12 @@ class Fleet:
     op: Operator
     urls: list[str]
     user: uuid.UUID
+
+    async def containers(self, d: uuid.UUID) -> list[Seen]:
+        return await asyncio.to_thread(managed_containers, self.urls, d)
+
+    async def details(self, d: uuid.UUID) -> list[Detail]:
+        return await asyncio.to_thread(container_details, self.urls, d)
 
 
 @asynccontextmanager

@@ -17,7 +17,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -32,14 +31,12 @@ from tests.harness.fleet import (
     Detail,
     Operator,
     Seen,
-    container_details,
     converged,
     eventually,
-    managed_containers,
-    remove_managed_containers,
     running_controller,
     settings_for_tests,
 )
+from tests.integration.fleets import Fleet, fleet_on
 from tests.integration.kinds import over_engine_kinds
 
 pytestmark = pytest.mark.docker
@@ -98,40 +95,14 @@ def images(cluster: Cluster) -> None:
             future.result()
 
 
-@dataclass(frozen=True)
-class Fleet:
-    url: str
-    op: Operator
-    urls: list[str]
-    user: uuid.UUID
-
-    async def containers(self, d: uuid.UUID) -> list[Seen]:
-        return await asyncio.to_thread(managed_containers, self.urls, d)
-
-    async def details(self, d: uuid.UUID) -> list[Detail]:
-        return await asyncio.to_thread(container_details, self.urls, d)
-
-
-async def _fleet(url: str, engine: AsyncEngine, cluster: Cluster) -> Fleet:
-    cluster.ensure_running()
-    urls = list(cluster.urls)
-    op = Operator(engine)
-    for i, engine_url in enumerate(urls):
-        await op.add_node(f"node-{i}", engine_url)
-    return Fleet(url, op, urls, await op.add_user())
-
-
 @pytest.fixture
 async def fleet(
     db_url: str, engine: AsyncEngine, kind_cluster: Cluster, images: None
 ) -> AsyncIterator[Fleet]:
     """Three nodes of the test's engine kind; `images` are built on the default kind only,
     for the cases that run there alone."""
-    f = await _fleet(db_url, engine, kind_cluster)
-    try:
+    async with fleet_on(db_url, engine, kind_cluster) as f:
         yield f
-    finally:
-        await asyncio.to_thread(remove_managed_containers, f.urls)
 
 
 @pytest.fixture
@@ -139,11 +110,8 @@ async def pg_fleet(
     pg_url: str, pg_engine: AsyncEngine, cluster: Cluster, images: None
 ) -> AsyncIterator[Fleet]:
     """PostgreSQL only, for the cases that take several seconds of real time."""
-    f = await _fleet(pg_url, pg_engine, cluster)
-    try:
+    async with fleet_on(pg_url, pg_engine, cluster) as f:
         yield f
-    finally:
-        await asyncio.to_thread(remove_managed_containers, f.urls)
 
 
 def _api(url: str) -> docker.APIClient:
