@@ -75,6 +75,9 @@ class Fog:
     def status(self, d: Deployment) -> DeploymentStatus:
         return self.store.deployments[d.id].status
 
+    def statuses(self, d: Deployment) -> list[tuple[DeploymentStatus, DeploymentStatus]]:
+        return [(h.old, h.new) for h in self.store.history if h.deployment_id == d.id]
+
     def reasons(self, d: Deployment) -> list[str]:
         return [h.reason for h in self.store.history if h.deployment_id == d.id]
 

@@ -5,25 +5,17 @@ were called."""
 
 from __future__ import annotations
 
-import uuid
-from dataclasses import dataclass, replace
+from dataclasses import fields, replace
 
 import pytest
 
 from controller.model import (
     Deployment,
     DeploymentStatus,
-    NodeRecord,
-    NodeStatus,
     ReplicaStatus,
 )
-from controller.nodes import NodeMonitor
-from controller.reconciler import Reconciler, Result
-from controller.runtime.hollow import HollowNode, HollowRuntime, hollow_url
 from controller.settings import Settings
-from tests.unit.factories import deployment
-from tests.unit.fog import Clock
-from tests.unit.memstore import MemoryStore
+from tests.unit.fog import Fog, fog
 
 RUNNING, PENDING, STOPPED, FAILED = (
     ReplicaStatus.RUNNING,
@@ -35,44 +27,24 @@ BACKOFF_SECONDS = 10.0
 EXIT_GRACE_SECONDS = 5.0
 
 
-@dataclass
-class World:
-    store: MemoryStore
-    runtime: HollowRuntime
-    reconciler: Reconciler
-    clock: Clock
-
-    async def reconcile(self, d: Deployment) -> Result:
-        return await self.reconciler.reconcile(d.id)
-
-    def statuses(self, d: Deployment) -> list[tuple[DeploymentStatus, DeploymentStatus]]:
-        return [(h.old, h.new) for h in self.store.history if h.deployment_id == d.id]
+# The reconciler's own tests run on the fog of tests/unit/fog.py, with the production
+# slow start (`min_ready_seconds`), which that fog turns off by default.
+World = Fog
+MIN_READY_SECONDS = {f.name: f.default for f in fields(Settings)}["min_ready_seconds"]
 
 
 @pytest.fixture
 async def world() -> World:
-    clock = Clock()
-    store = MemoryStore()
-    runtime = HollowRuntime({hollow_url("n1"): HollowNode()}, clock=clock)
-    node_id = uuid.uuid5(uuid.NAMESPACE_DNS, "n1")
-    store.node_rows[node_id] = NodeRecord(
-        node_id, "n1", hollow_url("n1"), NodeStatus.READY, cpu_cores=8, memory_mb=32768
-    )
-    settings = Settings(
-        database_url="sqlite+aiosqlite:///unused.db",
+    return await fog(
+        "n1",
         crash_backoff_initial_seconds=BACKOFF_SECONDS,
         exit_grace_seconds=EXIT_GRACE_SECONDS,
-        register_local_node=False,
+        min_ready_seconds=MIN_READY_SECONDS,
     )
-    nodes = NodeMonitor(store, runtime, settings, clock)
-    await nodes.refresh()
-    return World(store, runtime, Reconciler(store, runtime, nodes, settings, clock), clock)
 
 
 def new(world: World, target: int, **kw: object) -> Deployment:
-    d = deployment(target, updated_at=world.clock(), **kw)
-    world.store.put(d)
-    return d
+    return world.new(target, **kw)
 
 
 async def test_a_new_deployment_starts_its_replicas_in_one_reconcile(world: World) -> None:
