@@ -18,7 +18,7 @@ import re
 import subprocess
 import sys
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -58,6 +58,26 @@ resources: {cpu_cores: 1, memory_mb: 1024, storage_gb: 2}
 ANSI = re.compile(r"\x1b\[")
 
 
+def invoke(
+    runner: CliRunner,
+    db_url: str,
+    args: Sequence[str],
+    *,
+    user: str | None,
+    stdin: str | None,
+    env: Mapping[str, str] | None = None,
+) -> Result:
+    """fogctl in-process, as a user with FOG_DATABASE_URL (and FOG_USER) set, no colour."""
+    settings: dict[str, str | None] = {
+        "FOG_DATABASE_URL": db_url,
+        "FOG_USER": user,
+        "NO_COLOR": None,
+        "FORCE_COLOR": None,
+        **(env or {}),
+    }
+    return runner.invoke(app, list(args), env=settings, input=stdin)
+
+
 class Fogctl:
     """The CLI against one database, as a user with FOG_DATABASE_URL (and FOG_USER) set."""
 
@@ -66,13 +86,7 @@ class Fogctl:
         self.runner = CliRunner()
 
     def __call__(self, *args: str, user: str | None = None, stdin: str | None = None) -> Result:
-        env: dict[str, str | None] = {
-            "FOG_DATABASE_URL": self.db_url,
-            "FOG_USER": user,
-            "NO_COLOR": None,
-            "FORCE_COLOR": None,
-        }
-        return self.runner.invoke(app, list(args), env=env, input=stdin)
+        return invoke(self.runner, self.db_url, args, user=user, stdin=stdin)
 
     def ok(self, *args: str, user: str | None = None, stdin: str | None = None) -> str:
         result = self(*args, user=user, stdin=stdin)
@@ -137,14 +151,9 @@ class FogctlInProcess(FogctlProcess):
     def __call__(
         self, *args: str, user: str | None = None, stdin: str | None = None
     ) -> subprocess.CompletedProcess[str]:
-        env: dict[str, str | None] = {
-            "FOG_DATABASE_URL": self.db_url,
-            "FOG_USER": user,
-            "NO_COLOR": None,
-            "FORCE_COLOR": None,
-            **self.overrides,
-        }
-        result = self.runner.invoke(app, list(args), env=env, input=stdin or "")
+        result = invoke(
+            self.runner, self.db_url, args, user=user, stdin=stdin or "", env=self.overrides
+        )
         if result.exception is not None and not isinstance(result.exception, SystemExit):
             raise result.exception
         done = subprocess.CompletedProcess(
