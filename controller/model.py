@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from controller.generation import NEVER_OBSERVED
+from controller.placement_rules import NO_RULES, Label, PlacementRules, engine_labels
 from controller.runspec import EMPTY_RUN, RunSpec
 from controller.storage import StorageLimits
 from schema.enums import (
@@ -114,6 +115,9 @@ class Node:
     # Node ports (port, protocol) held by containers that are not ours, as of the last
     # probe that could list them: a replica publishing one of them cannot land here.
     foreign_ports: frozenset[tuple[int, str]] = frozenset()
+    # The node's labels: the operator's (nodes.labels) and the controller's own `fog.io/`
+    # ones from the engine (controller.placement_rules), as (key, value) pairs.
+    labels: frozenset[Label] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +179,8 @@ class Deployment:
     progress: ProgressState | None = None
     # How its containers run: command, env, ports, volumes... (controller.runspec).
     run: RunSpec = EMPTY_RUN
+    # Where it may run and how it spreads (node selector, spread_by, max_per_node, rebalance).
+    placement: PlacementRules = NO_RULES
     # Computed once: a resync pass compares it with every replica's (a sha256 each time
     # was a fifth of a pass over 50,000 replicas).
     _spec_hash: str = field(default="", init=False, repr=False, compare=False)
@@ -284,6 +290,8 @@ class EngineInfo:
     storage_driver: str = ""
     server_version: str = ""
     engine: str = ""  # "docker" or "podman" (runtime.docker.EngineFlavour)
+    arch: str = ""  # docker info's Architecture, as the engine says it (x86_64, aarch64)
+    os: str = ""  # docker info's OSType (linux)
     storage_limits: StorageLimits | None = None
 
 
@@ -313,4 +321,14 @@ def resolve_node(
         last_heartbeat_at=record.last_heartbeat_at,
         up_since=up_since,
         foreign_ports=foreign_ports,
+        labels=node_labels(record, info),
     )
+
+
+def node_labels(record: NodeRecord, info: EngineInfo | None) -> frozenset[Label]:
+    """The operator's labels with the engine's `fog.io/` ones over them: the controller's
+    word wins for its own keys, even before its probe has written them to the row."""
+    labels = dict(record.labels)
+    if info is not None:
+        labels.update(engine_labels(info.arch, info.os, info.engine))
+    return frozenset(labels.items())

@@ -78,6 +78,12 @@ class Settings:
     # Directories a deployment's host-path volume may be under (comma-separated); empty:
     # none, so only named volumes may be mounted.
     allowed_host_paths: tuple[str, ...] = ()
+    # Rebalancing (controller/rebalance.py): move replicas to a node that joins or returns so
+    # the spread heals; at most this many moves in flight at once, fleet-wide, and after a
+    # deployment's rebalance ends none for it again until the cool-down has passed.
+    rebalance: bool = True
+    rebalance_max_moves: int = 4
+    rebalance_cooldown_seconds: float = 60.0
     metrics_addr: str = DEFAULT_METRICS_ADDR  # host:port of /metrics, /livez, /readyz; "": off
 
     @classmethod
@@ -110,6 +116,10 @@ class Settings:
         if self.storage_check_seconds < 0:
             raise SettingsError(
                 f"FOG_STORAGE_CHECK_SECONDS must be >= 0, got {self.storage_check_seconds}"
+            )
+        if self.rebalance_max_moves < 1 or self.rebalance_cooldown_seconds < 0:
+            raise SettingsError(
+                "FOG_REBALANCE_MAX_MOVES must be >= 1 and FOG_REBALANCE_COOLDOWN_SECONDS >= 0"
             )
         if self.replica_burst < 1:
             raise SettingsError(f"FOG_REPLICA_BURST must be >= 1, got {self.replica_burst}")
