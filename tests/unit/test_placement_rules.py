@@ -63,7 +63,8 @@ def test_good_keys_are_accepted(key: str) -> None:
 )
 def test_bad_keys_say_why(key: str, words: str) -> None:
     problem = label_key_problem(key)
-    assert problem is not None and words in problem
+    assert problem is not None
+    assert words in problem
 
 
 @pytest.mark.parametrize(
@@ -99,7 +100,8 @@ def test_engine_labels_use_kubernetes_names() -> None:
     assert engine_labels("Loongarch64", "", "") == {"fog.io/arch": "loongarch64"}
     assert engine_labels("", "", "") == {}
     assert all(reserved(k) for k in engine_labels("x86_64", "linux", "docker"))
-    assert not reserved("zone") and not reserved("fog.iox/zone")
+    assert not reserved("zone")
+    assert not reserved("fog.iox/zone")
 
 
 def test_engine_labels_win_over_the_operators_on_their_keys() -> None:
@@ -125,7 +127,9 @@ def test_selector_matches_only_when_every_pair_is_there() -> None:
     assert rules.matches(frozenset({("zone", "a"), ("fog.io/arch", "arm64"), ("x", "y")}))
     assert not rules.matches(frozenset({("zone", "a"), ("fog.io/arch", "amd64")}))
     assert not rules.matches(frozenset({("zone", "a")}))
-    assert NO_RULES.matches(frozenset()) and NO_RULES.empty
-    assert not rules.empty and not PlacementRules.of(spread_by="zone").empty
+    assert NO_RULES.matches(frozenset())
+    assert NO_RULES.empty
+    assert not rules.empty
+    assert not PlacementRules.of(spread_by="zone").empty
     assert PlacementRules.of(spread_by="").spread_by is None
     assert selector_text([("b", "2"), ("a", "1")]) == "a=1,b=2"
