@@ -3,6 +3,7 @@ benchmark, then the reaction-latency benchmark (`bench.latency`), end to end.
 ``python -m bench scale [--scale small|full]``: the scale benchmark on hollow nodes
 (`bench.scale`; no Docker engine needed, PostgreSQL only).
 ``python -m bench prepull [--runs 3]``: what a rollout's pre-pull costs (`bench.prepull`).
+``python -m bench rebalance [--runs 3]``: a returning node's wait for its share (`bench.rebalance`).
 
 Starts one private Docker engine (``tests.harness.engines.Cluster``; or uses the first engine
 named in ``FOG_TEST_DOCKER_URLS``), imports the test image into it, makes throwaway databases
@@ -334,6 +335,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench import prepull  # imported here: only this suite needs a registry
 
         return prepull.main(argv[1:])
+    if argv[:1] == ["rebalance"]:
+        from bench import rebalance  # imported here: only this suite stops engines
+
+        return rebalance.main(argv[1:])
     args = _parser().parse_args(argv)
     config = _config(args)
     command = shlex.join(["python", "-m", "bench", *argv])
