@@ -37,7 +37,7 @@ from bench.report import RESULTS_DIR
 from controller.readmodel import NODES
 from schema import engine as engine_mod
 from tests.harness.database import TemplateDatabases, admin_url_from_env
-from tests.harness.engines import Cluster, ensure_docker_installed
+from tests.harness.engines import Cluster, build_test_image, ensure_docker_installed
 from tests.harness.fleet import (
     ContainerSampler,
     Operator,
@@ -127,6 +127,8 @@ async def _when(check: Any) -> float | None:
 
 async def _main(args: argparse.Namespace, workdir: Path, command: str) -> int:
     cluster = Cluster.start(3, base_dir=workdir)
+    for e in cluster.engines:
+        build_test_image(e)
     templates = TemplateDatabases(admin_url_from_env(), workdir)
     runs: list[Run] = []
     try:
