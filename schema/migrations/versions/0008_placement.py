@@ -305,7 +305,7 @@ def _pg_notify_function(table: str, columns: Sequence[str], also: str) -> None:
         BEGIN
             IF TG_OP = 'UPDATE' AND {_pg_row("OLD", columns)} IS NOT DISTINCT FROM
                 {_pg_row("NEW", columns)}{also} THEN
-                RETURN NULL;  -- only columns no operator writes moved
+                RETURN NULL;  -- only updated_at moved
             END IF;
             IF TG_OP = 'DELETE' THEN row := OLD; ELSE row := NEW; END IF;
             PERFORM pg_notify('{CHANNEL}', json_build_object(
