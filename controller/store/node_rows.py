@@ -261,19 +261,20 @@ class NodeRows:
         kept as the operator wrote it; the values replaced, by key. Read and written in one
         transaction, the row locked on PostgreSQL: a label an operator sets meanwhile
         (`fogctl node label`) is merged, not lost to a stale copy. Labels that are no JSON
-        object are left alone (None): the loads already report them, and the scheduler puts
-        the engine's labels over whatever the row holds (`model.node_labels`)."""
+        object are left alone (None, as for a node that is gone): the loads already report
+        them, and the scheduler puts the engine's labels over whatever the row holds
+        (`model.node_labels`)."""
         n = NODES
         async with self._begin() as conn:
-            raw = (
+            row = (
                 await conn.execute(
                     select(type_coerce(n.c.labels, String))
                     .where(n.c.id == node_id)
                     .with_for_update()
                 )
-            ).scalar_one_or_none()
-            current = _json_object(raw)
-            if current is None:
+            ).first()
+            current = None if row is None else _json_object(row[0])
+            if current is None:  # gone, or no JSON object
                 return None
             replaced = {
                 k: str(current[k]) for k, v in labels.items() if k in current and current[k] != v
