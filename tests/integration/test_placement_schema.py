@@ -10,7 +10,9 @@ side, non-ASCII, a NUL) always among the examples.
 
 from __future__ import annotations
 
+import importlib.util
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,8 +27,9 @@ from controller.fogctl.errors import constraint_name
 from controller.placement_rules import PlacementRules, label_key_problem, label_value_problem
 from controller.store import Store
 from schema import engine as engine_mod
-from schema import migrate
+from schema import migrate, models
 from tests.harness.fleet import Operator
+from tests.integration.test_migration_0007 import _generation, _sql
 
 BEFORE = "0007_deployment_spec"
 REVISION = "0008_placement"
@@ -209,20 +212,19 @@ async def _check_value(engine: AsyncEngine, d: uuid.UUID, value: str) -> None:
 # --- the migration on a database made at 0007 ---------------------------------------------
 
 
-async def _sql(url: str, *statements: str, **params: Any) -> list[tuple[Any, ...]]:
-    """Run statements in one transaction; the rows of the last one."""
-    engine = engine_mod.create_engine(url, poolclass=NullPool)
-    try:
-        async with engine_mod.writer(engine).begin() as conn:
-            rows: list[tuple[Any, ...]] = []
-            for statement in statements:
-                result = await conn.execute(
-                    text(statement), {k: v for k, v in params.items() if f":{k}" in statement}
-                )
-                rows = [tuple(r) for r in result.all()] if result.returns_rows else []
-            return rows
-    finally:
-        await engine.dispose()
+def test_the_migration_and_the_models_spell_the_checks_alike() -> None:
+    """Migration 0008 is frozen, so it spells the label CHECKs itself; schema.models must say
+    the same (the drift check compares CHECK names, not their text)."""
+    path = Path(migrate.__file__).parent / "migrations" / "versions" / "0008_placement.py"
+    spec = importlib.util.spec_from_file_location("migration_0008", path)
+    assert spec is not None
+    assert spec.loader is not None
+    migration = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(migration)
+    for dialect, sqlite in (("postgresql", False), ("sqlite", True)):
+        for column in ("key", "spread_by"):
+            assert models.label_key_sql(column, dialect) == migration.key_rule(column, sqlite)
+        assert models.label_value_sql("value", dialect) == migration.value_rule("value", sqlite)
 
 
 async def _schema(url: str) -> set[tuple[str, ...]]:
@@ -242,13 +244,6 @@ async def _schema(url: str) -> set[tuple[str, ...]]:
         )
     # Whitespace aside: 0008's downgrade writes 0007's trigger bodies with its own indentation.
     return {tuple(" ".join(str(c).split()) for c in r) for r in rows}
-
-
-async def _generation(url: str, d: str) -> int:
-    rows = await _sql(
-        url, "SELECT generation FROM deployment_controller_state WHERE deployment_id = :d", d=d
-    )
-    return int(rows[0][0])
 
 
 async def test_upgrade_from_0007_keeps_specs_and_downgrade_restores_0007_exactly(
