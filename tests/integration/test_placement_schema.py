@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -161,22 +162,48 @@ async def test_the_key_check_agrees_with_label_key_problem(
     await _check_key(engine, deployment, key)
 
 
-async def _check_key(engine: AsyncEngine, d: uuid.UUID, key: str) -> None:
-    if _unstorable(key, engine.dialect.name):
+# (statement with :t for the text, the CHECK that must refuse a bad one, the column's length)
+_KEY_COLUMNS = (
+    (
+        "INSERT INTO deployment_node_selectors (deployment_id, key, value) VALUES (:d, :t, 'v')",
+        KEY_CHECK,
+        317,
+    ),
+    ("INSERT INTO deployment_specs (deployment_id, spread_by) VALUES (:d, :t)", SPREAD_CHECK, 317),
+)
+_VALUE_COLUMNS = (
+    (
+        "INSERT INTO deployment_node_selectors (deployment_id, key, value) VALUES (:d, 'k', :t)",
+        VALUE_CHECK,
+        63,
+    ),
+)
+
+
+async def _agrees(
+    engine: AsyncEngine,
+    d: uuid.UUID,
+    value: str,
+    problem: Callable[[str], str | None],
+    columns: tuple[tuple[str, str, int], ...],
+) -> None:
+    """The database takes `value` into each column exactly when `problem` finds none."""
+    if _unstorable(value, engine.dialect.name):
         return
-    valid = label_key_problem(key) is None
-    for statement, check in (
-        (
-            "INSERT INTO deployment_node_selectors (deployment_id, key, value) "
-            "VALUES (:d, :k, 'v')",
-            KEY_CHECK,
-        ),
-        ("INSERT INTO deployment_specs (deployment_id, spread_by) VALUES (:d, :k)", SPREAD_CHECK),
-    ):
-        refused = await _accepted(engine, statement, d=str(d), k=key)
-        assert (refused is None) == valid, (key, refused, label_key_problem(key))
-        if not valid and len(key) <= 317:  # within the column: the named CHECK said no
-            assert refused == check, key
+    valid = problem(value) is None
+    for statement, check, length in columns:
+        refused = await _accepted(engine, statement, d=str(d), t=value)
+        assert (refused is None) == valid, (value, refused, problem(value))
+        if not valid and len(value) <= length:  # within the column: the named CHECK said no
+            assert refused == check, value
+
+
+async def _check_key(engine: AsyncEngine, d: uuid.UUID, key: str) -> None:
+    await _agrees(engine, d, key, label_key_problem, _KEY_COLUMNS)
+
+
+async def _check_value(engine: AsyncEngine, d: uuid.UUID, value: str) -> None:
+    await _agrees(engine, d, value, label_value_problem, _VALUE_COLUMNS)
 
 
 @pytest.mark.parametrize("value", EDGE_VALUES)
@@ -192,21 +219,6 @@ async def test_the_value_check_agrees_with_label_value_problem(
     engine: AsyncEngine, deployment: uuid.UUID, value: str
 ) -> None:
     await _check_value(engine, deployment, value)
-
-
-async def _check_value(engine: AsyncEngine, d: uuid.UUID, value: str) -> None:
-    if _unstorable(value, engine.dialect.name):
-        return
-    valid = label_value_problem(value) is None
-    refused = await _accepted(
-        engine,
-        "INSERT INTO deployment_node_selectors (deployment_id, key, value) VALUES (:d, 'k', :v)",
-        d=str(d),
-        v=value,
-    )
-    assert (refused is None) == valid, (value, refused, label_value_problem(value))
-    if not valid and len(value) <= 63:
-        assert refused == VALUE_CHECK, value
 
 
 # --- the migration on a database made at 0007 ---------------------------------------------
