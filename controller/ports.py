@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Protocol
@@ -141,6 +141,13 @@ class NodeStore(Protocol):
     def update_nodes(
         self, changes: Sequence[tuple[uuid.UUID, dict[str, Any]]]
     ) -> Awaitable[None]: ...
+
+    def set_engine_labels(
+        self, wanted: Mapping[uuid.UUID, Mapping[str, str]]
+    ) -> Awaitable[dict[uuid.UUID, dict[str, str]]]:
+        """Merge each node's engine labels (`fog.io/`) into its `labels`, the operator's kept:
+        per node merged, the values it replaced (key -> old). A node that is gone, or whose
+        labels are no JSON object (left as they are), is not in the answer."""
 
     def fail_replicas_on_node(
         self, node_id: uuid.UUID, now: datetime

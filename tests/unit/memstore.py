@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -192,3 +192,20 @@ class MemoryStore:
         self, node_id: uuid.UUID, now: datetime
     ) -> dict[uuid.UUID, int]:
         return {}
+
+    async def set_engine_labels(
+        self, wanted: Mapping[uuid.UUID, Mapping[str, str]]
+    ) -> dict[uuid.UUID, dict[str, str]]:
+        self.calls["set_engine_labels"] += 1
+        out: dict[uuid.UUID, dict[str, str]] = {}
+        for node_id, labels in wanted.items():
+            row = self.node_rows.get(node_id)
+            if row is None:
+                continue
+            current = dict(row.labels)
+            out[node_id] = {
+                k: current[k] for k, v in labels.items() if k in current and current[k] != v
+            }
+            merged = tuple(sorted({**current, **labels}.items()))
+            self.node_rows[node_id] = replace(row, labels=merged)
+        return out
