@@ -9,7 +9,7 @@ the same against the embedded SQLite file and a production PostgreSQL.
 
 Layout: `app` (the command tree), `deployments`, `cluster`, `credentials` and `db` (the
 commands), `options` (shared flags), `documents` (reading -f files), `queries` (SQL of
-deployments, nodes and users), `spec_queries` (the container spec's rows),
+deployments, nodes and users), `spec_queries` (the container spec's rows), `node_labels` (node labels as typed),
 `credential_queries` (registry credentials), `views`, `render` and `spec_text` (output),
 `rollout` (waiting), `session` (one engine per command, failures to exit codes), `errors`
 (messages and exit codes).

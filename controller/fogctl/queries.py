@@ -43,8 +43,8 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from controller import readmodel
-from controller.fogctl import spec_queries, views
-from controller.fogctl.errors import InputError, NotFound, constraint_message
+from controller.fogctl import node_labels, spec_queries, views
+from controller.fogctl.errors import FogctlError, InputError, NotFound, constraint_message
 from controller.readmodel import (
     DEPLOYMENTS,
     HISTORY,
@@ -528,6 +528,38 @@ async def set_node_flags(
         .values(unschedulable=unschedulable, draining=draining, updated_at=n.c.updated_at)
     )
     return views.Outcome(kind="node", name=node.name, result=verb)
+
+
+async def label_node(
+    conn: AsyncConnection, name: str, edit: node_labels.LabelEdit
+) -> views.Outcome:
+    """Set and remove an operator's labels on one node, keeping every other key (the
+    controller's `fog.io/` ones too). The row is locked for the read-merge-write on
+    PostgreSQL, so two edits at once both land; SQLite's write transaction is exclusive."""
+    n = NODES
+    row = (
+        await conn.execute(
+            select(n.c.id, n.c.name, n.c.labels).where(n.c.name == name.strip()).with_for_update()
+        )
+    ).first()
+    if row is None:
+        raise NotFound(f"node {name.strip()!r} not found")
+    current = row.labels if row.labels is not None else {}
+    if not isinstance(current, dict):
+        raise FogctlError(
+            f"node {row.name!r}: its labels column holds {current!r}, not a JSON object: "
+            "set it to {} (or an object) with SQL first"
+        )
+    labels, changes = node_labels.merge(current, edit)
+    notes = changes + node_labels.not_set(current, edit)
+    if not changes:
+        return views.Outcome(
+            kind="node", name=row.name, result="unchanged", detail=", ".join(notes)
+        )
+    await conn.execute(
+        update(n).where(n.c.id == row.id).values(labels=labels, updated_at=n.c.updated_at)
+    )
+    return views.Outcome(kind="node", name=row.name, result="labeled", detail=", ".join(notes))
 
 
 async def delete_node(conn: AsyncConnection, name: str, *, force: bool) -> views.Outcome:
