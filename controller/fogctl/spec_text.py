@@ -8,8 +8,11 @@ name only; a credential's registry, login and password are `fogctl secret`'s bus
 from __future__ import annotations
 
 import shlex
+from collections.abc import Mapping
+from typing import Protocol
 
 from controller.fogctl import render
+from controller.placement_rules import selector_text
 from schema import api
 
 NONE = "<none>"
@@ -53,6 +56,38 @@ def _healthcheck(h: api.HealthcheckResponse | None) -> str:
     ]
     shown = [p for p in parts if p]
     return shlex.join(h.command) + (f" ({', '.join(shown)})" if shown else "")
+
+
+class Placement(Protocol):
+    """The `placement` block as read back (`api.DeploymentSpecResponse.placement`)."""
+
+    @property
+    def node_selector(self) -> Mapping[str, str]: ...
+    @property
+    def spread_by(self) -> str | None: ...
+    @property
+    def max_per_node(self) -> int | None: ...
+    @property
+    def rebalance(self) -> bool: ...
+
+
+def placement(p: Placement | None) -> str:
+    """One line per rule, in the apply file's order; nothing set reads as "any node"."""
+    if p is None:
+        return "any node (rebalance on)"
+    lines = []
+    if p.node_selector:
+        lines.append(f"nodes with {selector_text(p.node_selector.items())}")
+    else:
+        lines.append("any node")
+    if p.spread_by is not None:
+        lines.append(f"spread over the values of {p.spread_by} (skew at most 1)")
+    if p.max_per_node is not None:
+        lines.append(f"at most {p.max_per_node} per node")
+    lines.append("rebalance " + ("on" if p.rebalance else "off"))
+    if len(lines) == 2 and not p.node_selector:
+        return f"any node ({lines[1]})"
+    return "\n".join(lines)
 
 
 def rows(spec: api.DeploymentSpecResponse) -> list[tuple[str, str]]:
