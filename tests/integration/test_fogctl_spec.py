@@ -145,6 +145,10 @@ def test_apply_writes_the_whole_spec_to_the_spec_tables(
         "healthcheck_start_period_seconds": 10.0,
         "image_pull_secret": "company-registry",
         "purge_volumes": False,
+        # Placement (issue 15), not in this file: the defaults, anywhere and rebalance on.
+        "spread_by": None,
+        "max_per_node": None,
+        "rebalance": True,
     }
     assert stored["deployment_env"] == [
         {"name": "LOG_LEVEL", "value": "debug"},
@@ -226,6 +230,9 @@ def test_a_field_left_out_goes_back_to_the_images_own(fog: FogctlProcess, tmp_pa
             "healthcheck_start_period_seconds": None,
             "image_pull_secret": None,
             "purge_volumes": False,
+            "spread_by": None,
+            "max_per_node": None,
+            "rebalance": True,
         }
     ]
     assert all(stored[t] == [] for t in SPEC_TABLES[1:])
