@@ -145,9 +145,9 @@ class Store:
     @retrying
     async def load_deployments(self, ids: Sequence[uuid.UUID] | None = None) -> list[Deployment]:
         """Deployments not yet `deleted` (all of them, or `ids`), with resources, non-terminal
-        replicas, newest history row, the controller's persisted progress and the container
-        spec: eight queries whatever the count (see `deployment_rows`). Held deployments
-        (see `held`) are left out."""
+        replicas, newest history row, the controller's persisted progress, the container spec
+        and the placement: nine queries whatever the count (see `deployment_rows`). Held
+        deployments (see `held`) are left out."""
         skip = self._unusable.skip
         return await self._unusable.tolerant(
             lambda: deployment_rows.read_deployments(self._engine, ids, skip)

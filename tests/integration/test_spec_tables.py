@@ -35,7 +35,7 @@ def _port(values: str) -> str:
 
 def _selector(values: str) -> str:
     return (
-        f"INSERT INTO deployment_node_selectors (deployment_id, key, value) VALUES (:d, {values})"  # noqa: E501
+        f"INSERT INTO deployment_node_selectors (deployment_id, key, value) VALUES (:d, {values})"
     )
 
 
