@@ -94,6 +94,13 @@ ALLOWED: dict[str, dict[str, str]] = {
     "UserCreate": {"username": _NAME_RANGE},
 }
 
+# Rules worded here in place of the schema's message (whatever the error's kind: a number too
+# small, too large, or not a number at all), as the database constraint words the same rule.
+_MAX_PER_NODE = "must be at least 1 (or left out: no cap)"
+OWN_WORDS: dict[str, dict[str, str]] = {
+    "DeploymentCreate": {"placement.max_per_node": _MAX_PER_NODE},
+}
+
 # Errors raised by schema/api.py's own validators: their text already names field and value.
 _SELF_EXPLAINED = frozenset(
     {
@@ -113,6 +120,7 @@ _SELF_EXPLAINED = frozenset(
         "duplicate",
         "env_name",
         "label",
+        "label_key",  # placement.spread_by (issue 15)
         "ports_without_network",
         "password",
     }
@@ -138,13 +146,16 @@ def validation_messages(
     """One `field: what is wrong` line per error; `options` renames fields given as CLI flags
     (`cpu_cores` -> `--cpu`), so the message names what the operator typed."""
     allowed = ALLOWED.get(model.__name__, {})
+    own_words = OWN_WORDS.get(model.__name__, {})
     fields = list(model.model_fields)
     lines = []
     for error in exc.errors():
         path = _path(error["loc"])
         kind = error["type"]
         label = options.get(path, path) if options else path
-        if kind in _SELF_EXPLAINED:
+        if path in own_words and kind not in ("missing", "extra_forbidden"):
+            text = f"{own_words[path]}, got {_shown(error['input'])}"
+        elif kind in _SELF_EXPLAINED:
             text = error["msg"]
         elif kind == "extra_forbidden":
             parent = error["loc"][:-1]
@@ -277,9 +288,7 @@ _SPEC_CONSTRAINTS: dict[str, Rule] = {
     ),
     # Placement (migration 0008): label syntax is Kubernetes' (controller/placement_rules.py).
     "ck_deployment_specs_spread_by_syntax": Rule("placement.spread_by", f"must be {_LABEL_KEY}"),
-    "ck_deployment_specs_max_per_node_positive": Rule(
-        "placement.max_per_node", "must be at least 1 (or left out: no cap)"
-    ),
+    "ck_deployment_specs_max_per_node_positive": Rule("placement.max_per_node", _MAX_PER_NODE),
     "ck_deployment_node_selectors_key_syntax": Rule(
         "placement.node_selector", f"keys must be {_LABEL_KEY}"
     ),

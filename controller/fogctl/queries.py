@@ -326,6 +326,13 @@ def _context(spec: api.DeploymentCreate) -> dict[str, object]:
     out.update(
         {k: getattr(spec, k) for k in ("network", "stop_grace_seconds", "image_pull_secret")}
     )
+    placement = spec.placement
+    out.update(
+        {
+            "placement.spread_by": placement.spread_by,
+            "placement.max_per_node": placement.max_per_node,
+        }
+    )
     return out
 
 

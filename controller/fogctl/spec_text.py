@@ -104,4 +104,5 @@ def rows(spec: api.DeploymentSpecResponse) -> list[tuple[str, str]]:
         ("Stop grace:", "<controller default>" if grace is None else f"{grace}s"),
         ("Healthcheck:", _healthcheck(spec.healthcheck)),
         ("Pull secret:", spec.image_pull_secret or NONE),
+        ("Placement:", placement(spec.placement)),
     ]
