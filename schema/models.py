@@ -397,6 +397,9 @@ class Deployment(Base):
     volumes: Mapped[list[DeploymentVolume]] = relationship(
         cascade="all, delete-orphan", passive_deletes=True
     )
+    node_selectors: Mapped[list[DeploymentNodeSelector]] = relationship(
+        cascade="all, delete-orphan", passive_deletes=True
+    )
 
 
 class DeploymentReplica(Base):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -299,6 +299,13 @@ class Store:
     async def update_nodes(self, changes: Sequence[tuple[uuid.UUID, dict[str, Any]]]) -> None:
         """Heartbeats and status changes for several nodes in one transaction."""
         await self._nodes.update_nodes(changes)
+
+    async def set_engine_labels(
+        self, node_id: uuid.UUID, labels: Mapping[str, str]
+    ) -> dict[str, str] | None:
+        """The engine's own `fog.io/` labels merged into the node's row (see
+        `NodeRows.set_engine_labels`); the operator-written values it replaced."""
+        return await self._nodes.set_engine_labels(node_id, labels)
 
     async def run(self, fn: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         """For tests and tools: run `fn` in one transaction on this store's engine."""

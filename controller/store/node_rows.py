@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any
@@ -28,6 +28,17 @@ log = structlog.get_logger("controller.store")
 
 _NOT_TERMINAL = readmodel.NOT_TERMINAL
 _LIVE = readmodel.LIVE
+
+
+def _json_object(raw: Any) -> dict[str, Any] | None:
+    """The stored labels as a dict, or None when they are no JSON object (NULL reads as {})."""
+    if raw is None:
+        return {}
+    try:
+        parsed = json.loads(raw) if isinstance(raw, str) else raw
+    except ValueError:
+        return None
+    return parsed if isinstance(parsed, dict) else None
 
 
 def _labels(raw: Any) -> tuple[tuple[tuple[str, str], ...], dict[str, str]]:
@@ -241,6 +252,37 @@ class NodeRows:
                 )
             )
         return True
+
+    @retrying
+    async def set_engine_labels(
+        self, node_id: uuid.UUID, labels: Mapping[str, str]
+    ) -> dict[str, str] | None:
+        """Merge `labels` (the engine's `fog.io/` ones) into the node's row, every other key
+        kept as the operator wrote it; the values replaced, by key. Read and written in one
+        transaction, the row locked on PostgreSQL: a label an operator sets meanwhile
+        (`fogctl node label`) is merged, not lost to a stale copy. Labels that are no JSON
+        object are left alone (None, as for a node that is gone): the loads already report
+        them, and the scheduler puts the engine's labels over whatever the row holds
+        (`model.node_labels`)."""
+        n = NODES
+        async with self._begin() as conn:
+            row = (
+                await conn.execute(
+                    select(type_coerce(n.c.labels, String))
+                    .where(n.c.id == node_id)
+                    .with_for_update()
+                )
+            ).first()
+            current = None if row is None else _json_object(row[0])
+            if current is None:  # gone, or no JSON object
+                return None
+            replaced = {
+                k: str(current[k]) for k, v in labels.items() if k in current and current[k] != v
+            }
+            merged = {**current, **labels}
+            if merged != current:
+                await conn.execute(update(n).where(n.c.id == node_id).values(labels=merged))
+        return replaced
 
     @retrying
     async def update_nodes(self, changes: Sequence[tuple[uuid.UUID, dict[str, Any]]]) -> None:
