@@ -13,12 +13,10 @@ from typing import Any
 
 import pytest
 import yaml
-from sqlalchemy.ext.asyncio import AsyncConnection
 
-from controller.fogctl import queries
-from controller.fogctl.errors import InputError
 from schema import api
-from tests.integration.test_fogctl import WEB, FogctlInProcess, FogctlProcess, sql, with_users
+from tests.integration.test_fogctl import WEB, FogctlInProcess, FogctlProcess, with_users
+from tests.integration.test_fogctl_cluster import refused_apply
 from tests.integration.test_fogctl_spec import generation, rows, web_id
 
 PLACEMENT = """\
@@ -213,16 +211,10 @@ def test_the_database_refuses_a_placement_that_slipped_past_validation(
     bad = valid.model_copy(
         update={"placement": valid.placement.model_construct(max_per_node=0, node_selector={})}
     )
-
-    async def go(conn: AsyncConnection) -> None:
-        alice = await queries.require_user(conn, "alice")
-        await queries.apply(conn, alice, [bad])
-
-    with pytest.raises(InputError) as refused:
-        sql(fog.db_url, go)
-    assert refused.value.message == (
+    refused = refused_apply(fog.db_url, bad)
+    assert refused.message == (
         "placement.max_per_node: must be at least 1 (or left out: no cap), got 0 "
         "(database constraint ck_deployment_specs_max_per_node_positive)"
     )
-    assert refused.value.exit_code == 2
+    assert refused.exit_code == 2
     assert fog.json("get", "deploy", user="alice") == []
