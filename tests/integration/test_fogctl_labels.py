@@ -9,13 +9,18 @@ them as they were.
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from typing import Any
 
 import pytest
-from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import insert, select, text, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from controller.fogctl import queries
+from controller.fogctl.node_labels import LabelEdit
 from controller.readmodel import NODES
+from schema.engine import writer
 from tests.integration.test_fogctl import FogctlInProcess, FogctlProcess, sql
 
 ENGINE_LABELS = {"fog.io/arch": "arm64", "fog.io/os": "linux", "fog.io/engine": "docker"}
@@ -189,3 +194,42 @@ def test_node_label_through_the_installed_script(db_url: str) -> None:
     assert refused.returncode == 2
     assert "fog.io/ labels are set by the controller from the engine" in refused.stderr
     assert labels_of(db_url, "n1") == {"zone": "b", "site": "north"}
+
+
+async def test_two_label_edits_at_once_both_land(pg_engine: AsyncEngine) -> None:
+    """The lost update the row lock prevents: edit B reads the labels while edit A has not
+    committed yet; without `FOR UPDATE`, B would then write its merge over A's and drop A's
+    key. PostgreSQL only: SQLite's write transactions never overlap."""
+    async with writer(pg_engine).begin() as conn:
+        await conn.execute(insert(NODES).values(id=uuid.uuid4(), name="n1", docker_url="tcp://n1"))
+    a = await writer(pg_engine).connect()
+    await a.begin()
+    await queries.label_node(a, "n1", LabelEdit({"zone": "a"}))
+
+    async def edit_b() -> None:
+        async with writer(pg_engine).begin() as b:
+            await queries.label_node(b, "n1", LabelEdit({"tier": "edge"}))
+
+    b_task = asyncio.create_task(edit_b())
+
+    async def b_waits_on_a_lock() -> bool:
+        async with pg_engine.connect() as probe:
+            waiting = await probe.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND datname = current_database()"
+                )
+            )
+            return bool(waiting.scalar_one())
+
+    deadline = asyncio.get_running_loop().time() + 10
+    while not await b_waits_on_a_lock():
+        assert asyncio.get_running_loop().time() < deadline, "edit B never waited for A"
+        await asyncio.sleep(0.02)
+    await a.commit()
+    await a.close()
+    await asyncio.wait_for(b_task, 10)
+
+    async with pg_engine.connect() as conn:
+        stored = (await conn.execute(select(NODES.c.labels))).scalar_one()
+    assert stored == {"zone": "a", "tier": "edge"}
