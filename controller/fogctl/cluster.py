@@ -267,7 +267,7 @@ def nodes_table(rows: Sequence[views.NodeRow], *, wide: bool, show_labels: bool 
                 n.docker_url,
             ]
         if wide or show_labels:
-            cells.append(node_labels.text(n.labels))
+            cells.append(n.labels_problem or node_labels.text(n.labels))
         t.add_row(*cells)
     return t
 

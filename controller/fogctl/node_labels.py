@@ -13,6 +13,7 @@ every key the edit does not name, the controller's included.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +27,24 @@ from controller.placement_rules import (
 )
 
 RESERVED_REASON = f"{RESERVED_NODE_LABEL_PREFIX} labels are set by the controller from the engine"
+NOT_AN_OBJECT = "<not a JSON object>"
+
+
+def stored(raw: str | None) -> dict[str, Any] | None:
+    """The `nodes.labels` column's text as a mapping (NULL: none); None when it holds no JSON
+    object, which plain SQL can write (and on SQLite any text at all)."""
+    if raw is None:
+        return {}
+    try:
+        parsed = json.loads(raw)
+    except ValueError:
+        return None
+    return parsed if isinstance(parsed, dict) else None
+
+
+def shown(raw: str) -> str:
+    """Stored text that is no JSON object, for a message: at most 80 characters."""
+    return raw if len(raw) <= 80 else raw[:77] + "..."
 
 
 def key_problem(key: str) -> str | None:

@@ -28,8 +28,10 @@ from typing import Any
 from sqlalchemy import (
     ColumnElement,
     Select,
+    String,
     and_,
     case,
+    cast,
     delete,
     func,
     insert,
@@ -471,6 +473,12 @@ async def soft_delete(
 # --- nodes -------------------------------------------------------------------------------------
 
 
+# The labels as text (a CAST in SQL: asyncpg would decode JSON itself), read by
+# `node_labels.stored`: a value that is no JSON object (on SQLite, no JSON at all) must not
+# break a node listing.
+_LABELS_TEXT = cast(NODES.c.labels, String).label("labels")
+
+
 async def list_nodes(
     conn: AsyncConnection, *, statuses: Sequence[NodeStatus] = (), name: str | None = None
 ) -> list[views.NodeRow]:
@@ -478,7 +486,8 @@ async def list_nodes(
     n = NODES
     usage = readmodel.node_usage().subquery("usage")
     stmt = select(
-        n,
+        *(c for c in n.columns if c.name != "labels"),
+        _LABELS_TEXT,
         func.coalesce(usage.c.live_replicas, 0).label("live_replicas"),
         *(usage.c[name].label(f"used_{name}") for name in readmodel.USAGE_COLUMNS),
     ).select_from(n.outerjoin(usage, usage.c.node_id == n.c.id))
@@ -493,7 +502,9 @@ async def list_nodes(
         # Sums of floats carry noise (0.1 + 0.2): shown to the microcore.
         used = dataclasses.replace(used, cpu_cores=round(used.cpu_cores, 6))
         m["allocated"] = views.Resources.model_validate(used, from_attributes=True)
-        m["labels"] = m.get("labels") or {}
+        labels = node_labels.stored(m["labels"])
+        m["labels"] = labels if labels is not None else {}
+        m["labels_problem"] = None if labels is not None else node_labels.NOT_AN_OBJECT
         out.append(views.NodeRow.model_validate(m))
     return out
 
@@ -546,16 +557,16 @@ async def label_node(
     n = NODES
     row = (
         await conn.execute(
-            select(n.c.id, n.c.name, n.c.labels).where(n.c.name == name.strip()).with_for_update()
+            select(n.c.id, n.c.name, _LABELS_TEXT).where(n.c.name == name.strip()).with_for_update()
         )
     ).first()
     if row is None:
         raise NotFound(f"node {name.strip()!r} not found")
-    current = row.labels if row.labels is not None else {}
-    if not isinstance(current, dict):
+    current = node_labels.stored(row.labels)
+    if current is None:
         raise FogctlError(
-            f"node {row.name!r}: its labels column holds {current!r}, not a JSON object: "
-            "set it to {} (or an object) with SQL first"
+            f"node {row.name!r}: its labels column holds {node_labels.shown(row.labels)!r}, "
+            "not a JSON object: set it to {} (or an object) with SQL first"
         )
     labels, changes = node_labels.merge(current, edit)
     notes = changes + node_labels.not_set(current, edit)

@@ -164,7 +164,7 @@ def test_get_nodes_shows_capacity_and_allocation_of_live_replicas(fog: Fogctl) -
         {"cpu_cores": 1.0, "memory_mb": 1024, "gpu_units": 0, "storage_gb": 2},
     )
     assert (nodes[1]["live_replicas"], nodes[1]["cpu_cores"]) == (0, None)
-    assert list(nodes[0])[-2:] == ["live_replicas", "allocated"]
+    assert list(nodes[0])[-3:] == ["live_replicas", "allocated", "labels_problem"]
 
     table = fog.ok("get", "nodes").splitlines()
     assert table[0].split() == [

@@ -233,3 +233,38 @@ async def test_two_label_edits_at_once_both_land(pg_engine: AsyncEngine) -> None
     async with pg_engine.connect() as conn:
         stored = (await conn.execute(select(NODES.c.labels))).scalar_one()
     assert stored == {"zone": "a", "tier": "edge"}
+
+
+@pytest.mark.parametrize("raw", ["[1]", '"zone=a"'])
+def test_labels_that_are_no_json_object_are_shown_not_a_traceback(
+    fog: FogctlInProcess, raw: str
+) -> None:
+    """Plain SQL can write any JSON into nodes.labels: listing still works and says so, and a
+    label edit refuses to guess what the operator meant."""
+    add(fog, "n1", "zone=a")
+    add(fog, "n2", "zone=b")
+
+    async def q(conn: AsyncConnection) -> None:
+        await conn.execute(
+            text("UPDATE nodes SET labels = CAST(:raw AS JSON) WHERE name = 'n1'")
+            if fog.db_url.startswith("postgresql")
+            else text("UPDATE nodes SET labels = :raw WHERE name = 'n1'"),
+            {"raw": raw},
+        )
+
+    sql(fog.db_url, q)
+    shown = fog.ok("get", "nodes", "--show-labels").splitlines()
+    assert [line.split()[0] for line in shown[1:]] == ["n1", "n2"]
+    assert shown[1].endswith("<not a JSON object>")
+    assert shown[2].split()[-1] == "zone=b"
+    [listed] = fog.json("get", "nodes", "n1")
+    assert (listed["labels"], listed["labels_problem"]) == ({}, "<not a JSON object>")
+
+    refused = fog("node", "label", "n1", "zone=c")
+    assert refused.returncode == 1
+    assert refused.stderr == (
+        f"fogctl: node 'n1': its labels column holds {raw!r}, not a JSON object: set it to {{}} "
+        "(or an object) with SQL first\n"
+    )
+    assert fog.ok("node", "label", "n2", "zone=c") == "node/n2 labeled (zone=c (was b))\n"
+    assert labels_of(fog.db_url, "n2") == {"zone": "c"}

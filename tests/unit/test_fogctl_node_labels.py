@@ -94,3 +94,23 @@ def test_merge_touches_only_the_named_keys(
 def test_the_labels_column_text() -> None:
     assert node_labels.text({"zone": "a", "fog.io/arch": "arm64"}) == "fog.io/arch=arm64,zone=a"
     assert node_labels.text({}) == "-"
+
+
+@pytest.mark.parametrize(
+    ("raw", "labels"),
+    [
+        pytest.param(None, {}, id="null"),
+        pytest.param('{"zone": "a"}', {"zone": "a"}, id="object"),
+        pytest.param("[1]", None, id="array"),
+        pytest.param('"zone=a"', None, id="string"),
+        pytest.param("zone=a", None, id="no-json"),
+    ],
+)
+def test_the_stored_column_is_an_object_or_says_it_is_not(
+    raw: str | None, labels: dict[str, str] | None
+) -> None:
+    assert node_labels.stored(raw) == labels
+
+
+def test_a_long_stored_value_is_cut_for_messages() -> None:
+    assert node_labels.shown("x" * 100) == "x" * 77 + "..."
