@@ -206,7 +206,7 @@ class NodeMonitor:
         now = self._clock()
         grace = timedelta(seconds=self._settings.node_grace_seconds)
         changes: list[tuple[uuid.UUID, dict[str, Any]]] = []
-        label_writes: list[tuple[NodeRecord, dict[str, str]]] = []
+        label_writes: dict[uuid.UUID, dict[str, str]] = {}
         fresh: dict[uuid.UUID, NodeRecord] = {}
         for record, (info, error) in zip(records, results, strict=True):
             ok = info is not None
@@ -222,7 +222,7 @@ class NodeMonitor:
                 facts = self._engine_facts(record, info, values)
                 wanted = self._labels_to_write(record, info)
                 if wanted:
-                    label_writes.append((record, wanted))
+                    label_writes[record.id] = wanted
             else:
                 self._up_since.pop(record.id, None)
                 if error is not None and self._probe_errors.get(record.id) != error:
@@ -256,8 +256,8 @@ class NodeMonitor:
             )
         self._nodes = None  # probes changed `_info` and `_up_since`
         await self._store.update_nodes(changes)
-        for record, wanted in label_writes:
-            fresh[record.id] = await self._write_engine_labels(fresh[record.id], wanted)
+        if label_writes:
+            await self._write_engine_labels(label_writes, fresh)
         self._records = fresh
         self._nodes = None
 
@@ -294,13 +294,26 @@ class NodeMonitor:
             return {}
         return wanted
 
-    async def _write_engine_labels(self, record: NodeRecord, wanted: dict[str, str]) -> NodeRecord:
-        """Merge `wanted` into the node's row; the record as it now stands."""
-        replaced = await self._store.set_engine_labels(record.id, wanted)
-        if replaced is None:
-            self._labels_unwritable[record.id] = record.labels
-            return record
-        self._labels_unwritable.pop(record.id, None)
+    async def _write_engine_labels(
+        self, writes: dict[uuid.UUID, dict[str, str]], fresh: dict[uuid.UUID, NodeRecord]
+    ) -> None:
+        """Merge each node's engine labels into its row; `fresh` records say what they hold."""
+        merged = await self._store.set_engine_labels(writes)
+        for node_id, wanted in writes.items():
+            record = fresh[node_id]
+            replaced = merged.get(node_id)
+            if replaced is None:  # labels that are no JSON object: the load said so
+                self._labels_unwritable[node_id] = record.labels
+                continue
+            self._labels_unwritable.pop(node_id, None)
+            self._log_replaced(record, wanted, replaced)
+            self._written_labels[node_id] = dict(wanted)
+            labels = tuple(sorted({**dict(record.labels), **wanted}.items()))
+            fresh[node_id] = dataclasses.replace(record, labels=labels)
+
+    def _log_replaced(
+        self, record: NodeRecord, wanted: dict[str, str], replaced: dict[str, str]
+    ) -> None:
         ours = self._written_labels.get(record.id, {})
         for key, old in sorted(replaced.items()):
             if ours.get(key) == old:
@@ -316,9 +329,6 @@ class NodeMonitor:
                     engine_value=wanted[key],
                     reason="fog.io/ labels are the engine's: the operator's value was replaced",
                 )
-        self._written_labels[record.id] = dict(wanted)
-        merged = tuple(sorted({**dict(record.labels), **wanted}.items()))
-        return dataclasses.replace(record, labels=merged)
 
     async def _probe(self, record: NodeRecord) -> tuple[EngineInfo | None, str | None]:
         # A black-holed engine must not hold up the heartbeat of every other node.

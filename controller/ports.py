@@ -143,11 +143,11 @@ class NodeStore(Protocol):
     ) -> Awaitable[None]: ...
 
     def set_engine_labels(
-        self, node_id: uuid.UUID, labels: Mapping[str, str]
-    ) -> Awaitable[dict[str, str] | None]:
-        """Merge the engine's own `fog.io/` labels into the node's `labels`, the operator's
-        kept: the values it replaced (key -> old), or None when the row's labels are no JSON
-        object (left as they are) or the node is gone."""
+        self, wanted: Mapping[uuid.UUID, Mapping[str, str]]
+    ) -> Awaitable[dict[uuid.UUID, dict[str, str]]]:
+        """Merge each node's engine labels (`fog.io/`) into its `labels`, the operator's kept:
+        per node merged, the values it replaced (key -> old). A node that is gone, or whose
+        labels are no JSON object (left as they are), is not in the answer."""
 
     def fail_replicas_on_node(
         self, node_id: uuid.UUID, now: datetime

@@ -301,11 +301,11 @@ class Store:
         await self._nodes.update_nodes(changes)
 
     async def set_engine_labels(
-        self, node_id: uuid.UUID, labels: Mapping[str, str]
-    ) -> dict[str, str] | None:
-        """The engine's own `fog.io/` labels merged into the node's row (see
-        `NodeRows.set_engine_labels`); the operator-written values it replaced."""
-        return await self._nodes.set_engine_labels(node_id, labels)
+        self, wanted: Mapping[uuid.UUID, Mapping[str, str]]
+    ) -> dict[uuid.UUID, dict[str, str]]:
+        """The engines' own `fog.io/` labels merged into their nodes' rows in one transaction
+        (see `NodeRows.set_engine_labels`); per node merged, the values it replaced."""
+        return await self._nodes.set_engine_labels(wanted)
 
     async def run(self, fn: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         """For tests and tools: run `fn` in one transaction on this store's engine."""

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 import structlog
-from sqlalchemy import String, case, func, insert, select, type_coerce, update
+from sqlalchemy import String, bindparam, case, func, insert, select, type_coerce, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from controller import readmodel
@@ -255,34 +255,49 @@ class NodeRows:
 
     @retrying
     async def set_engine_labels(
-        self, node_id: uuid.UUID, labels: Mapping[str, str]
-    ) -> dict[str, str] | None:
-        """Merge `labels` (the engine's `fog.io/` ones) into the node's row, every other key
-        kept as the operator wrote it; the values replaced, by key. Read and written in one
-        transaction, the row locked on PostgreSQL: a label an operator sets meanwhile
-        (`fogctl node label`) is merged, not lost to a stale copy. Labels that are no JSON
-        object are left alone (None, as for a node that is gone): the loads already report
-        them, and the scheduler puts the engine's labels over whatever the row holds
-        (`model.node_labels`)."""
+        self, wanted: Mapping[uuid.UUID, Mapping[str, str]]
+    ) -> dict[uuid.UUID, dict[str, str]]:
+        """Merge each node's `wanted` labels (the engine's `fog.io/` ones) into its row, every
+        other key kept as the operator wrote it; per node merged, the values replaced, by key.
+
+        Read and written in one transaction, the rows locked on PostgreSQL: a label an operator
+        sets meanwhile (`fogctl node label`) is merged, not lost to a stale copy. One
+        transaction for all: a thousand nodes' first probe is not a thousand commits. A node
+        that is gone, or whose labels are no JSON object, is left out of the answer and its
+        row alone: the loads already report such labels, and the scheduler puts the engine's
+        labels over whatever the row holds (`model.node_labels`)."""
         n = NODES
+        out: dict[uuid.UUID, dict[str, str]] = {}
+        ids = list(wanted)
+        statement = (
+            update(n)
+            .where(n.c.id == bindparam("node"))
+            .values(labels=bindparam("merged", type_=n.c.labels.type))
+        )
         async with self._begin() as conn:
-            row = (
-                await conn.execute(
-                    select(type_coerce(n.c.labels, String))
-                    .where(n.c.id == node_id)
+            for start in range(0, len(ids), IN_CHUNK):
+                query = (
+                    select(n.c.id, type_coerce(n.c.labels, String).label("labels"))
+                    .where(n.c.id.in_(ids[start : start + IN_CHUNK]))
                     .with_for_update()
                 )
-            ).first()
-            current = None if row is None else _json_object(row[0])
-            if current is None:  # gone, or no JSON object
-                return None
-            replaced = {
-                k: str(current[k]) for k, v in labels.items() if k in current and current[k] != v
-            }
-            merged = {**current, **labels}
-            if merged != current:
-                await conn.execute(update(n).where(n.c.id == node_id).values(labels=merged))
-        return replaced
+                writes = []
+                for row in (await conn.execute(query)).all():
+                    current = _json_object(row.labels)
+                    if current is None:
+                        continue
+                    labels = wanted[row.id]
+                    out[row.id] = {
+                        k: str(current[k])
+                        for k, v in labels.items()
+                        if k in current and current[k] != v
+                    }
+                    merged = {**current, **labels}
+                    if merged != current:
+                        writes.append({"node": row.id, "merged": merged})
+                if writes:
+                    await conn.execute(statement, writes)
+        return out
 
     @retrying
     async def update_nodes(self, changes: Sequence[tuple[uuid.UUID, dict[str, Any]]]) -> None:

@@ -24,6 +24,7 @@ import docker
 import pytest
 from sqlalchemy.engine import make_url
 
+from controller.placement_rules import PlacementRules
 from controller.runspec import PortSpec, RunSpec, VolumeSpec
 from controller.store import Store
 from schema.engine import is_sqlite, sqlite_path
@@ -41,6 +42,8 @@ CONVERGE_STEPS = ("create", "add-node", "create-generated", "scale", "update-ima
 # The container spec's statements (issue 14): checked by what the store loads from them, not
 # run against the daemon here (the controller's side of the spec is built separately).
 SPEC_STEPS = ("set-env", "publish-port", "named-volume", "pull-secret")
+# Placement (issue 15): checked the same way, by what the store loads.
+PLACEMENT_STEPS = ("placement",)
 DOCUMENTED_RUN = RunSpec(
     command=("httpd", "-f", "-p", "8080"),
     env=(("LOG_LEVEL", "debug"), ("SITE", "north")),
@@ -120,7 +123,7 @@ async def test_the_documented_plain_sql_converges_on_both_backends(
         lambda: [build_test_image(docker.DockerClient(base_url=u), IMAGE_V2) for u in engines]
     )
     steps = doc_statements(backend)
-    assert set(steps) == set(CONVERGE_STEPS) | set(SPEC_STEPS)
+    assert set(steps) == set(CONVERGE_STEPS) | set(SPEC_STEPS) | set(PLACEMENT_STEPS)
     swaps = {
         "unix:///run/fog/edge-1.sock": engines[0],
         "unix:///run/fog/edge-2.sock": engines[1],
@@ -201,7 +204,8 @@ async def test_the_documented_plain_sql_converges_on_both_backends(
 def test_every_documented_step_exists_for_both_backends() -> None:
     for backend in ("postgresql", "sqlite"):
         steps = doc_statements(backend)
-        assert len(steps) == len(CONVERGE_STEPS) + len(SPEC_STEPS), (backend, sorted(steps))
+        expected = len(CONVERGE_STEPS) + len(SPEC_STEPS) + len(PLACEMENT_STEPS)
+        assert len(steps) == expected, (backend, sorted(steps))
         assert all(body.strip() for body in steps.values())
     assert "now()" in doc_statements("postgresql")["soft-delete"]
     assert "strftime" in doc_statements("sqlite")["soft-delete"]
@@ -234,6 +238,26 @@ async def test_the_documented_spec_statements_load_into_the_runspec_they_describ
     store = Store(sql.engine)
     (loaded,) = await store.load_deployments([WEB])
     assert loaded.run == DOCUMENTED_RUN
+
+
+async def test_the_documented_placement_loads_into_the_rules_it_describes(sql: Sql) -> None:
+    backend = "sqlite" if sql.sqlite else "postgresql"
+    steps = doc_statements(backend)
+    await asyncio.to_thread(run_shell, sql.url, steps["create"])
+    generations = []
+    for _ in range(2):
+        await asyncio.to_thread(run_shell, sql.url, steps["placement"])
+        generations.append(
+            await sql.scalar(
+                f"SELECT generation FROM deployment_controller_state WHERE deployment_id = '{WEB}'"
+            )
+        )
+    assert generations[0] == generations[1], "the upserts run again change nothing"
+    store = Store(sql.engine)
+    (loaded,) = await store.load_deployments([WEB])
+    assert loaded.placement == PlacementRules.of(
+        {"fog.io/arch": "amd64"}, spread_by="zone", max_per_node=1
+    )
 
 
 async def test_sqlite_an_unreadable_value_typed_in_the_shell_holds_one_deployment_with_a_reason(

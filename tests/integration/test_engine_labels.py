@@ -26,6 +26,7 @@ from schema import engine as engine_mod
 from tests.conftest import KindClusters
 from tests.harness.engines import DEFAULT_ENGINE_KIND
 from tests.harness.fleet import Operator, settings_for_tests
+from tests.integration.test_store import counting
 
 
 async def _column(engine: AsyncEngine, node: uuid.UUID, column: str) -> Any:
@@ -59,11 +60,11 @@ async def test_the_merge_keeps_the_operators_labels_and_says_what_it_replaced(
     await _set_labels(engine, node, '{"zone": "b", "rack": "7", "fog.io/arch": "arm64"}')
     assert dict(stale.labels)["zone"] == "a"
 
-    replaced = await store.set_engine_labels(
-        node, {"fog.io/arch": "amd64", "fog.io/os": "linux", "fog.io/engine": "docker"}
+    merged = await store.set_engine_labels(
+        {node: {"fog.io/arch": "amd64", "fog.io/os": "linux", "fog.io/engine": "docker"}}
     )
 
-    assert replaced == {"fog.io/arch": "arm64"}
+    assert merged == {node: {"fog.io/arch": "arm64"}}
     assert await _labels(engine, node) == {
         "zone": "b",
         "rack": "7",
@@ -73,16 +74,31 @@ async def test_the_merge_keeps_the_operators_labels_and_says_what_it_replaced(
     }
     # Nothing to change: nothing replaced, and the row is not rewritten.
     stamp = await _column(engine, node, "updated_at")
-    assert await store.set_engine_labels(node, {"fog.io/os": "linux"}) == {}
+    gone = uuid.uuid4()
+    merged = await store.set_engine_labels({node: {"fog.io/os": "linux"}, gone: {"a": "b"}})
+    assert merged == {node: {}}, "a node that is gone is not in the answer"
     assert await _column(engine, node, "updated_at") == stamp
-    assert await store.set_engine_labels(uuid.uuid4(), {"fog.io/os": "linux"}) is None
+
+
+async def test_many_nodes_merge_in_one_transaction(engine: AsyncEngine) -> None:
+    op, store = Operator(engine), Store(engine)
+    # More than one IN list's worth (deployment_rows.IN_CHUNK is 500).
+    nodes = [await op.add_node(f"n{i}", f"unix:///n{i}.sock") for i in range(520)]
+    await _set_labels(engine, nodes[7], '{"zone": "c"}')
+    with counting(engine) as statements:
+        merged = await store.set_engine_labels({n: {"fog.io/os": "linux"} for n in nodes})
+    assert merged == {n: {} for n in nodes}
+    assert await _labels(engine, nodes[7]) == {"zone": "c", "fog.io/os": "linux"}
+    assert await _labels(engine, nodes[519]) == {"fog.io/os": "linux"}
+    writes = [s for s in statements if s.lstrip().upper().startswith("UPDATE NODES")]
+    assert len(writes) == 2, "one executemany per chunk, not one UPDATE per node"
 
 
 async def test_labels_that_are_no_json_object_are_left_alone(engine: AsyncEngine) -> None:
     op, store = Operator(engine), Store(engine)
     node = await op.add_node("edge-1", "unix:///x.sock")
     await _set_labels(engine, node, '["zone=a"]')
-    assert await store.set_engine_labels(node, {"fog.io/os": "linux"}) is None
+    assert await store.set_engine_labels({node: {"fog.io/os": "linux"}}) == {}
     assert await _labels(engine, node) == ["zone=a"]
 
 

@@ -10,7 +10,10 @@ side, non-ASCII, a NUL) always among the examples.
 
 from __future__ import annotations
 
+import importlib.util
 import uuid
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,8 +28,9 @@ from controller.fogctl.errors import constraint_name
 from controller.placement_rules import PlacementRules, label_key_problem, label_value_problem
 from controller.store import Store
 from schema import engine as engine_mod
-from schema import migrate
+from schema import migrate, models
 from tests.harness.fleet import Operator
+from tests.integration.test_migration_0007 import _generation, _sql
 
 BEFORE = "0007_deployment_spec"
 REVISION = "0008_placement"
@@ -158,22 +162,48 @@ async def test_the_key_check_agrees_with_label_key_problem(
     await _check_key(engine, deployment, key)
 
 
-async def _check_key(engine: AsyncEngine, d: uuid.UUID, key: str) -> None:
-    if _unstorable(key, engine.dialect.name):
+# (statement with :t for the text, the CHECK that must refuse a bad one, the column's length)
+_KEY_COLUMNS = (
+    (
+        "INSERT INTO deployment_node_selectors (deployment_id, key, value) VALUES (:d, :t, 'v')",
+        KEY_CHECK,
+        317,
+    ),
+    ("INSERT INTO deployment_specs (deployment_id, spread_by) VALUES (:d, :t)", SPREAD_CHECK, 317),
+)
+_VALUE_COLUMNS = (
+    (
+        "INSERT INTO deployment_node_selectors (deployment_id, key, value) VALUES (:d, 'k', :t)",
+        VALUE_CHECK,
+        63,
+    ),
+)
+
+
+async def _agrees(
+    engine: AsyncEngine,
+    d: uuid.UUID,
+    value: str,
+    problem: Callable[[str], str | None],
+    columns: tuple[tuple[str, str, int], ...],
+) -> None:
+    """The database takes `value` into each column exactly when `problem` finds none."""
+    if _unstorable(value, engine.dialect.name):
         return
-    valid = label_key_problem(key) is None
-    for statement, check in (
-        (
-            "INSERT INTO deployment_node_selectors (deployment_id, key, value) "
-            "VALUES (:d, :k, 'v')",
-            KEY_CHECK,
-        ),
-        ("INSERT INTO deployment_specs (deployment_id, spread_by) VALUES (:d, :k)", SPREAD_CHECK),
-    ):
-        refused = await _accepted(engine, statement, d=str(d), k=key)
-        assert (refused is None) == valid, (key, refused, label_key_problem(key))
-        if not valid and len(key) <= 317:  # within the column: the named CHECK said no
-            assert refused == check, key
+    valid = problem(value) is None
+    for statement, check, length in columns:
+        refused = await _accepted(engine, statement, d=str(d), t=value)
+        assert (refused is None) == valid, (value, refused, problem(value))
+        if not valid and len(value) <= length:  # within the column: the named CHECK said no
+            assert refused == check, value
+
+
+async def _check_key(engine: AsyncEngine, d: uuid.UUID, key: str) -> None:
+    await _agrees(engine, d, key, label_key_problem, _KEY_COLUMNS)
+
+
+async def _check_value(engine: AsyncEngine, d: uuid.UUID, value: str) -> None:
+    await _agrees(engine, d, value, label_value_problem, _VALUE_COLUMNS)
 
 
 @pytest.mark.parametrize("value", EDGE_VALUES)
@@ -191,38 +221,22 @@ async def test_the_value_check_agrees_with_label_value_problem(
     await _check_value(engine, deployment, value)
 
 
-async def _check_value(engine: AsyncEngine, d: uuid.UUID, value: str) -> None:
-    if _unstorable(value, engine.dialect.name):
-        return
-    valid = label_value_problem(value) is None
-    refused = await _accepted(
-        engine,
-        "INSERT INTO deployment_node_selectors (deployment_id, key, value) VALUES (:d, 'k', :v)",
-        d=str(d),
-        v=value,
-    )
-    assert (refused is None) == valid, (value, refused, label_value_problem(value))
-    if not valid and len(value) <= 63:
-        assert refused == VALUE_CHECK, value
-
-
 # --- the migration on a database made at 0007 ---------------------------------------------
 
 
-async def _sql(url: str, *statements: str, **params: Any) -> list[tuple[Any, ...]]:
-    """Run statements in one transaction; the rows of the last one."""
-    engine = engine_mod.create_engine(url, poolclass=NullPool)
-    try:
-        async with engine_mod.writer(engine).begin() as conn:
-            rows: list[tuple[Any, ...]] = []
-            for statement in statements:
-                result = await conn.execute(
-                    text(statement), {k: v for k, v in params.items() if f":{k}" in statement}
-                )
-                rows = [tuple(r) for r in result.all()] if result.returns_rows else []
-            return rows
-    finally:
-        await engine.dispose()
+def test_the_migration_and_the_models_spell_the_checks_alike() -> None:
+    """Migration 0008 is frozen, so it spells the label CHECKs itself; schema.models must say
+    the same (the drift check compares CHECK names, not their text)."""
+    path = Path(migrate.__file__).parent / "migrations" / "versions" / "0008_placement.py"
+    spec = importlib.util.spec_from_file_location("migration_0008", path)
+    assert spec is not None
+    assert spec.loader is not None
+    migration = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(migration)
+    for dialect, sqlite in (("postgresql", False), ("sqlite", True)):
+        for column in ("key", "spread_by"):
+            assert models.label_key_sql(column, dialect) == migration.key_rule(column, sqlite)
+        assert models.label_value_sql("value", dialect) == migration.value_rule("value", sqlite)
 
 
 async def _schema(url: str) -> set[tuple[str, ...]]:
@@ -242,13 +256,6 @@ async def _schema(url: str) -> set[tuple[str, ...]]:
         )
     # Whitespace aside: 0008's downgrade writes 0007's trigger bodies with its own indentation.
     return {tuple(" ".join(str(c).split()) for c in r) for r in rows}
-
-
-async def _generation(url: str, d: str) -> int:
-    rows = await _sql(
-        url, "SELECT generation FROM deployment_controller_state WHERE deployment_id = :d", d=d
-    )
-    return int(rows[0][0])
 
 
 async def test_upgrade_from_0007_keeps_specs_and_downgrade_restores_0007_exactly(

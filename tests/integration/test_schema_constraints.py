@@ -491,11 +491,15 @@ async def test_orm_rows_serialise_with_to_dict_and_the_api_schemas(engine: Async
             resources=models.DeploymentResource(**GOOD_RESOURCES),
             replicas=[models.DeploymentReplica(node=node, status=ReplicaStatus.RUNNING)],
             spec=models.DeploymentSpec(
-                network="bridge", command=["httpd", "-f"], image_pull_secret="company"
+                network="bridge",
+                command=["httpd", "-f"],
+                image_pull_secret="company",
+                max_per_node=1,
             ),
             env=[models.DeploymentEnv(name="SITE", value="north")],
             ports=[models.DeploymentPort(container_port=8080, host_port=18080)],
             volumes=[models.DeploymentVolume(name="data", mount_path="/data")],
+            node_selectors=[models.DeploymentNodeSelector(key="zone", value="a")],
         )
         session.add(deployment)
         await session.commit()
@@ -512,6 +516,7 @@ async def test_orm_rows_serialise_with_to_dict_and_the_api_schemas(engine: Async
                     selectinload(models.Deployment.labels),
                     selectinload(models.Deployment.ports),
                     selectinload(models.Deployment.volumes),
+                    selectinload(models.Deployment.node_selectors),
                 )
                 .where(models.Deployment.id == deployment.id)
             )
@@ -548,6 +553,9 @@ async def test_orm_rows_serialise_with_to_dict_and_the_api_schemas(engine: Async
     ]
     assert response.labels == {}
     assert response.entrypoint is None
+    assert response.placement == api.PlacementResponse(
+        node_selector={"zone": "a"}, max_per_node=1, rebalance=True
+    )
     assert node_response.labels == {"zone": "a"}
     assert operation.deployment_id == deployment.id
     assert operation.message == "scaled to 2"

@@ -194,14 +194,18 @@ class MemoryStore:
         return {}
 
     async def set_engine_labels(
-        self, node_id: uuid.UUID, labels: Mapping[str, str]
-    ) -> dict[str, str] | None:
+        self, wanted: Mapping[uuid.UUID, Mapping[str, str]]
+    ) -> dict[uuid.UUID, dict[str, str]]:
         self.calls["set_engine_labels"] += 1
-        row = self.node_rows.get(node_id)
-        if row is None:
-            return None
-        current = dict(row.labels)
-        replaced = {k: current[k] for k, v in labels.items() if k in current and current[k] != v}
-        merged = tuple(sorted({**current, **labels}.items()))
-        self.node_rows[node_id] = replace(row, labels=merged)
-        return replaced
+        out: dict[uuid.UUID, dict[str, str]] = {}
+        for node_id, labels in wanted.items():
+            row = self.node_rows.get(node_id)
+            if row is None:
+                continue
+            current = dict(row.labels)
+            out[node_id] = {
+                k: current[k] for k, v in labels.items() if k in current and current[k] != v
+            }
+            merged = tuple(sorted({**current, **labels}.items()))
+            self.node_rows[node_id] = replace(row, labels=merged)
+        return out
