@@ -8,8 +8,6 @@ name only; a credential's registry, login and password are `fogctl secret`'s bus
 from __future__ import annotations
 
 import shlex
-from collections.abc import Mapping
-from typing import Protocol
 
 from controller.fogctl import render
 from controller.placement_rules import selector_text
@@ -58,23 +56,8 @@ def _healthcheck(h: api.HealthcheckResponse | None) -> str:
     return shlex.join(h.command) + (f" ({', '.join(shown)})" if shown else "")
 
 
-class Placement(Protocol):
-    """The `placement` block as read back (`api.DeploymentSpecResponse.placement`)."""
-
-    @property
-    def node_selector(self) -> Mapping[str, str]: ...
-    @property
-    def spread_by(self) -> str | None: ...
-    @property
-    def max_per_node(self) -> int | None: ...
-    @property
-    def rebalance(self) -> bool: ...
-
-
-def placement(p: Placement | None) -> str:
+def placement(p: api.PlacementResponse) -> str:
     """One line per rule, in the apply file's order; nothing set reads as "any node"."""
-    if p is None:
-        return "any node (rebalance on)"
     lines = []
     if p.node_selector:
         lines.append(f"nodes with {selector_text(p.node_selector.items())}")
