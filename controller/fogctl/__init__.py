@@ -8,11 +8,11 @@ JSON/YAML. It talks to the database only, never to the daemon or the engines, so
 the same against the embedded SQLite file and a production PostgreSQL.
 
 Layout: `app` (the command tree), `deployments`, `cluster`, `credentials` and `db` (the
-commands), `options` (shared flags), `documents` (reading -f files), `queries` (SQL of
-deployments, nodes and users), `spec_queries` (the container spec's rows),
-`credential_queries` (registry credentials), `views`, `render` and `spec_text` (output),
-`rollout` (waiting), `session` (one engine per command, failures to exit codes), `errors`
-(messages and exit codes).
+commands), `options` (shared flags), `documents` (reading -f files), `node_labels` (node
+labels as typed), `queries` (SQL of deployments, nodes and users), `spec_queries` (the
+container spec's rows), `credential_queries` (registry credentials), `views`, `render` and
+`spec_text` (output), `rollout` (waiting), `session` (one engine per command, failures to exit
+codes), `errors` (messages and exit codes).
 """
 
 from __future__ import annotations

@@ -91,8 +91,9 @@ _resource(
     *DEPLOYMENT,
 )
 
-node = _group(app, "node", "Add fog nodes, cordon, uncordon, drain or delete them.")
+node = _group(app, "node", "Add fog nodes, label, cordon, uncordon, drain or delete them.")
 node.command("add")(cluster.node_add)
+node.command("label")(cluster.node_label)
 node.command("cordon")(cluster.node_cordon)
 node.command("uncordon")(cluster.node_uncordon)
 node.command("drain")(cluster.node_drain)

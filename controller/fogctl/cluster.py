@@ -4,7 +4,8 @@ replica count and allocation), never another user's deployment names.
 
 Cordon, uncordon and drain only set the operator flags on the node row (`unschedulable`,
 `draining`); the daemon reads them on its next heartbeat and acts (no new placements, or
-replicas moved away).
+replicas moved away). Labels are the operator's too, beside the controller's own `fog.io/`
+ones in the same column (`node_labels`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from rich.console import RenderableType
 from rich.table import Table
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from controller.fogctl import queries, render, session, views
+from controller.fogctl import node_labels, queries, render, session, views
 from controller.fogctl.errors import FogctlError, InputError, validation_messages
 from controller.fogctl.options import (
     DatabaseUrl,
@@ -50,16 +51,6 @@ def _validated_node(**fields: object) -> NodeCreate:
         session.fail(InputError("\n".join(lines)))
 
 
-def _labels(pairs: Sequence[str]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            session.fail(InputError(f"--label: must be KEY=VALUE, got {pair!r}"))
-        out[key.strip()] = value.strip()
-    return out
-
-
 def node_add(
     name: NodeName,
     docker_url: Annotated[
@@ -82,7 +73,12 @@ def node_add(
         typer.Option("--storage-gb", help="Disk to offer in GB; default: not limited."),
     ] = None,
     label: Annotated[
-        list[str] | None, typer.Option("--label", "-l", help="KEY=VALUE; repeatable.")
+        list[str] | None,
+        typer.Option(
+            "--label",
+            "-l",
+            help="KEY=VALUE, for deployments' node_selector and spread_by; repeatable.",
+        ),
     ] = None,
     unschedulable: Annotated[
         bool, typer.Option("--cordoned", help="Add it cordoned: no placements until uncordon.")
@@ -94,6 +90,10 @@ def node_add(
     Capacity left out stays NULL in the row: the daemon detects CPU and memory from the
     engine (`docker info`), offers no GPUs and does not limit storage.
     """
+    try:
+        labels = node_labels.parse_pairs(label or [])
+    except FogctlError as exc:
+        session.fail(exc)
     spec = _validated_node(
         name=name,
         docker_url=docker_url,
@@ -101,7 +101,7 @@ def node_add(
         memory_mb=memory_mb,
         gpu_units=gpu,
         storage_gb=storage_gb,
-        labels=_labels(label or []),
+        labels=labels,
         unschedulable=unschedulable,
     )
 
@@ -133,6 +133,33 @@ def node_cordon(name: NodeName, database_url: DatabaseUrl = None) -> None:
 def node_uncordon(name: NodeName, database_url: DatabaseUrl = None) -> None:
     """Make a node schedulable again (clears cordon and drain)."""
     _flags(name, database_url, unschedulable=False, draining=False, verb="uncordoned")
+
+
+def node_label(
+    name: NodeName,
+    labels: Annotated[
+        list[str],
+        typer.Argument(
+            help="KEY=VALUE sets (replacing an old value), KEY- removes.", show_default=False
+        ),
+    ],
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Set or remove a node's labels, as `kubectl label`: `fogctl node label n1 zone=a gpu-`.
+
+    Deployments select nodes by these (placement.node_selector) and spread over a label's
+    values (placement.spread_by). Keys under fog.io/ are the controller's (arch, os, engine,
+    from the engine itself) and cannot be set here.
+    """
+    try:
+        edit = node_labels.parse_edit(labels)
+    except FogctlError as exc:
+        session.fail(exc)
+
+    async def work(engine: AsyncEngine) -> views.Outcome:
+        return await session.write(engine, lambda conn: queries.label_node(conn, name, edit))
+
+    typer.echo(session.run(database_url, work).line())
 
 
 def node_drain(
@@ -211,10 +238,14 @@ def _share(used: float, capacity: float | None, unit: str = "", missing: str = "
     return f"{render.number(used)}{unit}/{total}"
 
 
-def nodes_table(rows: Sequence[views.NodeRow], *, wide: bool) -> Table:
+def nodes_table(rows: Sequence[views.NodeRow], *, wide: bool, show_labels: bool = False) -> Table:
+    """The node table; LABELS (kubectl's `--show-labels`) is the last column, and `-o wide`
+    includes it."""
     columns = ["NAME", "STATUS", "REPLICAS", "CPU", "MEMORY", "GPU", "STORAGE", "AGE"]
     if wide:
-        columns += ["HEARTBEAT", "STORAGE-DRIVER", "STORAGE-LIMITS", "DOCKER URL", "LABELS"]
+        columns += ["HEARTBEAT", "STORAGE-DRIVER", "STORAGE-LIMITS", "DOCKER URL"]
+    if wide or show_labels:
+        columns.append("LABELS")
     t = render.table(columns)
     for n in rows:
         a = n.allocated
@@ -229,14 +260,14 @@ def nodes_table(rows: Sequence[views.NodeRow], *, wide: bool) -> Table:
             render.age(n.created_at),
         ]
         if wide:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(n.labels.items())) or "-"
             cells += [
                 render.age(n.last_heartbeat_at),
                 n.storage_driver or "-",
                 n.storage_limits or "-",
                 n.docker_url,
-                labels,
             ]
+        if wide or show_labels:
+            cells.append(n.labels_problem or node_labels.text(n.labels))
         t.add_row(*cells)
     return t
 
@@ -247,6 +278,9 @@ def get_nodes(
         list[NodeStatus] | None,
         typer.Option("--status", "-s", help="Only these statuses; repeatable."),
     ] = None,
+    show_labels: Annotated[
+        bool, typer.Option("--show-labels", help="Add a LABELS column (-o wide has it too).")
+    ] = False,
     output: OutputFormat = None,
     database_url: DatabaseUrl = None,
 ) -> None:
@@ -267,7 +301,7 @@ def get_nodes(
     elif not rows:
         typer.echo("No nodes found.", err=True)
     else:
-        render.show(nodes_table(rows, wide=output is Output.WIDE))
+        render.show(nodes_table(rows, wide=output is Output.WIDE, show_labels=show_labels))
 
 
 # --- users -------------------------------------------------------------------------------------

@@ -66,8 +66,9 @@ def apply(
     """Create or update deployments from YAML or JSON, all in one transaction.
 
     A document is the DeploymentCreate shape: name, container_image, target_replicas
-    (default 1 on create; left out on update, the current count is kept) and resources
-    {cpu_cores, memory_mb, gpu_units, storage_gb}. Several documents: a `---` YAML stream
+    (default 1 on create; left out on update, the current count is kept), resources
+    {cpu_cores, memory_mb, gpu_units, storage_gb}, the container spec, and placement
+    {node_selector, spread_by, max_per_node, rebalance}. Several documents: a `---` YAML stream
     or a JSON list. Every document is validated before anything is written; each prints
     `deployment/NAME created|configured|unchanged`.
     """

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
+from controller.placement_rules import LABEL_NAME_MAX
 from schema import models
 from schema.api import INTEGER_MAX
 from schema.enums import DeploymentStatus, NodeStatus, ReplicaStatus
@@ -93,6 +94,13 @@ ALLOWED: dict[str, dict[str, str]] = {
     "UserCreate": {"username": _NAME_RANGE},
 }
 
+# Rules worded here in place of the schema's message (whatever the error's kind: a number too
+# small, too large, or not a number at all), as the database constraint words the same rule.
+_MAX_PER_NODE = "must be at least 1 (or left out: no cap)"
+OWN_WORDS: dict[str, dict[str, str]] = {
+    "DeploymentCreate": {"placement.max_per_node": _MAX_PER_NODE},
+}
+
 # Errors raised by schema/api.py's own validators: their text already names field and value.
 _SELF_EXPLAINED = frozenset(
     {
@@ -112,6 +120,7 @@ _SELF_EXPLAINED = frozenset(
         "duplicate",
         "env_name",
         "label",
+        "label_key",  # placement.spread_by (issue 15)
         "ports_without_network",
         "password",
     }
@@ -137,13 +146,16 @@ def validation_messages(
     """One `field: what is wrong` line per error; `options` renames fields given as CLI flags
     (`cpu_cores` -> `--cpu`), so the message names what the operator typed."""
     allowed = ALLOWED.get(model.__name__, {})
+    own_words = OWN_WORDS.get(model.__name__, {})
     fields = list(model.model_fields)
     lines = []
     for error in exc.errors():
         path = _path(error["loc"])
         kind = error["type"]
         label = options.get(path, path) if options else path
-        if kind in _SELF_EXPLAINED:
+        if path in own_words and kind not in ("missing", "extra_forbidden"):
+            text = f"{own_words[path]}, got {_shown(error['input'])}"
+        elif kind in _SELF_EXPLAINED:
             text = error["msg"]
         elif kind == "extra_forbidden":
             parent = error["loc"][:-1]
@@ -195,6 +207,12 @@ def _status_rule(values: Sequence[str]) -> str:
 
 
 _PORT_RANGE = f"must be {models.PORT_MIN} to {models.PORT_MAX}"
+_LABEL_NAME = (
+    f"1 to {LABEL_NAME_MAX} letters, digits, '-', '_' or '.', starting and ending with a "
+    "letter or digit"
+)
+_LABEL_KEY = f"a label key: [DNS-subdomain prefix/]name, the name {_LABEL_NAME}"
+_LABEL_VALUE = f"a label value: empty, or {_LABEL_NAME}"
 _GONE = "does not exist (deleted meanwhile?)"
 # The container spec's tables (migration 0007), named by the fields of `fogctl apply`.
 _SPEC_CONSTRAINTS: dict[str, Rule] = {
@@ -267,6 +285,18 @@ _SPEC_CONSTRAINTS: dict[str, Rule] = {
     ),
     "uq_deployment_volumes_deployment_id_name": Rule(
         "volumes.name", "is given twice in one deployment"
+    ),
+    # Placement (migration 0008): label syntax is Kubernetes' (controller/placement_rules.py).
+    "ck_deployment_specs_spread_by_syntax": Rule("placement.spread_by", f"must be {_LABEL_KEY}"),
+    "ck_deployment_specs_max_per_node_positive": Rule("placement.max_per_node", _MAX_PER_NODE),
+    "ck_deployment_node_selectors_key_syntax": Rule(
+        "placement.node_selector", f"keys must be {_LABEL_KEY}"
+    ),
+    "ck_deployment_node_selectors_value_syntax": Rule(
+        "placement.node_selector", f"values must be {_LABEL_VALUE}"
+    ),
+    "pk_deployment_node_selectors": Rule(
+        "placement.node_selector", "keys must be unique in one deployment"
     ),
     "ck_registry_credentials_name_not_empty": Rule("name", "must not be empty"),
     "ck_registry_credentials_registry_host_not_empty": Rule("registry", "must not be empty"),
@@ -353,6 +383,9 @@ _SQLITE_UNIQUE = {
     "deployment_specs.deployment_id": "uq_deployment_specs_deployment_id",
     "deployment_env.deployment_id, deployment_env.name": "pk_deployment_env",
     "deployment_labels.deployment_id, deployment_labels.key": "pk_deployment_labels",
+    "deployment_node_selectors.deployment_id, deployment_node_selectors.key": (
+        "pk_deployment_node_selectors"
+    ),
     "deployment_ports.deployment_id, deployment_ports.host_port, deployment_ports.protocol": (
         "uq_deployment_ports_deployment_id_host_port_protocol"
     ),

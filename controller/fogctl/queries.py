@@ -28,8 +28,10 @@ from typing import Any
 from sqlalchemy import (
     ColumnElement,
     Select,
+    String,
     and_,
     case,
+    cast,
     delete,
     func,
     insert,
@@ -43,8 +45,8 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from controller import readmodel
-from controller.fogctl import spec_queries, views
-from controller.fogctl.errors import InputError, NotFound, constraint_message
+from controller.fogctl import node_labels, spec_queries, views
+from controller.fogctl.errors import FogctlError, InputError, NotFound, constraint_message
 from controller.readmodel import (
     DEPLOYMENTS,
     HISTORY,
@@ -326,6 +328,13 @@ def _context(spec: api.DeploymentCreate) -> dict[str, object]:
     out.update(
         {k: getattr(spec, k) for k in ("network", "stop_grace_seconds", "image_pull_secret")}
     )
+    placement = spec.placement
+    out.update(
+        {
+            "placement.spread_by": placement.spread_by,
+            "placement.max_per_node": placement.max_per_node,
+        }
+    )
     return out
 
 
@@ -464,6 +473,12 @@ async def soft_delete(
 # --- nodes -------------------------------------------------------------------------------------
 
 
+# The labels as text (a CAST in SQL: asyncpg would decode JSON itself), read by
+# `node_labels.stored`: a value that is no JSON object (on SQLite, no JSON at all) must not
+# break a node listing.
+_LABELS_TEXT = cast(NODES.c.labels, String).label("labels")
+
+
 async def list_nodes(
     conn: AsyncConnection, *, statuses: Sequence[NodeStatus] = (), name: str | None = None
 ) -> list[views.NodeRow]:
@@ -471,7 +486,8 @@ async def list_nodes(
     n = NODES
     usage = readmodel.node_usage().subquery("usage")
     stmt = select(
-        n,
+        *(c for c in n.columns if c.name != "labels"),
+        _LABELS_TEXT,
         func.coalesce(usage.c.live_replicas, 0).label("live_replicas"),
         *(usage.c[name].label(f"used_{name}") for name in readmodel.USAGE_COLUMNS),
     ).select_from(n.outerjoin(usage, usage.c.node_id == n.c.id))
@@ -486,7 +502,9 @@ async def list_nodes(
         # Sums of floats carry noise (0.1 + 0.2): shown to the microcore.
         used = dataclasses.replace(used, cpu_cores=round(used.cpu_cores, 6))
         m["allocated"] = views.Resources.model_validate(used, from_attributes=True)
-        m["labels"] = m.get("labels") or {}
+        labels = node_labels.stored(m["labels"])
+        m["labels"] = labels if labels is not None else {}
+        m["labels_problem"] = None if labels is not None else node_labels.NOT_AN_OBJECT
         out.append(views.NodeRow.model_validate(m))
     return out
 
@@ -528,6 +546,38 @@ async def set_node_flags(
         .values(unschedulable=unschedulable, draining=draining, updated_at=n.c.updated_at)
     )
     return views.Outcome(kind="node", name=node.name, result=verb)
+
+
+async def label_node(
+    conn: AsyncConnection, name: str, edit: node_labels.LabelEdit
+) -> views.Outcome:
+    """Set and remove an operator's labels on one node, keeping every other key (the
+    controller's `fog.io/` ones too). The row is locked for the read-merge-write on
+    PostgreSQL, so two edits at once both land; SQLite's write transaction is exclusive."""
+    n = NODES
+    row = (
+        await conn.execute(
+            select(n.c.id, n.c.name, _LABELS_TEXT).where(n.c.name == name.strip()).with_for_update()
+        )
+    ).first()
+    if row is None:
+        raise NotFound(f"node {name.strip()!r} not found")
+    current = node_labels.stored(row.labels)
+    if current is None:
+        raise FogctlError(
+            f"node {row.name!r}: its labels column holds {node_labels.shown(row.labels)!r}, "
+            "not a JSON object: set it to {} (or an object) with SQL first"
+        )
+    labels, changes = node_labels.merge(current, edit)
+    notes = changes + node_labels.not_set(current, edit)
+    if not changes:
+        return views.Outcome(
+            kind="node", name=row.name, result="unchanged", detail=", ".join(notes)
+        )
+    await conn.execute(
+        update(n).where(n.c.id == row.id).values(labels=labels, updated_at=n.c.updated_at)
+    )
+    return views.Outcome(kind="node", name=row.name, result="labeled", detail=", ".join(notes))
 
 
 async def delete_node(conn: AsyncConnection, name: str, *, force: bool) -> views.Outcome:

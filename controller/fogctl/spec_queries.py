@@ -1,5 +1,6 @@
 """The SQL of a deployment's container spec: the `deployment_specs` row and its child rows
-(env, labels, ports, volumes), read into the shape `fogctl apply` reads and written whole.
+(env, labels, ports, volumes, and the placement's node selector), read into the shape
+`fogctl apply` reads and written whole.
 
 `apply` replaces the spec as kubectl apply does: a field left out of the file is "as the image
 says" (NULL, or no child rows). Each part is rewritten only when it differs from what is
@@ -8,7 +9,11 @@ not fire; a changed part is replaced whole (its rows deleted and inserted again)
 caller's transaction. Parts are compared as sets where order carries no meaning (ports,
 volumes), as lists where it does (entrypoint, command).
 
-Reads take the deployments' ids and are five statements whatever their number (no N+1).
+`placement` is one part of the file kept in two places: `spread_by`, `max_per_node` and
+`rebalance` are columns of `deployment_specs`, the node selector is `deployment_node_selectors`
+(one row per pair); a changed placement rewrites both.
+
+Reads take the deployments' ids and are six statements whatever their number (no N+1).
 """
 
 from __future__ import annotations
@@ -22,15 +27,17 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from controller.fogctl import credential_queries, views
-from controller.readmodel import ENV, LABELS, PORTS, SPECS, VOLUMES
+from controller.readmodel import ENV, LABELS, PORTS, SELECTORS, SPECS, VOLUMES
 from schema import api
 
 # The spec's fields in the apply file's order; the lists and maps are child tables, the
 # rest columns of `deployment_specs`.
 PARTS = tuple(api.DeploymentSpecResponse.model_fields)
 CHILD_PARTS = ("env", "labels", "ports", "volumes")
+PLACEMENT = "placement"  # columns and the selector's child rows
 COLUMN_PARTS = tuple(p for p in PARTS if p not in CHILD_PARTS)
 EMPTY = api.DeploymentSpecResponse()  # everything as the image says: no spec rows at all
+_CHILD_TABLES = {"env": ENV, "labels": LABELS, "ports": PORTS, "volumes": VOLUMES}
 
 
 async def load(
@@ -45,7 +52,7 @@ async def load(
         for r in await conn.execute(select(SPECS).where(SPECS.c.deployment_id.in_(ids)))
     }
     children: dict[str, dict[uuid.UUID, list[Any]]] = {}
-    for part, table in (("env", ENV), ("labels", LABELS), ("ports", PORTS), ("volumes", VOLUMES)):
+    for part, table in (*_CHILD_TABLES.items(), ("node_selectors", SELECTORS)):
         grouped: dict[uuid.UUID, list[Any]] = defaultdict(list)
         for row in await conn.execute(select(table).where(table.c.deployment_id.in_(ids))):
             grouped[row.deployment_id].append(row)
@@ -71,7 +78,7 @@ def _comparable(spec: api.DeploymentSpecResponse, part: str) -> Any:
         return sorted((p.container_port, p.protocol, p.host_port or 0) for p in value)
     if part == "volumes":
         return sorted((v.mount_path, v.name, v.host_path, v.read_only) for v in value)
-    if part == "healthcheck":
+    if part in ("healthcheck", PLACEMENT):
         return None if value is None else value.model_dump()
     return value
 
@@ -85,6 +92,7 @@ def changed_parts(
 
 def _columns(spec: api.DeploymentSpecResponse) -> dict[str, Any]:
     h = spec.healthcheck
+    p = spec.placement
     return {
         "entrypoint": spec.entrypoint,
         "command": spec.command,
@@ -96,7 +104,14 @@ def _columns(spec: api.DeploymentSpecResponse) -> dict[str, Any]:
         "healthcheck_timeout_seconds": h.timeout_seconds if h else None,
         "healthcheck_retries": h.retries if h else None,
         "healthcheck_start_period_seconds": h.start_period_seconds if h else None,
+        "spread_by": p.spread_by,
+        "max_per_node": p.max_per_node,
+        "rebalance": p.rebalance,
     }
+
+
+# What no `deployment_specs` row means, column by column: a row is made only to differ.
+_NO_ROW = _columns(EMPTY)
 
 
 def _child_rows(spec: api.DeploymentSpecResponse, part: str) -> list[dict[str, Any]]:
@@ -109,9 +124,6 @@ def _child_rows(spec: api.DeploymentSpecResponse, part: str) -> list[dict[str, A
     return [{"id": uuid.uuid4(), **v.model_dump()} for v in spec.volumes]
 
 
-_CHILD_TABLES = {"env": ENV, "labels": LABELS, "ports": PORTS, "volumes": VOLUMES}
-
-
 async def write(
     conn: AsyncConnection,
     deployment_id: uuid.UUID,
@@ -119,8 +131,8 @@ async def write(
     parts: Sequence[str],
 ) -> None:
     """Replace the given parts of one deployment's spec with `new`'s (the caller's
-    transaction). The `deployment_specs` row is made only when a column is set, and its
-    `purge_volumes` flag (not spec) is left as it is."""
+    transaction). The `deployment_specs` row is made only when a column differs from what no
+    row means, and its `purge_volumes` flag (not spec) is left as it is."""
     if any(p in COLUMN_PARTS for p in parts):
         columns = _columns(new)
         exists = (
@@ -132,18 +144,24 @@ async def write(
                 .where(SPECS.c.deployment_id == deployment_id)
                 .values(updated_at=SPECS.c.updated_at, **columns)
             )
-        elif any(v is not None for v in columns.values()):
+        elif columns != _NO_ROW:
             await conn.execute(
                 insert(SPECS).values(id=uuid.uuid4(), deployment_id=deployment_id, **columns)
             )
     for part in CHILD_PARTS:
-        if part not in parts:
-            continue
-        table = _CHILD_TABLES[part]
-        await conn.execute(delete(table).where(table.c.deployment_id == deployment_id))
-        rows = _child_rows(new, part)
-        if rows:
-            await conn.execute(insert(table), [{"deployment_id": deployment_id, **r} for r in rows])
+        if part in parts:
+            await _replace(conn, _CHILD_TABLES[part], deployment_id, _child_rows(new, part))
+    if PLACEMENT in parts:
+        selector = [{"key": k, "value": v} for k, v in new.placement.node_selector.items()]
+        await _replace(conn, SELECTORS, deployment_id, selector)
+
+
+async def _replace(
+    conn: AsyncConnection, table: Any, deployment_id: uuid.UUID, rows: list[dict[str, Any]]
+) -> None:
+    await conn.execute(delete(table).where(table.c.deployment_id == deployment_id))
+    if rows:
+        await conn.execute(insert(table), [{"deployment_id": deployment_id, **r} for r in rows])
 
 
 async def check_pull_secret(

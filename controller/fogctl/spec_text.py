@@ -10,6 +10,7 @@ from __future__ import annotations
 import shlex
 
 from controller.fogctl import render
+from controller.placement_rules import selector_text
 from schema import api
 
 NONE = "<none>"
@@ -55,6 +56,23 @@ def _healthcheck(h: api.HealthcheckResponse | None) -> str:
     return shlex.join(h.command) + (f" ({', '.join(shown)})" if shown else "")
 
 
+def placement(p: api.PlacementResponse) -> str:
+    """One line per rule, in the apply file's order; nothing set reads as "any node"."""
+    lines = []
+    if p.node_selector:
+        lines.append(f"nodes with {selector_text(p.node_selector.items())}")
+    else:
+        lines.append("any node")
+    if p.spread_by is not None:
+        lines.append(f"spread over the values of {p.spread_by} (skew at most 1)")
+    if p.max_per_node is not None:
+        lines.append(f"at most {p.max_per_node} per node")
+    lines.append("rebalance " + ("on" if p.rebalance else "off"))
+    if len(lines) == 2 and not p.node_selector:
+        return f"any node ({lines[1]})"
+    return "\n".join(lines)
+
+
 def rows(spec: api.DeploymentSpecResponse) -> list[tuple[str, str]]:
     """(label, text) for every field of the spec, in the apply file's order."""
     grace = spec.stop_grace_seconds
@@ -69,4 +87,5 @@ def rows(spec: api.DeploymentSpecResponse) -> list[tuple[str, str]]:
         ("Stop grace:", "<controller default>" if grace is None else f"{grace}s"),
         ("Healthcheck:", _healthcheck(spec.healthcheck)),
         ("Pull secret:", spec.image_pull_secret or NONE),
+        ("Placement:", placement(spec.placement)),
     ]

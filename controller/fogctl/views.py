@@ -66,6 +66,8 @@ class NodeRow(api.NodeResponse):
 
     live_replicas: int
     allocated: Resources
+    # Set when `labels` (then shown empty) holds no JSON object: written so by plain SQL.
+    labels_problem: str | None = None
 
 
 class UserRow(api.UserResponse):

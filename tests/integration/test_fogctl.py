@@ -485,7 +485,7 @@ def test_invalid_yaml_is_exit_2_with_the_place(fog: Fogctl, tmp_path: Path) -> N
             ("target_replicas: 3", "replicas: 3"),
             "replicas: unknown field (allowed: name, container_image, target_replicas, resources, "
             "entrypoint, command, env, network, ports, volumes, labels, stop_grace_seconds, "
-            "healthcheck, image_pull_secret)",
+            "healthcheck, image_pull_secret, placement)",
             id="misspelt-field",
         ),
         pytest.param(
@@ -623,6 +623,8 @@ DEPLOYMENT_KEYS = [
     "stop_grace_seconds",
     "healthcheck",
     "image_pull_secret",
+    # Placement (issue 15), under the apply file's name.
+    "placement",
 ]
 
 
@@ -666,6 +668,12 @@ def test_get_output_formats_are_stable(fog: Fogctl) -> None:
         "stop_grace_seconds": None,
         "healthcheck": None,
         "image_pull_secret": None,
+        "placement": {
+            "node_selector": {},
+            "spread_by": None,
+            "max_per_node": None,
+            "rebalance": True,
+        },
     }
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z", listing[1]["created_at"])
     # Same bytes on every run; YAML holds the same values.

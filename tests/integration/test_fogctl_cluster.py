@@ -164,7 +164,7 @@ def test_get_nodes_shows_capacity_and_allocation_of_live_replicas(fog: Fogctl) -
         {"cpu_cores": 1.0, "memory_mb": 1024, "gpu_units": 0, "storage_gb": 2},
     )
     assert (nodes[1]["live_replicas"], nodes[1]["cpu_cores"]) == (0, None)
-    assert list(nodes[0])[-2:] == ["live_replicas", "allocated"]
+    assert list(nodes[0])[-3:] == ["live_replicas", "allocated", "labels_problem"]
 
     table = fog.ok("get", "nodes").splitlines()
     assert table[0].split() == [
@@ -268,6 +268,17 @@ async def _alice(conn: AsyncConnection) -> Any:
     return await queries.require_user(conn, "alice")
 
 
+def refused_apply(db_url: str, spec: DeploymentCreate) -> InputError:
+    """What `apply` raises for alice's `spec`, built unvalidated so the database must judge."""
+
+    async def go(conn: AsyncConnection) -> None:
+        await queries.apply(conn, await _alice(conn), [spec])
+
+    with pytest.raises(InputError) as refused:
+        sql(db_url, go)
+    return refused.value
+
+
 def test_a_check_violation_becomes_a_field_message(fog: Fogctl) -> None:
     # model_construct skips validation: the value reaches the database, which must refuse it.
     spec = DeploymentCreate.model_construct(
@@ -278,17 +289,12 @@ def test_a_check_violation_becomes_a_field_message(fog: Fogctl) -> None:
             cpu_cores=64.0, memory_mb=512, gpu_units=0, storage_gb=1
         ),
     )
-
-    async def go(conn: AsyncConnection) -> None:
-        await queries.apply(conn, await _alice(conn), [spec])
-
-    with pytest.raises(InputError) as refused:
-        sql(fog.db_url, go)
-    assert refused.value.message == (
+    refused = refused_apply(fog.db_url, spec)
+    assert refused.message == (
         "resources.cpu_cores: must be 0.5 to 32 cores, got 64.0 "
         "(database constraint ck_deployment_resources_cpu_cores_range)"
     )
-    assert refused.value.exit_code == 2
+    assert refused.exit_code == 2
     assert fog.json("get", "deploy", user="alice") == []  # the transaction rolled back
 
 

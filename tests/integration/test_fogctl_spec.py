@@ -145,6 +145,10 @@ def test_apply_writes_the_whole_spec_to_the_spec_tables(
         "healthcheck_start_period_seconds": 10.0,
         "image_pull_secret": "company-registry",
         "purge_volumes": False,
+        # Placement (issue 15), not in this file: the defaults, anywhere and rebalance on.
+        "spread_by": None,
+        "max_per_node": None,
+        "rebalance": True,
     }
     assert stored["deployment_env"] == [
         {"name": "LOG_LEVEL", "value": "debug"},
@@ -226,6 +230,9 @@ def test_a_field_left_out_goes_back_to_the_images_own(fog: FogctlProcess, tmp_pa
             "healthcheck_start_period_seconds": None,
             "image_pull_secret": None,
             "purge_volumes": False,
+            "spread_by": None,
+            "max_per_node": None,
+            "rebalance": True,
         }
     ]
     assert all(stored[t] == [] for t in SPEC_TABLES[1:])
@@ -350,7 +357,7 @@ def test_describe_shows_the_whole_spec(fog: FogctlProcess, tmp_path: Path) -> No
     out = fog.ok("describe", "deployment", "web", user="alice")
     lines = out.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("Entrypoint:"))
-    assert lines[start : start + 14] == [
+    assert lines[start : start + 15] == [
         "Entrypoint:   /bin/sh -c",
         "Command:      'exec httpd -f -p 8080'",
         "Env:          LOG_LEVEL=debug",
@@ -365,9 +372,10 @@ def test_describe_shows_the_whole_spec(fog: FogctlProcess, tmp_path: Path) -> No
         "Healthcheck:  CMD-SHELL 'wget -q -O- http://127.0.0.1:8080/ || exit 1' (every 5s, "
         "timeout 2s, 3 retries, start period 10s)",
         "Pull secret:  company-registry",
-        lines[start + 13],
+        "Placement:    any node (rebalance on)",
+        lines[start + 14],
     ]
-    assert lines[start + 13].startswith("Created:")
+    assert lines[start + 14].startswith("Created:")
 
     fog.ok("apply", "-f", "-", user="alice", stdin=WEB)
     bare = fog.ok("describe", "deployment", "web", user="alice")

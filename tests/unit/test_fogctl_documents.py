@@ -132,7 +132,7 @@ def test_every_problem_of_every_document_is_reported_at_once() -> None:
         "in.yaml, document 1: resources.gpu_units: gpu_units must be a number, got True",
         "in.yaml, document 2: replicas: unknown field (allowed: name, container_image, "
         "target_replicas, resources, entrypoint, command, env, network, ports, volumes, "
-        "labels, stop_grace_seconds, healthcheck, image_pull_secret)",
+        "labels, stop_grace_seconds, healthcheck, image_pull_secret, placement)",
     ]
 
 

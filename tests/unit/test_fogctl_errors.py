@@ -81,6 +81,57 @@ def test_a_check_violation_reads_like_a_validation_error() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("orig", "values", "message"),
+    [
+        pytest.param(
+            _AsyncpgLike("violates check constraint", "ck_deployment_specs_max_per_node_positive"),
+            {"placement.max_per_node": 0},
+            "placement.max_per_node: must be at least 1 (or left out: no cap), got 0 "
+            "(database constraint ck_deployment_specs_max_per_node_positive)",
+            id="max-per-node-postgresql",
+        ),
+        pytest.param(
+            Exception("CHECK constraint failed: ck_deployment_specs_max_per_node_positive"),
+            {},
+            "placement.max_per_node: must be at least 1 (or left out: no cap) "
+            "(database constraint ck_deployment_specs_max_per_node_positive)",
+            id="max-per-node-sqlite",
+        ),
+        pytest.param(
+            Exception("CHECK constraint failed: ck_deployment_specs_spread_by_syntax"),
+            {"placement.spread_by": "Zone!"},
+            "placement.spread_by: must be a label key: [DNS-subdomain prefix/]name, the name 1 "
+            "to 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit, "
+            "got 'Zone!' (database constraint ck_deployment_specs_spread_by_syntax)",
+            id="spread-by",
+        ),
+        pytest.param(
+            Exception("CHECK constraint failed: ck_deployment_node_selectors_value_syntax"),
+            {},
+            "placement.node_selector: values must be a label value: empty, or 1 to 63 letters, "
+            "digits, '-', '_' or '.', starting and ending with a letter or digit "
+            "(database constraint ck_deployment_node_selectors_value_syntax)",
+            id="selector-value",
+        ),
+        pytest.param(
+            Exception(
+                "UNIQUE constraint failed: deployment_node_selectors.deployment_id, "
+                "deployment_node_selectors.key"
+            ),
+            {},
+            "placement.node_selector: keys must be unique in one deployment "
+            "(database constraint pk_deployment_node_selectors)",
+            id="selector-key-twice-sqlite",
+        ),
+    ],
+)
+def test_placement_refusals_name_the_apply_files_fields(
+    orig: Exception, values: dict[str, object], message: str
+) -> None:
+    assert constraint_message(_integrity(orig), values) == message
+
+
 def test_every_check_in_the_models_has_words() -> None:
     """A CHECK added to schema/models.py without a message here would print a raw name."""
     named = {

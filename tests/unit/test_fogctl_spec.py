@@ -36,6 +36,11 @@ FULL: dict[str, Any] = BASE | {
     "stop_grace_seconds": 10,
     "healthcheck": {"command": ["CMD", "true"], "interval_seconds": 5, "retries": 3},
     "image_pull_secret": "company-registry",
+    "placement": {
+        "node_selector": {"zone": "a", "fog.io/arch": "arm64"},
+        "spread_by": "zone",
+        "max_per_node": 1,
+    },
 }
 
 
@@ -44,14 +49,18 @@ def wanted(doc: dict[str, Any]) -> api.DeploymentSpecResponse:
 
 
 @given(st.permutations(range(3)), st.permutations(range(2)), st.booleans())
-def test_the_order_of_ports_volumes_and_env_is_no_change(
-    ports: list[int], volumes: list[int], reverse_env: bool
+def test_the_order_of_ports_volumes_env_and_selector_is_no_change(
+    ports: list[int], volumes: list[int], reverse: bool
 ) -> None:
-    env = dict(reversed(FULL["env"].items())) if reverse_env else FULL["env"]
+    def maybe_reversed(values: dict[str, str]) -> dict[str, str]:
+        return dict(reversed(values.items())) if reverse else values
+
+    placement = FULL["placement"]
     shuffled = FULL | {
         "ports": [FULL["ports"][i] for i in ports],
         "volumes": [FULL["volumes"][i] for i in volumes],
-        "env": env,
+        "env": maybe_reversed(FULL["env"]),
+        "placement": placement | {"node_selector": maybe_reversed(placement["node_selector"])},
     }
     assert spec_queries.changed_parts(wanted(FULL), wanted(shuffled)) == []
 
@@ -69,6 +78,10 @@ def test_the_order_of_ports_volumes_and_env_is_no_change(
         ("stop_grace_seconds", 0),
         ("healthcheck", {"command": ["CMD", "true"], "interval_seconds": 6, "retries": 3}),
         ("image_pull_secret", None),
+        ("placement", FULL["placement"] | {"node_selector": {"zone": "a"}}),
+        ("placement", FULL["placement"] | {"spread_by": None}),
+        ("placement", FULL["placement"] | {"max_per_node": 2}),
+        ("placement", FULL["placement"] | {"rebalance": False}),
     ],
 )
 def test_one_changed_field_is_that_part_alone(field: str, value: object) -> None:
@@ -92,6 +105,7 @@ def test_describe_words_an_unset_spec_by_whose_default_applies() -> None:
         "Stop grace:": "<controller default>",
         "Healthcheck:": "<image's>",
         "Pull secret:": "<none>",
+        "Placement:": "any node (rebalance on)",
     }
 
 
@@ -104,6 +118,28 @@ def test_describe_words_a_full_spec() -> None:
     )
     assert shown["Healthcheck:"] == "CMD true (every 5s, 3 retries)"
     assert shown["Stop grace:"] == "10s"
+    assert shown["Placement:"] == (
+        "nodes with fog.io/arch=arm64,zone=a\n"
+        "spread over the values of zone (skew at most 1)\n"
+        "at most 1 per node\n"
+        "rebalance on"
+    )
+
+
+@pytest.mark.parametrize(
+    ("placement", "text"),
+    [
+        pytest.param({"rebalance": False}, "any node (rebalance off)", id="rebalance-off"),
+        pytest.param(
+            {"max_per_node": 3}, "any node\nat most 3 per node\nrebalance on", id="cap-only"
+        ),
+        pytest.param(
+            {"node_selector": {"gpu": ""}}, "nodes with gpu=\nrebalance on", id="empty-value"
+        ),
+    ],
+)
+def test_describe_words_each_placement_rule(placement: dict[str, Any], text: str) -> None:
+    assert dict(spec_text.rows(wanted(BASE | {"placement": placement})))["Placement:"] == text
 
 
 def test_an_exported_documents_read_only_keys_are_ignored_but_not_in_a_hand_written_one() -> None:
