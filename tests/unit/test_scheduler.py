@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from controller.model import ZERO, NodeStatus, Resources
-from controller.scheduler import NodeIndex, Port, explain, hold, schedule
+from controller.node_index import NodeIndex
+from controller.scheduler import Port, explain, hold, schedule
 from tests.unit.factories import node
 
 IDS = [uuid.UUID(int=i) for i in range(100)]
