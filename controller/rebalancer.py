@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 
 import structlog
 
-from controller.model import Deployment, short_id
+from controller.model import Deployment
 from controller.rebalance import Move
 from controller.settings import Settings
 
@@ -86,11 +86,13 @@ class Rebalancer:
         """A rebalance of the deployment has begun and not ended."""
         return deployment_id in self._runs
 
+    def allowed(self, d: Deployment) -> bool:
+        """Rebalancing is on for `d` (FOG_REBALANCE and its placement's `rebalance`)."""
+        return self.enabled and d.placement.rebalance
+
     def wait(self, d: Deployment, now: datetime) -> float | None:
-        """None: a move may start for `d` now; else seconds until one might (a cool-down, the
-        fleet-wide cap) or -1.0 when rebalancing is off for it or a move is in flight."""
-        if not (self.enabled and d.placement.rebalance) or d.id in self._moves:
-            return -1.0
+        """None: a move may start for `d` now; else seconds until one might (its cool-down,
+        the fleet-wide cap on moves in flight)."""
         until = self._cool_until.get(d.id)
         if until is not None and until > now:
             return (until - now).total_seconds()
@@ -130,9 +132,7 @@ class Rebalancer:
         m = self._moves.pop(deployment_id, None)
         if m is None:
             return None
-        log.warning(
-            "rebalance_move_abandoned", replica_id=str(m.move.replica_id), reason=why
-        )
+        log.warning("rebalance_move_abandoned", replica_id=str(m.move.replica_id), reason=why)
         self.on_end(Result.ABANDONED)
         return Done(m.move, None)
 
@@ -160,7 +160,3 @@ def history_reason(names: list[str]) -> str:
     count = len(names)
     nodes = ", ".join(sorted(set(names)))
     return f"rebalanced: {count} replica{'s' if count != 1 else ''} moved to {nodes}"
-
-
-def describe(move: Move) -> str:
-    return f"replica {short_id(move.replica_id)}"

@@ -31,9 +31,7 @@ class Inputs:
     moving: Callable[[uuid.UUID], Collection[uuid.UUID]] = lambda _d: ()
     # For a converged deployment: would a rebalance move start now (True), may one start
     # later (False: not remembered as steady), or neither (None).
-    rebalance: Callable[[Deployment, Observed], bool | None] = field(
-        default=lambda _d, _o: None
-    )
+    rebalance: Callable[[Deployment, Observed], bool | None] = field(default=lambda _d, _o: None)
 
 
 def judge(
