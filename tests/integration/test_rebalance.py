@@ -1,0 +1,159 @@
+"""Rebalancing on three real engines: a node that is lost and returns gets its share back,
+one replica at a time, without the deployment ever serving fewer than its target (sampled
+every 100 ms), with one history row for the rebalance; with rebalancing off nothing moves."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import Counter
+from typing import Any
+
+import pytest
+import requests
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from controller.readmodel import NODES
+from tests.harness.engines import Cluster
+from tests.harness.fleet import (
+    converged,
+    eventually,
+    managed_containers,
+    running_controller,
+    settings_for_tests,
+)
+from tests.integration.fleets import Fleet, fleet_on
+
+pytestmark = pytest.mark.docker
+
+# Short enough that a lost node is evicted within seconds and a move waits little.
+QUICK = {
+    "node_heartbeat_seconds": 0.3,
+    "node_grace_seconds": 1.5,
+    "eviction_seconds": 1.5,
+    "eviction_interval_seconds": 0.2,
+    "min_ready_seconds": 0.5,
+    "rebalance_cooldown_seconds": 30.0,
+}
+TARGET = 6
+
+
+async def _per_node(f: Fleet, d: uuid.UUID) -> Counter[uuid.UUID]:
+    return Counter(r["node_id"] for r in await f.op.replicas(d, "running"))
+
+
+async def _node_ids(f: Fleet) -> list[uuid.UUID]:
+    async with f.op.engine.connect() as conn:
+        rows = (await conn.execute(NODES.select().order_by(NODES.c.name))).all()
+    return [r.id for r in rows]
+
+
+async def _node_ready(f: Fleet, node_id: uuid.UUID) -> bool:
+    async with f.op.engine.connect() as conn:
+        row = (await conn.execute(NODES.select().where(NODES.c.id == node_id))).one()
+    return str(row.status) == "ready"
+
+
+async def _serving(f: Fleet, d: uuid.UUID) -> int:
+    """Replicas both running as rows and running on their engine (a returning engine's
+    stale containers of replaced replicas do not count)."""
+    rows = {str(r["id"]) for r in await f.op.replicas(d, "running")}
+    serving = 0
+    for url in f.urls:
+        try:
+            seen = await asyncio.to_thread(managed_containers, [url], d)
+        except requests.ConnectionError:
+            continue  # the returning engine, not answering yet: none of its replicas serve
+        serving += sum(1 for s in seen if s.state == "running" and s.replica_id in rows)
+    return serving
+
+
+async def _lose_and_return(f: Fleet, cluster: Cluster, d: uuid.UUID) -> tuple[list[int], float]:
+    """Stop node-0's engine until its replicas are replaced on the other two (3/3), then
+    start it again; returns the serving counts sampled from the return on, and when the
+    engine answered again (monotonic)."""
+    nodes = await _node_ids(f)
+    await asyncio.to_thread(cluster.engines[0].stop)
+    others = f.urls[1:]
+
+    async def replaced() -> bool:
+        spread = await _per_node(f, d)
+        return await converged(f.op, others, d, TARGET) and sorted(spread.values()) == [3, 3]
+
+    await eventually(replaced, within=40)
+    samples: list[int] = []
+    done = asyncio.Event()
+
+    async def sample() -> None:
+        while not done.is_set():
+            samples.append(await _serving(f, d))
+            await asyncio.sleep(0.1)
+
+    sampler = asyncio.create_task(sample())
+    try:
+        await asyncio.to_thread(cluster.engines[0].start)
+        returned_at = time.monotonic()
+        await eventually(lambda: _node_ready(f, nodes[0]), within=20)
+        # The stale containers the engine restarts are removed; the spread is what is left.
+        await eventually(lambda: converged(f.op, f.urls, d, TARGET), within=20)
+        return samples, returned_at
+    finally:
+        done.set()
+        await sampler
+
+
+async def test_a_returning_node_gets_its_share_back(
+    db_url: str, engine: AsyncEngine, cluster: Cluster
+) -> None:
+    async with fleet_on(db_url, engine, cluster) as f:
+        try:
+            async with running_controller(settings_for_tests(db_url, **QUICK)):
+                d = await f.op.add_deployment(f.user, "rebalanced", replicas=TARGET)
+                await eventually(lambda: converged(f.op, f.urls, d, TARGET))
+                assert sorted((await _per_node(f, d)).values()) == [2, 2, 2]
+                nodes = await _node_ids(f)
+                samples, returned_at = await _lose_and_return(f, cluster, d)
+
+                async def balanced() -> bool:
+                    spread = await _per_node(f, d)
+                    assert spread == dict.fromkeys(nodes, 2), spread
+                    return await converged(f.op, f.urls, d, TARGET)
+
+                await eventually(balanced, within=30)
+                took = time.monotonic() - returned_at
+                await asyncio.sleep(0.3)
+                assert samples
+                assert min(samples) >= TARGET, samples
+                rows = [h["reason"] for h in await f.op.history(d)]
+                assert [r for r in rows if r.startswith("rebalanced")] == [
+                    "rebalanced: 2 replicas moved to node-0"
+                ], rows
+                print(f"balanced {took:.1f}s after the engine returned")
+        finally:
+            await asyncio.to_thread(cluster.ensure_running)
+
+
+async def test_rebalance_off_moves_nothing(
+    pg_url: str, pg_engine: AsyncEngine, cluster: Cluster
+) -> None:
+    async with fleet_on(pg_url, pg_engine, cluster) as f:
+        try:
+            settings = settings_for_tests(pg_url, **QUICK, rebalance=False)
+            async with running_controller(settings) as controller:
+                d = await f.op.add_deployment(f.user, "pinned", replicas=TARGET)
+                await eventually(lambda: converged(f.op, f.urls, d, TARGET))
+                await _lose_and_return(f, cluster, d)
+                passes = controller.passes
+
+                async def looked_again() -> bool:
+                    return bool(controller.passes >= passes + 4)
+
+                await eventually(looked_again, within=20)
+                await asyncio.sleep(1.0)  # a move would have begun by now
+                spread: Any = await _per_node(f, d)
+                assert sorted(spread.values()) == [3, 3]
+                rows = [h["reason"] for h in await f.op.history(d)]
+                assert not [r for r in rows if r.startswith("rebalanced")]
+        finally:
+            await asyncio.to_thread(cluster.ensure_running)
