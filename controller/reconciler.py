@@ -131,6 +131,8 @@ class Reconciler:
         # by each monitor pass, so it holds only what the last pass saw).
         self._over_storage: dict[str, str] = {}
         self.rebalance = Rebalancer(settings)
+        self._by_id_of: tuple[Node, ...] | None = None
+        self._by_id: dict[uuid.UUID, Node] = {}
 
     # --- what others tell us -------------------------------------------------------------
 
@@ -230,11 +232,18 @@ class Reconciler:
             return None
         if not rebalance.settled(d, ready_count(d, observed.views, observed.mine)):
             return None
-        nodes = self._nodes.snapshot()
+        nodes = self._nodes_by_id()
         live = [r for r in d.replicas if r.live]
         return rebalance.next_move(
-            d.placement, live, nodes, fitting if fitting is not None else [n.id for n in nodes]
+            d.placement, live, nodes, fitting if fitting is not None else nodes.keys()
         )
+
+    def _nodes_by_id(self) -> Mapping[uuid.UUID, Node]:
+        """The nodes by id, once per node snapshot (the triage asks for every deployment)."""
+        nodes = self._nodes.snapshot()
+        if self._by_id_of is not nodes:
+            self._by_id, self._by_id_of = {n.id: n for n in nodes}, nodes
+        return self._by_id
 
     def triage(
         self, deployments: Iterable[Deployment], views: Mapping[uuid.UUID, NodeView]

@@ -173,6 +173,7 @@ def test_a_move_keeps_the_rules_and_lowers_the_skew(
     rules, nodes, rs, fits = world
     by_id = {n.id: n for n in nodes}
     move = next_move(rules, rs, nodes, fits)
+    assert next_move(rules, rs, by_id, fits) == move  # nodes by id: the same answer
     groups, per_node = _counts(rules, nodes, rs)
     if move is None:
         return

@@ -307,4 +307,6 @@ async def test_a_restart_mid_move_leaves_no_surplus() -> None:
     f.reconciler = Reconciler(f.store, f.runtime, f.nodes, settings, f.clock)
     f.reconciler.rebalance.enabled = False  # only the ordinary logic now
     await run_until_quiet(f, d, rounds=6)
-    assert per_node(f, d) == {"n1": 2, "n2": 3, "n3": 1}
+    spread = per_node(f, d)
+    assert spread["n3"] == 1
+    assert sorted(spread.values()) == [1, 2, 3]
