@@ -15,10 +15,13 @@ from structlog.testing import capture_logs
 from controller.model import (
     Deployment,
     DeploymentStatus,
+    NodeRecord,
+    NodeStatus,
     ReplicaStatus,
 )
 from controller.placement_rules import PlacementRules
 from controller.reconciler import Reconciler
+from controller.runtime.hollow import HollowNode, hollow_url
 from controller.settings import Settings
 from tests.unit.fog import Fog, fog
 
@@ -310,3 +313,25 @@ async def test_a_restart_mid_move_leaves_no_surplus() -> None:
     spread = per_node(f, d)
     assert spread["n3"] == 1
     assert sorted(spread.values()) == [1, 2, 3]
+
+
+async def test_a_node_that_joins_or_returns_opens_for_placement() -> None:
+    f = await fog("n1", "n2", node_grace_seconds=1.0)
+    assert f.nodes.take_openings() == []  # the first refresh after start opens nothing
+    # n2 stops answering past its grace (not ready), then answers again.
+    f.runtime.set_down(hollow_url("n2"))
+    f.clock.advance(2)
+    await f.nodes.refresh()
+    assert f.store.node_rows[f.node_id("n2")].status is NodeStatus.NOT_READY
+    assert f.nodes.take_openings() == []
+    f.runtime.set_down(hollow_url("n2"), down=False)
+    await f.nodes.refresh()
+    assert f.nodes.take_openings() == ["n2"]
+    # A node added to the fog.
+    f.runtime.add_node(hollow_url("n3"), HollowNode())
+    n3 = f.node_id("n3")
+    f.store.node_rows[n3] = NodeRecord(n3, "n3", hollow_url("n3"), NodeStatus.UNKNOWN, 8, 32768)
+    await f.nodes.refresh()
+    assert f.nodes.take_openings() == ["n3"]
+    await f.nodes.refresh()
+    assert f.nodes.take_openings() == []
