@@ -24,18 +24,12 @@ from tests.harness.fleet import (
     settings_for_tests,
 )
 from tests.integration.fleets import Fleet, fleet_on
+from tests.integration.test_nodes import LIFECYCLE
 
 pytestmark = pytest.mark.docker
 
-# Short enough that a lost node is evicted within seconds and a move waits little.
-QUICK = {
-    "node_heartbeat_seconds": 0.3,
-    "node_grace_seconds": 1.5,
-    "eviction_seconds": 1.5,
-    "eviction_interval_seconds": 0.2,
-    "min_ready_seconds": 0.5,
-    "rebalance_cooldown_seconds": 30.0,
-}
+# A lost node evicted within seconds (test_nodes' node lifecycle), and a move waits little.
+QUICK = {**LIFECYCLE, "min_ready_seconds": 0.5, "rebalance_cooldown_seconds": 30.0}
 TARGET = 6
 
 
