@@ -15,6 +15,12 @@ its disk limits (controller.storage); they are written to the node's row when th
 (first probe, an engine restarted with another driver, a refused size limit), with a
 `node_storage_limits` log line, so `fogctl get nodes -o wide` shows them.
 
+Every probe also reads what the engine says of itself as labels (`fog.io/arch`, `fog.io/os`,
+`fog.io/engine`: controller.placement_rules.engine_labels), and writes them into the node's
+`labels` when the row does not hold them yet, the operator's labels kept. The `fog.io/`
+prefix is the controller's: a value an operator wrote there is overwritten, with a
+`node_label_reserved` warning (a selector on `fog.io/arch` must mean what the engine runs).
+
 Every successful probe also asks which node ports containers that are not ours hold
 (`Runtime.host_ports`): the scheduler counts them as taken (`Node.foreign_ports`). A node
 whose containers cannot be listed keeps the ports last known, so a listing that fails once
@@ -35,6 +41,7 @@ import structlog
 
 from controller import errors
 from controller.model import EngineInfo, Node, NodeRecord, NodeStatus, resolve_node
+from controller.placement_rules import engine_labels
 from controller.ports import NodeStore
 from controller.runtime import Runtime
 from controller.settings import Settings
@@ -115,6 +122,12 @@ class NodeMonitor:
         # mistake, say) makes no `node_not_ready`, so its reason is logged here, once per
         # change rather than on every heartbeat.
         self._probe_errors: dict[uuid.UUID, str] = {}
+        # The engine labels last written per node (what the row should hold): a replaced
+        # value other than these was an operator's, and is warned about.
+        self._written_labels: dict[uuid.UUID, dict[str, str]] = {}
+        # Nodes whose labels could not be merged (no JSON object), with the labels read then:
+        # not tried again on every heartbeat until the row changes.
+        self._labels_unwritable: dict[uuid.UUID, tuple[tuple[str, str], ...]] = {}
         # `nodes()` as of the last refresh: every reconcile and placement asks for it, and
         # rebuilding a thousand Node values each time was a hot spot at fog scale. Only
         # `refresh()` changes what it is made of, and it drops this.
@@ -195,6 +208,7 @@ class NodeMonitor:
         now = self._clock()
         grace = timedelta(seconds=self._settings.node_grace_seconds)
         changes: list[tuple[uuid.UUID, dict[str, Any]]] = []
+        label_writes: list[tuple[NodeRecord, dict[str, str]]] = []
         fresh: dict[uuid.UUID, NodeRecord] = {}
         for record, (info, error) in zip(records, results, strict=True):
             ok = info is not None
@@ -208,6 +222,9 @@ class NodeMonitor:
                 values["last_heartbeat_at"] = now
                 self._probe_errors.pop(record.id, None)
                 facts = self._engine_facts(record, info, values)
+                wanted = self._labels_to_write(record, info)
+                if wanted:
+                    label_writes.append((record, wanted))
             else:
                 self._up_since.pop(record.id, None)
                 if error is not None and self._probe_errors.get(record.id) != error:
@@ -243,6 +260,8 @@ class NodeMonitor:
             )
         self._nodes = None  # probes changed `_info` and `_up_since`
         await self._store.update_nodes(changes)
+        for record, wanted in label_writes:
+            fresh[record.id] = await self._write_engine_labels(fresh[record.id], wanted)
         self._records = fresh
         self._nodes = None
 
@@ -283,6 +302,42 @@ class NodeMonitor:
                 new=limits.value if limits is not None else None,
             )
         return driver, limits, version
+
+    def _labels_to_write(self, record: NodeRecord, info: EngineInfo) -> dict[str, str]:
+        """The engine's labels when the node's row does not hold them all (empty: it does)."""
+        wanted = engine_labels(info.arch, info.os, info.engine)
+        have = dict(record.labels)
+        if all(have.get(k) == v for k, v in wanted.items()):
+            return {}
+        if self._labels_unwritable.get(record.id) == record.labels:
+            return {}
+        return wanted
+
+    async def _write_engine_labels(self, record: NodeRecord, wanted: dict[str, str]) -> NodeRecord:
+        """Merge `wanted` into the node's row; the record as it now stands."""
+        replaced = await self._store.set_engine_labels(record.id, wanted)
+        if replaced is None:
+            self._labels_unwritable[record.id] = record.labels
+            return record
+        self._labels_unwritable.pop(record.id, None)
+        ours = self._written_labels.get(record.id, {})
+        for key, old in sorted(replaced.items()):
+            if ours.get(key) == old:
+                log.info(
+                    "node_label_changed", node=record.name, label=key, old=old, new=wanted[key]
+                )
+            else:
+                log.warning(
+                    "node_label_reserved",
+                    node=record.name,
+                    label=key,
+                    value=old,
+                    engine_value=wanted[key],
+                    reason="fog.io/ labels are the engine's: the operator's value was replaced",
+                )
+        self._written_labels[record.id] = dict(wanted)
+        merged = tuple(sorted({**dict(record.labels), **wanted}.items()))
+        return dataclasses.replace(record, labels=merged)
 
     async def _probe(self, record: NodeRecord) -> tuple[EngineInfo | None, str | None]:
         # A black-holed engine must not hold up the heartbeat of every other node.

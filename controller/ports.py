@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Protocol
@@ -141,6 +141,13 @@ class NodeStore(Protocol):
     def update_nodes(
         self, changes: Sequence[tuple[uuid.UUID, dict[str, Any]]]
     ) -> Awaitable[None]: ...
+
+    def set_engine_labels(
+        self, node_id: uuid.UUID, labels: Mapping[str, str]
+    ) -> Awaitable[dict[str, str] | None]:
+        """Merge the engine's own `fog.io/` labels into the node's `labels`, the operator's
+        kept: the values it replaced (key -> old), or None when the row's labels are no JSON
+        object (left as they are) or the node is gone."""
 
     def fail_replicas_on_node(
         self, node_id: uuid.UUID, now: datetime

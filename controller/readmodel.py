@@ -9,11 +9,13 @@ daemon's unusable-row filter, fogctl's user and replica counts). Nothing here ru
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any, cast
 
 from sqlalchemy import ColumnElement, Join, Select, Table, func, select
 
 from controller.model import Resources
+from controller.placement_rules import NO_RULES, Label, PlacementRules
 from schema import models as tables
 from schema.enums import LIVE_REPLICA_STATUSES, NOT_TERMINAL_REPLICA_STATUSES
 
@@ -33,8 +35,10 @@ LABELS = cast(Table, tables.DeploymentLabel.__table__)
 PORTS = cast(Table, tables.DeploymentPort.__table__)
 VOLUMES = cast(Table, tables.DeploymentVolume.__table__)
 CREDENTIALS = cast(Table, tables.RegistryCredential.__table__)
-# The tables `controller.runspec.RunSpec` is built from, in load order.
-RUN_TABLES = (SPECS, ENV, LABELS, PORTS, VOLUMES)
+# Placement (issue 15): `deployment_specs`' placement columns and the node selector pairs.
+SELECTORS = cast(Table, tables.DeploymentNodeSelector.__table__)
+# The tables `controller.runspec.RunSpec` and the placement are built from, in load order.
+RUN_TABLES = (SPECS, ENV, LABELS, PORTS, VOLUMES, SELECTORS)
 
 LIVE = [s.value for s in LIVE_REPLICA_STATUSES]
 NOT_TERMINAL = [s.value for s in NOT_TERMINAL_REPLICA_STATUSES]
@@ -65,6 +69,22 @@ def resources_of(row: Any) -> Resources | None:
     if row.cpu_cores is None:
         return None
     return Resources(row.cpu_cores, row.memory_mb, row.gpu_units, row.storage_gb)
+
+
+# --- placement -------------------------------------------------------------------------------
+
+
+def placement_of(spec: Any | None, selector: Collection[Label]) -> PlacementRules:
+    """A deployment's placement from its `deployment_specs` row (None: it has none) and its
+    `deployment_node_selectors` pairs; no row and no pairs are no rules at all."""
+    if spec is None and not selector:
+        return NO_RULES
+    return PlacementRules(
+        node_selector=frozenset(selector),
+        spread_by=spec.spread_by if spec is not None else None,
+        max_per_node=spec.max_per_node if spec is not None else None,
+        rebalance=bool(spec.rebalance) if spec is not None else True,
+    )
 
 
 # --- the newest history row ------------------------------------------------------------------

@@ -10,6 +10,11 @@ with plain SQL.
 Response models read ORM rows and result rows directly (`from_attributes`); relationships they
 include (`resources`, `replicas`) must be loaded eagerly by the caller, as lazy loads cannot run
 under asyncio.
+
+Label syntax (placement's node selector and `spread_by`) is checked by
+`controller.placement_rules`, a pure module, so the words here, the daemon's and the
+database's CHECKs (whose agreement tests/integration/test_placement_schema.py holds) are one
+rule, not three copies of it.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from controller import placement_rules
 from schema import models
 from schema.enums import DeploymentStatus, NodeStatus, ReplicaStatus
 from schema.models import (
@@ -50,6 +56,7 @@ from schema.models import (
     MEMORY_MB_MIN,
     NAME_MAX_LENGTH,
     NETWORK_MODES,
+    NODE_LABEL_KEY_MAX_LENGTH,
     PATH_MAX_LENGTH,
     PORT_MAX,
     PORT_MIN,
@@ -409,6 +416,34 @@ def _labels(value: dict[str, str]) -> dict[str, str]:
     return value
 
 
+def _label_key(value: str, info: ValidationInfo) -> str:
+    problem = placement_rules.label_key_problem(value)
+    if problem is not None:
+        raise _error(
+            "label_key",
+            "{field} must be a label key: {problem}",
+            field=info.field_name,
+            problem=problem,
+        )
+    return value
+
+
+def _node_selector(value: dict[str, str]) -> dict[str, str]:
+    # Keys under fog.io/ are allowed: they select what the engines report (fog.io/arch).
+    errors = []
+    for key, text in value.items():
+        problem = placement_rules.label_key_problem(key)
+        if problem is None:
+            problem = placement_rules.label_value_problem(text)
+            problem = None if problem is None else f"{key}: {problem}"
+        if problem:
+            error = _error("label", "node selector {problem}", problem=problem)
+            errors.append(_detail((key,), error, key))
+    if errors:
+        raise _invalid(errors, "node_selector")
+    return value
+
+
 Port = Annotated[
     int, _bounds(PORT_MIN, PORT_MAX), BeforeValidator(_reject_bool), _range(PORT_MIN, PORT_MAX)
 ]
@@ -434,6 +469,12 @@ Labels = Annotated[dict[str, str], AfterValidator(_labels)]
 SecretName = Annotated[
     str, Field(json_schema_extra={"maxLength": SECRET_NAME_MAX_LENGTH}), AfterValidator(_name)
 ]
+LabelKey = Annotated[
+    str,
+    Field(json_schema_extra={"maxLength": NODE_LABEL_KEY_MAX_LENGTH}),
+    AfterValidator(_label_key),
+]
+NodeSelector = Annotated[dict[str, str], AfterValidator(_node_selector)]
 
 
 class _Request(BaseModel):
@@ -491,6 +532,18 @@ class HealthcheckCreate(_Request):
     timeout_seconds: PositiveFloat | None = None
     retries: PositiveInt | None = None
     start_period_seconds: NonNegativeFloat | None = None
+
+
+class PlacementSpec(_Request):
+    """Where a deployment may run and how it spreads (issue 15; controller/placement_rules.py):
+    only on nodes holding every `node_selector` pair among their labels, spread evenly over
+    the values of the node label `spread_by`, at most `max_per_node` replicas on one node, and
+    replicas moved when the spread is off unless `rebalance` is false."""
+
+    node_selector: NodeSelector = Field(default_factory=dict)
+    spread_by: LabelKey | None = None
+    max_per_node: PositiveInt | None = None
+    rebalance: bool = True
 
 
 def _unique_ports(ports: list[PortCreate]) -> list[PortCreate]:
@@ -555,6 +608,7 @@ class DeploymentCreate(_Request):
     stop_grace_seconds: StopGraceSeconds | None = None
     healthcheck: HealthcheckCreate | None = None
     image_pull_secret: SecretName | None = None
+    placement: PlacementSpec = Field(default_factory=PlacementSpec)
 
     @model_validator(mode="after")
     def _ports_and_network(self) -> Self:
@@ -571,13 +625,15 @@ SPEC_NULLABLE_FIELDS = frozenset(
         "stop_grace_seconds",
         "healthcheck",
         "image_pull_secret",
+        "placement",  # null: no rules (anywhere it fits, spread by node)
     }
 )
 
 
 class DeploymentUpdate(_Request):
     """Only the fields given change; `resources`, when given, replaces the whole allocation,
-    and so do `env`, `labels`, `ports` and `volumes` (an empty one clears them). A nullable
+    and so do `env`, `labels`, `ports`, `volumes` and `placement` (an empty one clears them;
+    a placement's fields left out are its defaults). A nullable
     spec field (SPEC_NULLABLE_FIELDS) set to null goes back to the image's own setting."""
 
     name: Name | None = None
@@ -594,6 +650,7 @@ class DeploymentUpdate(_Request):
     stop_grace_seconds: StopGraceSeconds | None = None
     healthcheck: HealthcheckCreate | None = None
     image_pull_secret: SecretName | None = None
+    placement: PlacementSpec | None = None
 
     @field_validator("*", mode="before")
     @classmethod
@@ -716,17 +773,32 @@ class HealthcheckResponse(_Response):
     start_period_seconds: float | None = None
 
 
+class PlacementResponse(_Response):
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    spread_by: str | None = None
+    max_per_node: int | None = None
+    rebalance: bool = True
+
+
 def spec_fields(
     spec: Any | None,
     env: Iterable[Any] = (),
     labels: Iterable[Any] = (),
     ports: Iterable[Any] = (),
     volumes: Iterable[Any] = (),
+    node_selectors: Iterable[Any] = (),
 ) -> dict[str, Any]:
     """The spec rows of one deployment (a `deployment_specs` row or None, and its child rows;
     ORM objects or result rows alike) as the fields of `DeploymentSpecResponse`, which are the
     fields `fogctl apply` reads: what `get -o yaml` shows can be applied back unchanged."""
+    selector = {row.key: row.value for row in sorted(node_selectors, key=lambda r: r.key)}
     fields: dict[str, Any] = {
+        "placement": PlacementResponse(
+            node_selector=selector,
+            spread_by=spec.spread_by if spec is not None else None,
+            max_per_node=spec.max_per_node if spec is not None else None,
+            rebalance=bool(spec.rebalance) if spec is not None else True,
+        ),
         "env": {row.name: row.value for row in sorted(env, key=lambda r: r.name)},
         "labels": {row.key: row.value for row in sorted(labels, key=lambda r: r.key)},
         "ports": sorted(
@@ -776,11 +848,13 @@ class DeploymentSpecResponse(_Response):
     stop_grace_seconds: int | None = None
     healthcheck: HealthcheckResponse | None = None
     image_pull_secret: str | None = None
+    placement: PlacementResponse = Field(default_factory=PlacementResponse)
 
 
 class DeploymentResponse(DeploymentSpecResponse):
     """One deployment in full; load `resources`, `replicas` and the spec relationships
-    (`spec`, `env`, `labels`, `ports`, `volumes`) eagerly before building it from an ORM row."""
+    (`spec`, `env`, `labels`, `ports`, `volumes`, `node_selectors`) eagerly before building it
+    from an ORM row."""
 
     id: uuid.UUID
     name: str
@@ -803,7 +877,9 @@ class DeploymentResponse(DeploymentSpecResponse):
         fields = {
             name: getattr(data, name) for name in (*DEPLOYMENT_COLUMNS, "resources", "replicas")
         }
-        return fields | spec_fields(data.spec, data.env, data.labels, data.ports, data.volumes)
+        return fields | spec_fields(
+            data.spec, data.env, data.labels, data.ports, data.volumes, data.node_selectors
+        )
 
 
 DEPLOYMENT_COLUMNS = (

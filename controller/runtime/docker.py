@@ -113,6 +113,9 @@ class DockerRuntime(ImageCalls, VolumeCalls):
             server_version=version,
             storage_limits=limits,
             engine=flavour.value,
+            # Podman's Docker-compatible /info answers these two as dockerd does.
+            arch=str(raw.get("Architecture") or ""),
+            os=str(raw.get("OSType") or ""),
         )
 
     async def host_ports(self, node: NodeRecord) -> frozenset[tuple[int, str]] | None:

@@ -58,6 +58,9 @@ class HollowNode:
     memory_mb: int = 32768
     storage_driver: str = "hollow"
     server_version: str = "hollow"
+    # As `docker info` says them (Architecture, OSType): the node's fog.io/arch and fog.io/os.
+    arch: str = "x86_64"
+    os: str = "linux"
 
 
 class _Engine:
@@ -237,6 +240,8 @@ class HollowRuntime:
             storage_driver=spec.storage_driver,
             server_version=spec.server_version,
             storage_limits=storage_limits(spec.storage_driver),
+            arch=spec.arch,
+            os=spec.os,
         )
 
     async def list(self, node: NodeRecord, deployment_id: uuid.UUID | None = None) -> NodeView:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -145,9 +145,9 @@ class Store:
     @retrying
     async def load_deployments(self, ids: Sequence[uuid.UUID] | None = None) -> list[Deployment]:
         """Deployments not yet `deleted` (all of them, or `ids`), with resources, non-terminal
-        replicas, newest history row, the controller's persisted progress and the container
-        spec: eight queries whatever the count (see `deployment_rows`). Held deployments
-        (see `held`) are left out."""
+        replicas, newest history row, the controller's persisted progress, the container spec
+        and the placement: nine queries whatever the count (see `deployment_rows`). Held
+        deployments (see `held`) are left out."""
         skip = self._unusable.skip
         return await self._unusable.tolerant(
             lambda: deployment_rows.read_deployments(self._engine, ids, skip)
@@ -299,6 +299,13 @@ class Store:
     async def update_nodes(self, changes: Sequence[tuple[uuid.UUID, dict[str, Any]]]) -> None:
         """Heartbeats and status changes for several nodes in one transaction."""
         await self._nodes.update_nodes(changes)
+
+    async def set_engine_labels(
+        self, node_id: uuid.UUID, labels: Mapping[str, str]
+    ) -> dict[str, str] | None:
+        """The engine's own `fog.io/` labels merged into the node's row (see
+        `NodeRows.set_engine_labels`); the operator-written values it replaced."""
+        return await self._nodes.set_engine_labels(node_id, labels)
 
     async def run(self, fn: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         """For tests and tools: run `fn` in one transaction on this store's engine."""

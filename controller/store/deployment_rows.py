@@ -1,8 +1,8 @@
 """Reading deployments: the queries behind `Store.load_deployments` and `load_active`.
 
 A read loads whole deployments (resources, live replicas, newest history row, persisted
-progress, the container spec) in eight queries whatever the count; a resync pass on
-PostgreSQL fingerprints every deployment and re-reads only the ones whose row versions moved
+progress, the container spec and placement) in nine queries whatever the count; a resync pass
+on PostgreSQL fingerprints every deployment and re-reads only the ones whose row versions moved
 (`ResyncSnapshot`). Also the SQLite poller's `changed_since`.
 """
 
@@ -30,6 +30,7 @@ from sqlalchemy.types import NullType
 
 from controller import readmodel
 from controller.model import Deployment, DeploymentStatus, ProgressState, Replica, ReplicaStatus
+from controller.placement_rules import NO_RULES, PlacementRules
 from controller.readmodel import DEPLOYMENTS, REPLICAS, RESOURCES, STATE
 from controller.runspec import EMPTY_RUN, RunSpec
 from controller.store.spec_rows import read_specs
@@ -66,9 +67,9 @@ async def read_deployments(
     skip: Callable[[Table], ColumnElement[bool]],
 ) -> list[Deployment]:
     """Deployments not yet `deleted` (all of them, or `ids`), whole: resources, non-terminal
-    replicas, newest history row, persisted progress and the container spec (`run`), in eight
-    queries whatever the count (the progress joins the first; one per spec table, see
-    `spec_rows`). `skip` leaves out rows the loads cannot read."""
+    replicas, newest history row, persisted progress, the container spec (`run`) and the
+    placement, in nine queries whatever the count (the progress joins the first; one per spec
+    table, see `spec_rows`). `skip` leaves out rows the loads cannot read."""
     d, rep, st = DEPLOYMENTS, REPLICAS, STATE
     scope: ColumnElement[bool]
     if ids is not None:
@@ -96,7 +97,7 @@ async def read_deployments(
             )
         ).all()
         last_rows = (await conn.execute(readmodel.newest_history(scope))).all()
-        runs = await read_specs(conn, scope, skip)
+        specs = await read_specs(conn, scope, skip)
     replicas: dict[uuid.UUID, list[Replica]] = {}
     # PostgreSQL's column types already guarantee numbers: the check costs it nothing.
     checked = engine.dialect.name == "sqlite"
@@ -110,8 +111,15 @@ async def read_deployments(
         if checked:
             check_numbers(row, _DEPLOYMENT_NUMBERS)
             check_numbers(row, _STATE_NUMBERS)
-        run = runs.get(row.id, EMPTY_RUN)
-        out.append(_deployment(row, tuple(replicas.get(row.id, ())), last.get(row.id), run))
+        out.append(
+            _deployment(
+                row,
+                tuple(replicas.get(row.id, ())),
+                last.get(row.id),
+                specs.runs.get(row.id, EMPTY_RUN),
+                specs.placements.get(row.id, NO_RULES),
+            )
+        )
     return out
 
 
@@ -199,7 +207,11 @@ _STATE_NUMBERS = (("generation", int), ("observed_generation", int), ("crash_fai
 
 
 def _deployment(
-    row: Any, replicas: tuple[Replica, ...], last_reason: str | None, run: RunSpec = EMPTY_RUN
+    row: Any,
+    replicas: tuple[Replica, ...],
+    last_reason: str | None,
+    run: RunSpec = EMPTY_RUN,
+    placement: PlacementRules = NO_RULES,
 ) -> Deployment:
     """A loaded deployment row (resources and progress joined) as the model's value."""
     return Deployment(
@@ -217,6 +229,7 @@ def _deployment(
         generation=row.generation or 1,
         progress=_progress(row),
         run=run,
+        placement=placement,
     )
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any
@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from controller import readmodel
 from controller.model import EngineInfo, NodeRecord, NodeStatus, ReplicaStatus, Resources
+from controller.placement_rules import label_key_problem, label_value_problem
 from controller.readmodel import NODES, PORTS, REPLICAS, SPECS
 from controller.storage import StorageLimits
 from controller.store.deployment_rows import IN_CHUNK
@@ -29,19 +30,50 @@ _NOT_TERMINAL = readmodel.NOT_TERMINAL
 _LIVE = readmodel.LIVE
 
 
-def _labels(raw: Any) -> tuple[tuple[tuple[str, str], ...], str | None]:
-    """A node's labels from the stored JSON; a value that is not an object reads as no labels,
-    with the problem (plain SQL can write any JSON there, and on SQLite any text)."""
+def _json_object(raw: Any) -> dict[str, Any] | None:
+    """The stored labels as a dict, or None when they are no JSON object (NULL reads as {})."""
     if raw is None:
-        return (), None
+        return {}
+    try:
+        parsed = json.loads(raw) if isinstance(raw, str) else raw
+    except ValueError:
+        return None
+    return parsed if isinstance(parsed, dict) else None
+
+
+def _labels(raw: Any) -> tuple[tuple[tuple[str, str], ...], dict[str, str]]:
+    """A node's labels from the stored JSON, and the problems, by label key ('' for the whole
+    value), of what was left out: a value that is not an object reads as no labels (plain SQL
+    can write any JSON there, and on SQLite any text); a label that breaks the label syntax
+    (controller.placement_rules) is dropped alone, since a selector could never match it as
+    the operator meant."""
+    if raw is None:
+        return (), {}
     if isinstance(raw, str):
         try:
             raw = json.loads(raw)
         except ValueError:
-            return (), f"labels = {raw[:80]!r} is not JSON"
+            return (), {"": f"labels = {raw[:80]!r} is not JSON"}
     if not isinstance(raw, dict):
-        return (), f"labels = {json.dumps(raw)[:80]} is not a JSON object"
-    return tuple(sorted((str(k), str(v)) for k, v in raw.items())), None
+        return (), {"": f"labels = {json.dumps(raw)[:80]} is not a JSON object"}
+    labels: list[tuple[str, str]] = []
+    problems: dict[str, str] = {}
+    for key, value in raw.items():
+        # JSON numbers read as their text (zone: 1 is zone=1); other kinds are no label value.
+        text = (
+            str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
+        )
+        problem = label_key_problem(key)
+        if problem is None and not isinstance(text, str):
+            problem = f"value {json.dumps(value)[:80]} is not text"
+        elif problem is None:
+            problem = label_value_problem(text)
+            problem = None if problem is None else f"value {text[:80]!r}: {problem}"
+        if problem is None:
+            labels.append((key, text))
+        else:
+            problems[key] = problem
+    return tuple(sorted(labels)), problems
 
 
 class NodeRows:
@@ -57,8 +89,8 @@ class NodeRows:
         # One fenced write transaction (`Store._write`).
         self._begin = begin
         self._unusable = unusable
-        # Node label problems already logged, by node name.
-        self._label_problems: dict[str, str] = {}
+        # Node label problems already logged, by node name (and label key, '' for all).
+        self._label_problems: dict[str, dict[str, str]] = {}
 
     @retrying
     async def nodes(self) -> list[NodeRecord]:
@@ -99,19 +131,30 @@ class NodeRows:
         ]
 
     def _node_labels(self, node: str, raw: Any) -> tuple[tuple[str, str], ...]:
-        labels, problem = _labels(raw)
-        if problem is None:
-            self._label_problems.pop(node, None)
-        elif self._label_problems.get(node) != problem:
-            self._label_problems[node] = problem
+        labels, problems = _labels(raw)
+        logged = self._label_problems.get(node, {})
+        for key, problem in problems.items():
+            if logged.get(key) == problem:
+                continue  # once per problem, not every pass
+            effect = (
+                "the node is used without labels until the value is a JSON object"
+                if key == ""
+                else f"the node is used without label {key!r} until it is fixed"
+            )
+            fields = {"label": key} if key else {}
             log.warning(
                 "row_unusable",
                 table="nodes",
                 node=node,
                 column="labels",
                 problem=problem,
-                effect="the node is used without labels until the value is a JSON object",
+                effect=effect,
+                **fields,
             )
+        if problems:
+            self._label_problems[node] = problems
+        else:
+            self._label_problems.pop(node, None)
         return labels
 
     @retrying
@@ -209,6 +252,37 @@ class NodeRows:
                 )
             )
         return True
+
+    @retrying
+    async def set_engine_labels(
+        self, node_id: uuid.UUID, labels: Mapping[str, str]
+    ) -> dict[str, str] | None:
+        """Merge `labels` (the engine's `fog.io/` ones) into the node's row, every other key
+        kept as the operator wrote it; the values replaced, by key. Read and written in one
+        transaction, the row locked on PostgreSQL: a label an operator sets meanwhile
+        (`fogctl node label`) is merged, not lost to a stale copy. Labels that are no JSON
+        object are left alone (None, as for a node that is gone): the loads already report
+        them, and the scheduler puts the engine's labels over whatever the row holds
+        (`model.node_labels`)."""
+        n = NODES
+        async with self._begin() as conn:
+            row = (
+                await conn.execute(
+                    select(type_coerce(n.c.labels, String))
+                    .where(n.c.id == node_id)
+                    .with_for_update()
+                )
+            ).first()
+            current = None if row is None else _json_object(row[0])
+            if current is None:  # gone, or no JSON object
+                return None
+            replaced = {
+                k: str(current[k]) for k, v in labels.items() if k in current and current[k] != v
+            }
+            merged = {**current, **labels}
+            if merged != current:
+                await conn.execute(update(n).where(n.c.id == node_id).values(labels=merged))
+        return replaced
 
     @retrying
     async def update_nodes(self, changes: Sequence[tuple[uuid.UUID, dict[str, Any]]]) -> None:

@@ -1,6 +1,7 @@
 """Reading the container spec: the rows of `deployment_specs` and its child tables, for the
-deployments a load reads, as one `controller.runspec.RunSpec` each; and the statements for a
-pull's registry login and for the volume purges the operator asked for.
+deployments a load reads, as one `controller.runspec.RunSpec` and one
+`controller.placement_rules.PlacementRules` each; and the statements for a pull's registry
+login and for the volume purges the operator asked for.
 
 One query per spec table, scoped as the load's replica query is, so a load stays a fixed
 number of queries whatever the count. A value the controller cannot use (an argument list
@@ -28,10 +29,21 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from controller import readmodel
 from controller.model import DeploymentStatus
-from controller.readmodel import CREDENTIALS, DEPLOYMENTS, ENV, LABELS, PORTS, SPECS, VOLUMES
+from controller.placement_rules import Label, PlacementRules
+from controller.readmodel import (
+    CREDENTIALS,
+    DEPLOYMENTS,
+    ENV,
+    LABELS,
+    PORTS,
+    SELECTORS,
+    SPECS,
+    VOLUMES,
+)
 from controller.runspec import HealthSpec, PortSpec, RunSpec, VolumeSpec
-from controller.store.unusable import argv_problem, check_numbers
+from controller.store.unusable import argv_problem, check_numbers, label_problem
 
 _SPEC_NUMBERS = (
     ("stop_grace_seconds", int),
@@ -39,6 +51,7 @@ _SPEC_NUMBERS = (
     ("healthcheck_interval_seconds", (int, float)),
     ("healthcheck_timeout_seconds", (int, float)),
     ("healthcheck_start_period_seconds", (int, float)),
+    ("max_per_node", int),
 )
 _PORT_NUMBERS = (("container_port", int), ("host_port", int))
 
@@ -46,22 +59,37 @@ _PORT_NUMBERS = (("container_port", int), ("host_port", int))
 class _Parts:
     """What the child tables hold for one deployment, gathered before the RunSpec is made."""
 
-    __slots__ = ("env", "labels", "ports", "volumes")
+    __slots__ = ("env", "labels", "ports", "selector", "volumes")
 
     def __init__(self) -> None:
         self.env: list[tuple[str, str]] = []
         self.labels: list[tuple[str, str]] = []
         self.ports: list[PortSpec] = []
         self.volumes: list[VolumeSpec] = []
+        self.selector: list[Label] = []
+
+
+class Specs:
+    """What `read_specs` found, per deployment that has any spec row: how its containers run
+    and where they may run. A deployment not among them runs as its image says (`EMPTY_RUN`)
+    wherever it fits (`NO_RULES`)."""
+
+    __slots__ = ("placements", "runs")
+
+    def __init__(
+        self, runs: dict[uuid.UUID, RunSpec], placements: dict[uuid.UUID, PlacementRules]
+    ) -> None:
+        self.runs = runs
+        self.placements = placements
 
 
 async def read_specs(
     conn: AsyncConnection,
     scope: ColumnElement[bool],
     skip: Callable[[Table], ColumnElement[bool]],
-) -> dict[uuid.UUID, RunSpec]:
-    """The RunSpec of every deployment in `scope` (a condition on DEPLOYMENTS) that has any
-    spec row; the others run as their image says (`EMPTY_RUN`)."""
+) -> Specs:
+    """The RunSpec and placement of every deployment in `scope` (a condition on DEPLOYMENTS)
+    that has any spec row."""
 
     async def rows(table: Table, *columns: Any) -> list[Any]:
         query = (
@@ -96,11 +124,44 @@ async def read_specs(
         of(row.deployment_id).volumes.append(
             VolumeSpec(row.mount_path, row.name, row.host_path, bool(row.read_only))
         )
-    specs = {row.deployment_id: row for row in await rows(SPECS)}
-    return {
-        deployment_id: _run(specs.get(deployment_id), parts.get(deployment_id, _Parts()))
-        for deployment_id in specs.keys() | parts.keys()
-    }
+    for row in await rows(SELECTORS):
+        key, value = _text(row, "key"), _text(row, "value")
+        for problem in (
+            label_problem(SELECTORS.c.key, key),
+            label_problem(SELECTORS.c.value, value),
+        ):
+            if problem is not None:
+                raise ValueError(
+                    f"deployment_node_selectors {key}={value}: {problem} "
+                    f"(row {row.deployment_id}/{key})"
+                )
+        of(row.deployment_id).selector.append((key, value))
+    # rebalance raw, as read_only above.
+    spec_columns = [c for c in SPECS.c if c.name != "rebalance"]
+    rebalance = type_coerce(SPECS.c.rebalance, Integer).label("rebalance")
+    specs = {row.deployment_id: row for row in await rows(SPECS, *spec_columns, rebalance)}
+    runs: dict[uuid.UUID, RunSpec] = {}
+    placements: dict[uuid.UUID, PlacementRules] = {}
+    for deployment_id in specs.keys() | parts.keys():
+        spec, found = specs.get(deployment_id), parts.get(deployment_id, _Parts())
+        runs[deployment_id] = _run(spec, found)
+        placements[deployment_id] = _placement(spec, found.selector)
+    return Specs(runs, placements)
+
+
+def _placement(spec: Any | None, selector: list[Label]) -> PlacementRules:
+    if spec is not None:
+        if spec.rebalance not in (0, 1):
+            raise ValueError(
+                f"deployment_specs.rebalance = {spec.rebalance!r} is not a boolean (row {spec.id})"
+            )
+        if spec.spread_by is not None:
+            problem = label_problem(SPECS.c.spread_by, spec.spread_by)
+            if problem is not None:
+                raise ValueError(
+                    f"deployment_specs.spread_by = {spec.spread_by!r} {problem} (row {spec.id})"
+                )
+    return readmodel.placement_of(spec, selector)
 
 
 def _text(row: Any, name: str) -> str:

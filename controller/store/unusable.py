@@ -33,6 +33,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.types import NullType
 
+from controller.placement_rules import label_key_problem, label_value_problem
 from controller.readmodel import (
     DEPLOYMENTS,
     ENV,
@@ -42,6 +43,7 @@ from controller.readmodel import (
     PORTS,
     REPLICAS,
     RESOURCES,
+    SELECTORS,
     SPECS,
     STATE,
     VOLUMES,
@@ -88,12 +90,21 @@ _SCANNED: dict[str, tuple[Table, str | None]] = {
     "deployment_labels": (LABELS, "deployment_id"),
     "deployment_ports": (PORTS, "deployment_id"),
     "deployment_volumes": (VOLUMES, "deployment_id"),
+    "deployment_node_selectors": (SELECTORS, "deployment_id"),
 }
 # Argument lists kept as JSON (migration 0007): the database checks "an array", the controller
 # needs an array of strings, which PostgreSQL's json type does not guarantee either.
 ARGV_COLUMNS = frozenset(
     ("deployment_specs", c) for c in ("entrypoint", "command", "healthcheck_command")
 )
+# Node label syntax (migration 0008): the database's CHECKs say the same as
+# controller.placement_rules, but a SQLite file written with the checks off (or by a tool
+# that ignores them) could still hold a key the scheduler would compare wrongly.
+_LABEL_RULES = {
+    ("deployment_specs", "spread_by"): ("key", label_key_problem),
+    ("deployment_node_selectors", "key"): ("key", label_key_problem),
+    ("deployment_node_selectors", "value"): ("value", label_value_problem),
+}
 # What PostgreSQL's types leave to check: only the argument lists (see `find`).
 _PG_SCANNED = ("deployment_specs",)
 
@@ -108,6 +119,19 @@ def argv_problem(value: Any) -> str | None:
     if not isinstance(value, list) or not all(isinstance(a, str) for a in value):
         return "is not a JSON array of strings"
     return None
+
+
+def label_problem(col: Any, value: Any) -> str | None:
+    """Why `value` of a label column (a selector's key or value, `spread_by`) is none, or
+    None (also for any other column)."""
+    rule = _LABEL_RULES.get((col.table.name, col.name))
+    if rule is None or value is None:
+        return None
+    what, problem_of = rule
+    if not isinstance(value, str):
+        return f"is not a label {what} (not text)"
+    problem = problem_of(value)
+    return None if problem is None else f"is not a label {what} ({problem})"
 
 
 def check_numbers(row: Any, names: Sequence[tuple[str, Any]]) -> None:
@@ -139,7 +163,7 @@ def _problem(col: Any, value: Any, processor: Any) -> str | None:
         return "is not a boolean (true or false)"
     if (col.table.name, col.name) in ARGV_COLUMNS:
         return argv_problem(parsed)
-    return None
+    return label_problem(col, parsed)
 
 
 class UnusableRows:

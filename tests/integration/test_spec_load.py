@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from structlog.testing import capture_logs
 
 from controller.model import DeploymentStatus
+from controller.placement_rules import NO_RULES, PlacementRules
 from controller.runspec import EMPTY_RUN, HealthSpec, PortSpec, RunSpec, VolumeSpec
 from controller.store import Store, deployment_rows
 from schema import engine as engine_mod
@@ -41,6 +42,11 @@ FULL_SPEC_SQL = (
     "INSERT INTO deployment_volumes (deployment_id, name, mount_path) VALUES (:d, 'data', '/data')",
     "INSERT INTO deployment_volumes (deployment_id, host_path, mount_path, read_only) "
     "VALUES (:d, '/srv/fog/cfg', '/cfg', true)",
+    "UPDATE deployment_specs SET spread_by = 'zone', max_per_node = 2, rebalance = false "
+    "WHERE deployment_id = :d",
+    "INSERT INTO deployment_node_selectors (deployment_id, key, value) "
+    "VALUES (:d, 'fog.io/arch', 'arm64')",
+    "INSERT INTO deployment_node_selectors (deployment_id, key, value) VALUES (:d, 'gpu', '')",
 )
 FULL_RUN = RunSpec(
     entrypoint=("/bin/sh", "-c"),
@@ -58,6 +64,9 @@ FULL_RUN = RunSpec(
         ("CMD-SHELL", "wget -q -O- http://127.0.0.1:8080/ || exit 1"), 5.0, 2.0, 3, 10.0
     ),
     image_pull_secret="company-registry",
+)
+FULL_PLACEMENT = PlacementRules.of(
+    {"fog.io/arch": "arm64", "gpu": ""}, spread_by="zone", max_per_node=2, rebalance=False
 )
 
 
@@ -118,6 +127,7 @@ async def test_the_spec_load_is_a_fixed_number_of_queries(engine: AsyncEngine) -
     with counting(engine) as many:
         loaded = await store.load_deployments()
     assert [x.run for x in loaded] == [FULL_RUN] * 13
+    assert [x.placement for x in loaded] == [FULL_PLACEMENT] * 13
     assert len(many) == len(few)
 
 
@@ -211,6 +221,97 @@ async def test_sqlite_a_spec_value_of_the_wrong_type_holds_its_deployment(
     (w,) = [e for e in logs if e["event"] == "row_unusable"]
     assert (w["column"], w["deployment_id"]) == (column, str(bad))
     assert problem in w["problem"]
+
+
+async def test_placement_loads_with_or_without_a_spec_row(engine: AsyncEngine) -> None:
+    op, store = Operator(engine), Store(engine)
+    user = await op.add_user()
+    plain, selected, spread = [await op.add_deployment(user, n) for n in ("a", "b", "c")]
+    # A selector alone (no deployment_specs row): rebalance keeps its default.
+    await _sql(
+        engine,
+        "INSERT INTO deployment_node_selectors (deployment_id, key, value) "
+        "VALUES (:d, 'zone', 'a')",
+        d=selected,
+    )
+    await _sql(
+        engine,
+        "INSERT INTO deployment_specs (deployment_id, spread_by) VALUES (:d, 'zone')",
+        d=spread,
+    )
+    loaded = {x.id: x.placement for x in await store.load_deployments()}
+    assert loaded == {
+        plain: NO_RULES,
+        selected: PlacementRules.of({"zone": "a"}),
+        spread: PlacementRules.of(spread_by="zone"),
+    }
+
+
+PLACEMENT_PAST_THE_CHECKS = [
+    pytest.param(
+        "INSERT INTO deployment_specs (deployment_id, spread_by) VALUES (:d, 'zone a')",
+        "deployment_specs",
+        "spread_by",
+        "is not a label key",
+        id="spread-by",
+    ),
+    pytest.param(
+        "INSERT INTO deployment_node_selectors (deployment_id, key, value) "
+        "VALUES (:d, 'Fog.IO/arch', 'arm64')",
+        "deployment_node_selectors",
+        "key",
+        "is not a label key",
+        id="selector-key",
+    ),
+    pytest.param(
+        "INSERT INTO deployment_node_selectors (deployment_id, key, value) "
+        "VALUES (:d, 'zone', '-a')",
+        "deployment_node_selectors",
+        "value",
+        "is not a label value",
+        id="selector-value",
+    ),
+    pytest.param(
+        "INSERT INTO deployment_specs (deployment_id, rebalance) VALUES (:d, 'yes')",
+        "deployment_specs",
+        "rebalance",
+        "is not a boolean",
+        id="rebalance-text",
+    ),
+    pytest.param(
+        "INSERT INTO deployment_specs (deployment_id, max_per_node) VALUES (:d, 'two')",
+        "deployment_specs",
+        "max_per_node",
+        "is not an integer",
+        id="max-per-node-text",
+    ),
+]
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize(("statement", "table", "column", "problem"), PLACEMENT_PAST_THE_CHECKS)
+async def test_sqlite_placement_written_past_the_checks_holds_its_deployment(
+    engine: AsyncEngine, statement: str, table: str, column: str, problem: str
+) -> None:
+    # The CHECKs turned off, as a tool or an old file may have them: the controller must not
+    # place by a selector it reads differently from what the operator meant.
+    op = Operator(engine)
+    user = await op.add_user()
+    good, bad = await op.add_deployment(user, "good"), await op.add_deployment(user, "bad")
+    async with engine_mod.writer(engine).connect() as conn:
+        raw = await conn.get_raw_connection()
+        await raw.driver_connection.execute("PRAGMA ignore_check_constraints = ON")
+        await conn.execute(text(statement), {"d": str(bad)})
+        await conn.commit()
+    store = Store(engine)
+    with capture_logs() as logs:
+        assert [x.id for x in await store.load_deployments()] == [good]
+    assert store.held == {bad}
+    (w,) = [e for e in logs if e["event"] == "row_unusable"]
+    assert (w["table"], w["column"], w["deployment_id"]) == (table, column, str(bad))
+    assert problem in w["problem"]
+    (reason,) = await _history_reasons(engine, bad)
+    assert f"{table}.{column}" in reason
 
 
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)

@@ -33,6 +33,12 @@ def _port(values: str) -> str:
     return f"INSERT INTO deployment_ports (deployment_id, container_port, host_port, protocol) VALUES (:d, {values})"  # noqa: E501
 
 
+def _selector(values: str) -> str:
+    return (
+        f"INSERT INTO deployment_node_selectors (deployment_id, key, value) VALUES (:d, {values})"
+    )
+
+
 def _volume(values: str) -> str:
     return f"INSERT INTO deployment_volumes (deployment_id, name, host_path, mount_path) VALUES (:d, {values})"  # noqa: E501
 
@@ -132,6 +138,12 @@ REFUSED: list[tuple[str, tuple[str, ...]]] = [
         (CRED + "password_encrypted) VALUES (:u, 'reg', '127.0.0.1:5000', '', 'x')",),
     ),
     ("uq_registry_credentials_user_id_name", (CRED_ROW, CRED_ROW)),
+    # Placement (0008); the label syntax itself: tests/integration/test_placement_schema.py.
+    ("ck_deployment_specs_spread_by_syntax", (_specs("spread_by", "'-zone'"),)),
+    ("ck_deployment_specs_max_per_node_positive", (_specs("max_per_node", "0"),)),
+    ("ck_deployment_node_selectors_key_syntax", (_selector("'Fog.IO/arch', 'arm64'"),)),
+    ("ck_deployment_node_selectors_value_syntax", (_selector("'zone', 'a b'"),)),
+    ("pk_deployment_node_selectors", (_selector("'zone', 'a'"), _selector("'zone', 'b'"))),
 ]
 
 
@@ -176,7 +188,11 @@ def test_every_rule_of_the_spec_tables_has_a_refusal_above() -> None:
         if type(c).__name__ in ("CheckConstraint", "UniqueConstraint")
         and not str(c.name).endswith("_uuid")  # SQLite's id checks: test_schema_constraints
     }
-    named |= {"pk_deployment_env", "pk_deployment_labels"}  # keys that are rules
+    named |= {
+        "pk_deployment_env",
+        "pk_deployment_labels",
+        "pk_deployment_node_selectors",
+    }  # keys that are rules
     assert named == {c for c, _ in REFUSED}
 
 
@@ -203,6 +219,12 @@ async def test_a_full_spec_in_plain_sql_is_accepted(engine: AsyncEngine) -> None
             _volume("NULL, '/srv/a', '/a'"),
             _volume("NULL, '/srv/b', '/b'"),
             _volume("'Data_1.x-y', NULL, '/data'"),
+            "UPDATE deployment_specs SET spread_by = 'topology.fog.io/zone', max_per_node = 1, "
+            "rebalance = false",
+            # Selectors may name the engine's own labels, and a value may be empty.
+            _selector("'fog.io/arch', 'arm64'"),
+            _selector("'zone', 'a'"),
+            _selector("'gpu', ''"),
             CRED_ROW,
         ),
         u=user,
@@ -213,7 +235,7 @@ async def test_a_full_spec_in_plain_sql_is_accepted(engine: AsyncEngine) -> None
             (await conn.execute(text(f"SELECT count(*) FROM {t}"))).scalar_one()
             for t in SPEC_TABLE_NAMES
         ]
-    assert counts == [1, 1, 1, 5, 3, 1]
+    assert counts == [1, 1, 1, 5, 3, 3, 1]
 
 
 # --- generations and wake-ups ----------------------------------------------------------------
@@ -252,6 +274,7 @@ SEED = (
     "INSERT INTO deployment_labels (deployment_id, key, value) VALUES (:d, 'team', 'edge')",
     _port("80, 18080, 'tcp'"),
     _volume("'data', NULL, '/data'"),
+    _selector("'zone', 'a'"),
 )
 GENERATION_CASES = [
     ("spec-insert", (), _specs("command", """'["x"]'"""), 1),
@@ -281,6 +304,14 @@ GENERATION_CASES = [
     ("volume-insert", (), SEED[4], 1),
     ("volume-update", SEED[4:5], "UPDATE deployment_volumes SET read_only = true", 1),
     ("volume-delete", SEED[4:5], "DELETE FROM deployment_volumes", 1),
+    ("spread-by", SEED[:1], "UPDATE deployment_specs SET spread_by = 'zone'", 1),
+    ("max-per-node", SEED[:1], "UPDATE deployment_specs SET max_per_node = 2", 1),
+    ("rebalance-off", SEED[:1], "UPDATE deployment_specs SET rebalance = false", 1),
+    ("rebalance-same", SEED[:1], "UPDATE deployment_specs SET rebalance = true", 0),
+    ("selector-insert", (), SEED[5], 1),
+    ("selector-update", SEED[5:6], "UPDATE deployment_node_selectors SET value = 'b'", 1),
+    ("selector-same", SEED[5:6], "UPDATE deployment_node_selectors SET value = 'a'", 0),
+    ("selector-delete", SEED[5:6], "DELETE FROM deployment_node_selectors", 1),
 ]
 
 
@@ -365,6 +396,8 @@ async def test_postgresql_notifies_every_spec_table_change(
             *SEED,
             "UPDATE deployment_specs SET purge_volumes = true",
             "DELETE FROM deployment_labels",
+            "UPDATE deployment_specs SET max_per_node = 3",
+            "UPDATE deployment_node_selectors SET value = 'b'",
             CRED_ROW,  # no deployment: wakes nobody (checked with the barrier below)
         ]
         for statement in statements[:-1]:

@@ -220,6 +220,42 @@ async def test_node_labels_that_are_no_json_object_cost_the_labels_not_the_node(
     assert (w["table"], w["node"], w["column"]) == ("nodes", "edge-1", "labels")
 
 
+async def test_a_node_label_that_breaks_the_label_syntax_is_dropped_alone_with_a_warning(
+    engine: AsyncEngine,
+) -> None:
+    op = Operator(engine)
+    node = await op.add_node("edge-1", "unix:///x.sock")
+    labels = '{"zone": "north", "rack": 7, "bad key": "x", "gpu": "-1", "cam": null}'
+    await _sql(engine, f"UPDATE nodes SET labels = '{labels}' WHERE id = '{node}'")
+    store = Store(engine)
+
+    with capture_logs() as logs:
+        (first,) = await store.nodes()
+        await store.nodes()
+
+    # A JSON number reads as its text; the rest is dropped, each label alone.
+    assert first.labels == (("rack", "7"), ("zone", "north"))
+    warnings = [e for e in logs if e["event"] == "row_unusable"]
+    assert sorted(w["label"] for w in warnings) == ["bad key", "cam", "gpu"], "once each"
+    assert {(w["table"], w["node"], w["column"]) for w in warnings} == {
+        ("nodes", "edge-1", "labels")
+    }
+    by_label = {w["label"]: w for w in warnings}
+    assert "must consist of" in by_label["bad key"]["problem"]
+    assert "is not text" in by_label["cam"]["problem"]
+    assert "'-1'" in by_label["gpu"]["problem"]
+
+    # Fixed by the operator: back without a word; broken again: said again.
+    await _sql(engine, f"""UPDATE nodes SET labels = '{{"gpu": "1"}}' WHERE id = '{node}'""")
+    with capture_logs() as logs:
+        assert (await store.nodes())[0].labels == (("gpu", "1"),)
+    assert [e for e in logs if e["event"] == "row_unusable"] == []
+    await _sql(engine, f"""UPDATE nodes SET labels = '{{"gpu": "-1"}}' WHERE id = '{node}'""")
+    with capture_logs() as logs:
+        assert (await store.nodes())[0].labels == ()
+    assert [e["label"] for e in logs if e["event"] == "row_unusable"] == ["gpu"]
+
+
 @pytest.mark.docker
 async def test_sqlite_a_replica_whose_node_is_not_found_is_failed_with_the_reason_and_replaced(
     template_databases: database.TemplateDatabases, tmp_path: Path, cluster: Cluster

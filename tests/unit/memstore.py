@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -192,3 +192,16 @@ class MemoryStore:
         self, node_id: uuid.UUID, now: datetime
     ) -> dict[uuid.UUID, int]:
         return {}
+
+    async def set_engine_labels(
+        self, node_id: uuid.UUID, labels: Mapping[str, str]
+    ) -> dict[str, str] | None:
+        self.calls["set_engine_labels"] += 1
+        row = self.node_rows.get(node_id)
+        if row is None:
+            return None
+        current = dict(row.labels)
+        replaced = {k: current[k] for k, v in labels.items() if k in current and current[k] != v}
+        merged = tuple(sorted({**current, **labels}.items()))
+        self.node_rows[node_id] = replace(row, labels=merged)
+        return replaced

@@ -15,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from controller import placement_rules
 from schema import api, models
 
 RESOURCES = {"cpu_cores": 1.0, "memory_mb": 1024, "gpu_units": 0, "storage_gb": 10}
@@ -327,6 +328,13 @@ FULL_SPEC: dict[str, Any] = {
         "start_period_seconds": 10,
     },
     "image_pull_secret": "company-registry",
+    # The issue's placement block, as written there.
+    "placement": {
+        "node_selector": {"zone": "a", "fog.io/arch": "arm64"},
+        "spread_by": "zone",
+        "max_per_node": 1,
+        "rebalance": True,
+    },
 }
 
 
@@ -709,6 +717,9 @@ def test_spec_fields_turn_rows_into_what_apply_reads() -> None:
         healthcheck_timeout_seconds=2.0,
         healthcheck_retries=3,
         healthcheck_start_period_seconds=10.0,
+        spread_by="zone",
+        max_per_node=1,
+        rebalance=True,
     )
     fields = api.spec_fields(
         spec,
@@ -719,6 +730,7 @@ def test_spec_fields_turn_rows_into_what_apply_reads() -> None:
             _Row(name="data", host_path=None, mount_path="/data", read_only=False),
             _Row(name=None, host_path="/srv/fog/cfg", mount_path="/cfg", read_only=True),
         ],
+        node_selectors=[_Row(key="zone", value="a"), _Row(key="fog.io/arch", value="arm64")],
     )
     shown = api.DeploymentSpecResponse.model_validate(fields).model_dump(exclude_none=True)
     applied = api.DeploymentCreate.model_validate({**DEPLOYMENT, **FULL_SPEC})
@@ -737,3 +749,134 @@ def test_a_deployment_without_a_spec_row_shows_an_empty_spec() -> None:
     assert shown == api.DeploymentSpecResponse()
     assert shown.healthcheck is None
     assert shown.env == {}
+    assert shown.placement == api.PlacementResponse(rebalance=True)
+
+
+def test_selectors_without_a_spec_row_show_with_the_default_rebalance() -> None:
+    fields = api.spec_fields(None, node_selectors=[_Row(key="gpu", value="")])
+    shown = api.DeploymentSpecResponse.model_validate(fields).placement
+    assert shown.model_dump() == {
+        "node_selector": {"gpu": ""},
+        "spread_by": None,
+        "max_per_node": None,
+        "rebalance": True,
+    }
+
+
+# --- placement (issue 15) ----------------------------------------------------------------------
+
+
+def test_a_deployment_without_placement_may_run_anywhere() -> None:
+    created = api.DeploymentCreate.model_validate(DEPLOYMENT)
+    assert created.placement == api.PlacementSpec()
+    assert created.placement.model_dump() == {
+        "node_selector": {},
+        "spread_by": None,
+        "max_per_node": None,
+        "rebalance": True,
+    }
+
+
+def test_a_selector_may_name_the_engines_own_labels_and_an_empty_value() -> None:
+    placement = {"node_selector": {"fog.io/arch": "arm64", "fog.io/engine": "podman", "gpu": ""}}
+    created = api.DeploymentCreate.model_validate({**DEPLOYMENT, "placement": placement})
+    assert created.placement.node_selector == placement["node_selector"]
+
+
+@pytest.mark.parametrize(
+    ("placement", "loc", "expected"),
+    [
+        pytest.param(
+            {"max_per_node": 0},
+            "placement.max_per_node",
+            f"max_per_node must be between 1 and {api.INTEGER_MAX}, got 0",
+            id="max-per-node-zero",
+        ),
+        pytest.param(
+            {"max_per_node": True},
+            "placement.max_per_node",
+            "max_per_node must be a number, got True",
+            id="max-per-node-yaml-yes",
+        ),
+        pytest.param(
+            {"spread_by": "-zone"},
+            "placement.spread_by",
+            "spread_by must be a label key: key '-zone': name '-zone' must consist of letters, "
+            "digits, '-', '_' or '.', and start and end with a letter or digit",
+            id="spread-by",
+        ),
+        pytest.param(
+            {"spread_by": "Fog.IO/zone"},
+            "placement.spread_by",
+            "spread_by must be a label key: key 'Fog.IO/zone': the prefix must be a DNS "
+            "subdomain (lower-case, dots between)",
+            id="spread-by-prefix",
+        ),
+        pytest.param(
+            {"node_selector": {"zone a": "x"}},
+            "placement.node_selector.zone a",
+            "node selector key 'zone a': name 'zone a' must consist of letters, digits, '-', "
+            "'_' or '.', and start and end with a letter or digit",
+            id="selector-key",
+        ),
+        pytest.param(
+            {"node_selector": {"zone": "a" * 64}},
+            "placement.node_selector.zone",
+            "node selector zone: value must be at most 63 characters, got 64",
+            id="selector-value",
+        ),
+        pytest.param(
+            {"node_selector": {"zone": 1}},
+            "placement.node_selector.zone",
+            "Input should be a valid string",
+            id="selector-value-number",
+        ),
+        pytest.param(
+            {"spread": "zone"},
+            "placement.spread",
+            "Extra inputs are not permitted",
+            id="unknown-field",
+        ),
+    ],
+)
+def test_bad_placement_is_named_under_placement(
+    placement: dict[str, Any], loc: str, expected: str
+) -> None:
+    assert _spec_errors(placement=placement) == {loc: expected}
+    with pytest.raises(ValidationError) as raised:
+        api.DeploymentUpdate.model_validate({"placement": placement})
+    assert _errors(raised) == {loc: expected}
+
+
+@given(
+    st.dictionaries(
+        st.text(alphabet="aZ09-_./é ", max_size=12), st.text(alphabet="aZ09-_. ", max_size=8)
+    )
+)
+def test_a_selector_is_accepted_exactly_when_placement_rules_accept_every_pair(
+    selector: dict[str, str],
+) -> None:
+    fits = all(
+        placement_rules.label_key_problem(k) is None
+        and placement_rules.label_value_problem(v) is None
+        for k, v in selector.items()
+    )
+    spec = {**DEPLOYMENT, "placement": {"node_selector": selector}}
+    if fits:
+        assert api.DeploymentCreate.model_validate(spec).placement.node_selector == selector
+    else:
+        with pytest.raises(ValidationError) as raised:
+            api.DeploymentCreate.model_validate(spec)
+        bad = {
+            k
+            for k, v in selector.items()
+            if placement_rules.label_key_problem(k) or placement_rules.label_value_problem(v)
+        }
+        assert set(_errors(raised)) == {f"placement.node_selector.{k}" for k in bad}
+
+
+def test_an_update_replaces_placement_whole_or_clears_it_with_null() -> None:
+    update = api.DeploymentUpdate.model_validate({"placement": {"spread_by": "zone"}})
+    assert update.placement == api.PlacementSpec(spread_by="zone")
+    cleared = api.DeploymentUpdate.model_validate({"placement": None})
+    assert cleared.model_dump(exclude_unset=True) == {"placement": None}

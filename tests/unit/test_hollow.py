@@ -78,6 +78,8 @@ async def test_info_reports_the_configured_capacity(runtime: HollowRuntime) -> N
     info = await runtime.info(A)
     assert (info.cpu_cores, info.memory_mb) == (4, 8192)
     assert (await runtime.info(B)).cpu_cores == HollowNode().cpu_cores
+    # As docker info says them on a common machine: labels fog.io/arch=amd64, fog.io/os=linux.
+    assert (info.arch, info.os) == ("x86_64", "linux")
 
 
 async def test_ensure_is_idempotent_by_container_name(runtime: HollowRuntime) -> None:
