@@ -1,6 +1,8 @@
 """Rebalancing on three real engines: a node that is lost and returns gets its share back,
 one replica at a time, without the deployment ever serving fewer than its target (sampled
-every 100 ms), with one history row for the rebalance; with rebalancing off nothing moves."""
+every 100 ms), with one history row for the rebalance; with rebalancing off nothing moves.
+And a placement changed under running replicas moves only those that no longer fit, each
+replaced before it stops."""
 
 from __future__ import annotations
 
@@ -12,9 +14,10 @@ from typing import Any
 
 import pytest
 import requests
+from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from controller.readmodel import NODES
+from controller.readmodel import NODES, SELECTORS, SPECS
 from tests.harness.engines import Cluster
 from tests.harness.fleet import (
     converged,
@@ -151,3 +154,66 @@ async def test_rebalance_off_moves_nothing(
                 assert not [r for r in rows if r.startswith("rebalanced")]
         finally:
             await asyncio.to_thread(cluster.ensure_running)
+
+
+async def _label(f: Fleet, node_id: uuid.UUID, **labels: str) -> None:
+    async with f.op.engine.begin() as conn:
+        await conn.execute(NODES.update().where(NODES.c.id == node_id).values(labels=labels))
+
+
+async def test_a_placement_change_moves_only_misplaced_replicas_surge_first(
+    pg_url: str, pg_engine: AsyncEngine, cluster: Cluster
+) -> None:
+    """Zones a, a, b: a selector `zone=a` added later moves node-2's replicas to the a nodes,
+    each replaced before it stops; `max_per_node: 1` then leaves the replicas over the cap
+    running, since no node can take their replacements, and the reason says why."""
+    async with fleet_on(pg_url, pg_engine, cluster) as f:
+        nodes = await _node_ids(f)
+        for node_id, zone in zip(nodes, ("a", "a", "b"), strict=True):
+            await _label(f, node_id, zone=zone)
+        async with running_controller(settings_for_tests(pg_url, min_ready_seconds=0.5)):
+            d = await f.op.add_deployment(f.user, "zoned", replicas=4)
+            await eventually(lambda: converged(f.op, f.urls, d, 4))
+            assert (await _per_node(f, d))[nodes[2]] >= 1
+            samples: list[int] = []
+            done = asyncio.Event()
+
+            async def sample() -> None:
+                while not done.is_set():
+                    samples.append(await _serving(f, d))
+                    await asyncio.sleep(0.1)
+
+            sampler = asyncio.create_task(sample())
+            try:
+                async with f.op.engine.begin() as conn:
+                    await conn.execute(insert(SPECS).values(deployment_id=d))
+                    await conn.execute(
+                        insert(SELECTORS).values(deployment_id=d, key="zone", value="a")
+                    )
+
+                async def only_zone_a() -> bool:
+                    spread = await _per_node(f, d)
+                    assert nodes[2] not in spread, spread
+                    return await converged(f.op, f.urls, d, 4)
+
+                await eventually(only_zone_a, within=30)
+            finally:
+                done.set()
+                await sampler
+            assert min(samples) >= 4, samples
+            assert sorted((await _per_node(f, d)).values()) == [2, 2]
+
+            async with f.op.engine.begin() as conn:
+                await conn.execute(
+                    SPECS.update().where(SPECS.c.deployment_id == d).values(max_per_node=1)
+                )
+
+            async def held_with_reason() -> bool:
+                reasons = " ".join(h["reason"] for h in await f.op.history(d))
+                assert "max 1 per node" in reasons, reasons
+                return True
+
+            await eventually(held_with_reason, within=20)
+            await asyncio.sleep(1.0)
+            assert sorted((await _per_node(f, d)).values()) == [2, 2]
+            assert await _serving(f, d) == 4
