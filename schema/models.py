@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
@@ -513,6 +514,78 @@ def _json_array_check(column: str, name: str) -> list[CheckConstraint]:
     ]
 
 
+# Node label syntax (issue 15), Kubernetes' rules as controller/placement_rules.py checks them:
+# a key is an optional DNS-subdomain prefix and '/', then a name of 1-63 characters of
+# [A-Za-z0-9-_.] starting and ending alphanumeric; a value is empty or such a name. The database
+# checks it too, so a selector written in plain SQL is refused with a named constraint.
+# PostgreSQL says it with one regular expression; SQLite has no REGEXP, so GLOB patterns over
+# the parts that `instr`/`substr` cut out say the same (a valid key holds at most one '/').
+LABEL_NAME_MAX_LENGTH = 63
+LABEL_PREFIX_MAX_LENGTH = 253
+NODE_LABEL_KEY_MAX_LENGTH = LABEL_PREFIX_MAX_LENGTH + 1 + LABEL_NAME_MAX_LENGTH
+NODE_LABEL_VALUE_MAX_LENGTH = LABEL_NAME_MAX_LENGTH
+_PG_LABEL_NAME = f"[A-Za-z0-9]([A-Za-z0-9_.-]{{0,{LABEL_NAME_MAX_LENGTH - 2}}}[A-Za-z0-9])?"
+_PG_DNS_LABEL = "[a-z0-9]([a-z0-9-]*[a-z0-9])?"
+
+
+def _sqlite_label_name(part: str) -> str:
+    return (
+        f"length({part}) BETWEEN 1 AND {LABEL_NAME_MAX_LENGTH} AND {part} GLOB '[A-Za-z0-9]*' "
+        f"AND {part} GLOB '*[A-Za-z0-9]' AND {part} NOT GLOB '*[^A-Za-z0-9_.-]*'"
+    )
+
+
+def _sqlite_dns_subdomain(part: str) -> str:
+    # Dot-separated labels of [a-z0-9-], each starting and ending alphanumeric: no empty label
+    # ('..', a leading or trailing dot) and no '-' beside a dot.
+    return (
+        f"length({part}) <= {LABEL_PREFIX_MAX_LENGTH} AND {part} GLOB '[a-z0-9]*' "
+        f"AND {part} GLOB '*[a-z0-9]' AND {part} NOT GLOB '*[^a-z0-9.-]*' "
+        f"AND {part} NOT GLOB '*..*' AND {part} NOT GLOB '*.-*' AND {part} NOT GLOB '*-.*'"
+    )
+
+
+def label_key_sql(column: str, dialect: str) -> str:
+    """SQL true when `column` is a label key (NULL stays NULL: a CHECK lets it pass)."""
+    if dialect == "postgresql":
+        return (
+            f"{column} ~ '^({_PG_DNS_LABEL}(\\.{_PG_DNS_LABEL})*/)?{_PG_LABEL_NAME}$' "
+            f"AND strpos({column}, '/') <= {LABEL_PREFIX_MAX_LENGTH + 1}"
+        )
+    slash = f"instr({column}, '/')"
+    # Text only, and ASCII only (as bytes as characters): SQLite's length() and GLOB stop at
+    # a NUL, which would hide what follows it.
+    return (
+        f"typeof({column}) = 'text' AND length(CAST({column} AS BLOB)) = length({column}) "
+        f"AND CASE WHEN {slash} = 0 THEN {_sqlite_label_name(column)} "
+        f"ELSE {_sqlite_dns_subdomain(f'substr({column}, 1, {slash} - 1)')} "
+        f"AND {_sqlite_label_name(f'substr({column}, {slash} + 1)')} END"
+    )
+
+
+def label_value_sql(column: str, dialect: str) -> str:
+    """SQL true when `column` is a label value: empty, or a label name."""
+    if dialect == "postgresql":
+        return f"{column} ~ '^({_PG_LABEL_NAME})?$'"
+    return (
+        f"typeof({column}) = 'text' AND length(CAST({column} AS BLOB)) = length({column}) "
+        f"AND ({column} = '' OR {_sqlite_label_name(column)})"
+    )
+
+
+def _label_checks(
+    sql: Callable[[str, str], str], column: str, name: str, *, nullable: bool = False
+) -> list[CheckConstraint]:
+    """The same named CHECK per backend (`ddl_if`), from `sql(column, dialect)`."""
+    checks: list[CheckConstraint] = []
+    for dialect in ("postgresql", "sqlite"):
+        rule = sql(column, dialect)
+        if nullable:
+            rule = f"{column} IS NULL OR ({rule})"
+        checks.append(CheckConstraint(rule, name=name).ddl_if(dialect=dialect))
+    return checks
+
+
 class DeploymentSpec(Base):
     """Beyond the seed (migration 0007), 1:1 with `deployments`, optional: how its containers
     run when not as the image says. No row, or NULL columns, mean the image's own settings.
@@ -563,6 +636,9 @@ class DeploymentSpec(Base):
             "image_pull_secret IS NULL OR length(image_pull_secret) > 0",
             name="image_pull_secret_not_empty",
         ),
+        # Placement (migration 0008).
+        *_label_checks(label_key_sql, "spread_by", "spread_by_syntax", nullable=True),
+        CheckConstraint("max_per_node IS NULL OR max_per_node >= 1", name="max_per_node_positive"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(
@@ -587,6 +663,12 @@ class DeploymentSpec(Base):
     purge_volumes: Mapped[bool] = mapped_column(
         Boolean, default=False, server_default=text("false")
     )
+    # Placement (migration 0008; controller/placement_rules.py): spread over the values of this
+    # node label, at most this many replicas on one node, move replicas when the spread is off.
+    # The node selector is `deployment_node_selectors`.
+    spread_by: Mapped[str | None] = mapped_column(String(NODE_LABEL_KEY_MAX_LENGTH))
+    max_per_node: Mapped[int | None] = mapped_column(Integer)
+    rebalance: Mapped[bool] = mapped_column(Boolean, default=True, server_default=text("true"))
     created_at: Mapped[datetime] = mapped_column(default=_now, server_default=utc_now())
     updated_at: Mapped[datetime] = mapped_column(
         default=_now, server_default=utc_now(), onupdate=_now
@@ -624,6 +706,26 @@ class DeploymentLabel(Base):
     key: Mapped[str] = mapped_column(String(LABEL_KEY_MAX_LENGTH), primary_key=True)
     value: Mapped[str] = mapped_column(
         String(IMAGE_MAX_LENGTH), default="", server_default=text("''")
+    )
+
+
+class DeploymentNodeSelector(Base):
+    """One pair of a deployment's node selector (migration 0008): the deployment runs only on
+    nodes whose `labels` hold every pair. Keys under `fog.io/` are allowed: they select what
+    the engines report (`fog.io/arch`)."""
+
+    __tablename__ = "deployment_node_selectors"
+    __table_args__ = (
+        *_label_checks(label_key_sql, "key", "key_syntax"),
+        *_label_checks(label_value_sql, "value", "value_syntax"),
+    )
+
+    deployment_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("deployments.id", ondelete="CASCADE"), primary_key=True
+    )
+    key: Mapped[str] = mapped_column(String(NODE_LABEL_KEY_MAX_LENGTH), primary_key=True)
+    value: Mapped[str] = mapped_column(
+        String(NODE_LABEL_VALUE_MAX_LENGTH), default="", server_default=text("''")
     )
 
 
@@ -755,14 +857,15 @@ class DeploymentControllerState(Base):
     last_error: Mapped[str | None] = mapped_column(String(REASON_MAX_LENGTH))
 
 
-# Triggers that count `DeploymentControllerState.generation` (migrations 0006 and 0007), per
-# backend; 0007's also move the deployment's `updated_at` (the SQLite poll's marker).
+# Triggers that count `DeploymentControllerState.generation` (migrations 0006, 0007 and 0008),
+# per backend; 0007's and 0008's also move the deployment's `updated_at` (the SQLite poll's marker).
 SPEC_TABLES = (
     "deployment_specs",
     "deployment_env",
     "deployment_labels",
     "deployment_ports",
     "deployment_volumes",
+    "deployment_node_selectors",
 )
 GENERATION_TRIGGERS: dict[str, tuple[str, ...]] = {
     "postgresql": (
@@ -849,6 +952,9 @@ NOTIFY_TABLES: dict[str, tuple[str, ...]] = {
         "healthcheck_start_period_seconds",
         "image_pull_secret",
         "deployment_id",
+        "spread_by",
+        "max_per_node",
+        "rebalance",
         "purge_volumes",
     ),
     "deployment_env": ("deployment_id", "name", "value"),
@@ -862,6 +968,8 @@ NOTIFY_TABLES: dict[str, tuple[str, ...]] = {
         "mount_path",
         "read_only",
     ),
+    # Migration 0008.
+    "deployment_node_selectors": ("deployment_id", "key", "value"),
 }
 
 

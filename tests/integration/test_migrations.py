@@ -23,7 +23,7 @@ from sqlalchemy.schema import CreateTable
 from schema import engine as engine_mod
 from schema import migrate, models
 
-HEAD = "0007_deployment_spec"
+HEAD = "0008_placement"
 TABLES = {
     "users",
     "nodes",
@@ -39,6 +39,7 @@ TABLES = {
     "deployment_ports",
     "deployment_volumes",
     "registry_credentials",
+    "deployment_node_selectors",
 }
 TRIGGERS = {f"trg_{table}_touch_updated_at" for table in models.TABLES_WITH_UPDATED_AT}
 # PostgreSQL only: NOTIFY on changes of operator-owned columns.
@@ -243,7 +244,7 @@ async def test_uuid_columns_are_canonical_text_on_sqlite_and_ids_default_to_rand
 ) -> None:
     async with engine.connect() as connection:
         found = await connection.run_sync(_uuid_columns)
-    assert len(found) == 24  # 11 ids, 13 foreign keys
+    assert len(found) == 25  # 11 ids, 14 foreign keys
     for (table, column), (declared, default) in found.items():
         if engine.dialect.name == "sqlite":
             nullable = column in {"node_id", "changed_by"}

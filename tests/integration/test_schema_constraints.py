@@ -648,6 +648,7 @@ async def test_sqlite_refuses_a_malformed_id_in_every_uuid_column_by_name(
         "deployment_specs": "id, deployment_id",
         "deployment_env": "name, deployment_id",
         "deployment_labels": "key, deployment_id",
+        "deployment_node_selectors": "key, deployment_id",
         "deployment_ports": "container_port, id, deployment_id",
         "deployment_volumes": "name, mount_path, id, deployment_id",
         "registry_credentials": "name, registry_host, username, password_encrypted, id, user_id",
