@@ -38,6 +38,7 @@ HOST_PORT_IN_USE = "host port {}/{} in use"
 SELECTOR_NOT_MATCHED = "node selector {} not matched"
 MISSING_LABEL = "missing label {}"
 OVER_CAP = "max {} per node"
+_RULE_REASONS = tuple(r.partition("{")[0] for r in (SELECTOR_NOT_MATCHED, MISSING_LABEL, OVER_CAP))
 # Tolerance for float CPU sums (0.1 + 0.2 must fit in 0.3).
 _EPSILON = 1e-9
 
@@ -165,8 +166,13 @@ def explain(
             fitting += 1
     if not nodes:
         return "0/0 nodes fit: no nodes registered"
+    # Most nodes first; among equal counts the placement rules first (what the operator
+    # asked for explains more than what the nodes lack), then alphabetically.
     parts = ", ".join(
-        f"{n} {text}" for text, n in sorted(counts.items(), key=lambda i: (-i[1], i[0]))
+        f"{n} {text}"
+        for text, n in sorted(
+            counts.items(), key=lambda i: (-i[1], not i[0].startswith(_RULE_REASONS), i[0])
+        )
     )
     return (
         f"{fitting}/{len(nodes)} nodes fit: {parts}"
