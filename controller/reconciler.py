@@ -54,7 +54,6 @@ from controller.model import (
     Node,
     NodeRecord,
     NodeView,
-    short_id,
 )
 from controller.nodes import NodeMonitor
 from controller.observe import Observer
@@ -340,7 +339,7 @@ class Reconciler:
             log.info(
                 "rebalance_move_done",
                 deployment=d.name,
-                replica=short_id(done.move.replica_id),
+                replica=str(done.move.replica_id),
                 **{"from": self._node_name(done.move.from_node)},
                 to=self._node_name(done.to_node),
             )
@@ -370,7 +369,7 @@ class Reconciler:
         log.info(
             "rebalance_move",
             deployment=d.name,
-            replica=short_id(move.replica_id),
+            replica=str(move.replica_id),
             **{"from": self._node_name(move.from_node)},
             to=self._node_name(move.to_node),
             in_flight=self.rebalance.in_flight,

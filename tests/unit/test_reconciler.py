@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
+from controller.metrics import Metrics
 from controller.model import (
     Deployment,
     DeploymentStatus,
@@ -193,8 +194,8 @@ async def test_an_opened_node_gets_its_share_one_move_at_a_time() -> None:
     d = f.new(6)
     await start(f, d)
     assert per_node(f, d) == {"n1": 3, "n2": 3}
-    moved: list[str] = []
-    f.reconciler.rebalance.on_end = lambda result: moved.append(result.value)
+    metrics = Metrics()
+    f.reconciler.rebalance.on_end = metrics.rebalance_move  # as the loop wires it
     cordon(f, "n3", on=False)
     await f.nodes.refresh()
     assert f.nodes.take_openings() == ["n3"]
@@ -209,7 +210,12 @@ async def test_an_opened_node_gets_its_share_one_move_at_a_time() -> None:
     moves = [e for e in logs if e["event"] == "rebalance_move"]
     assert [(e["from"], e["to"]) for e in moves] == [("n1", "n3"), ("n2", "n3")]
     assert all(e["deployment"] == d.name for e in moves)
-    assert moved == ["moved", "moved"]
+    moves_metric = "fog_controller_rebalance_moves_total"
+    assert metrics.registry.get_sample_value(moves_metric, {"result": "moved"}) == 2
+    assert metrics.registry.get_sample_value(moves_metric, {"result": "abandoned"}) == 0
+    assert [e["replica"] for e in moves] == [
+        e["replica"] for e in logs if e["event"] == "rebalance_move_done"
+    ]
     # One history row for the rebalance, and the moves themselves changed no status.
     reasons = f.reasons(d)
     assert reasons[-1] == "rebalanced: 2 replicas moved to n3"
