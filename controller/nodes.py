@@ -267,13 +267,19 @@ class NodeMonitor:
 
     def _opened(self, record: NodeRecord, status: NodeStatus) -> bool:
         """Room for replicas appeared on this node: it is ready and schedulable now and was
-        not at the last refresh (a new node, one back from not ready, one uncordoned)."""
+        not at the last refresh (a new node, one back from not ready, one uncordoned), or its
+        labels changed (a selector may match it now)."""
         if status is not NodeStatus.READY or record.unschedulable or record.draining:
             return False
         before = self._records.get(record.id)
         if before is None:
             return bool(self._records)  # the first refresh after start opens nothing new
-        return before.status is not NodeStatus.READY or before.unschedulable or before.draining
+        return (
+            before.status is not NodeStatus.READY
+            or before.unschedulable
+            or before.draining
+            or before.labels != record.labels
+        )
 
     def take_openings(self) -> list[str]:
         """The nodes that opened for placement since the last call (their names), once."""

@@ -341,3 +341,7 @@ async def test_a_node_that_joins_or_returns_opens_for_placement() -> None:
     assert f.nodes.take_openings() == ["n3"]
     await f.nodes.refresh()
     assert f.nodes.take_openings() == []
+    # An operator labels a node: a selector may match it now.
+    f.store.node_rows[n3] = replace(f.store.node_rows[n3], labels=(("zone", "b"),))
+    await f.nodes.refresh()
+    assert f.nodes.take_openings() == ["n3"]
