@@ -10,6 +10,8 @@ import asyncio
 import time
 import uuid
 from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -79,6 +81,18 @@ async def _lose_and_return(f: Fleet, cluster: Cluster, d: uuid.UUID) -> tuple[li
         return await converged(f.op, others, d, TARGET) and sorted(spread.values()) == [3, 3]
 
     await eventually(replaced, within=40)
+    async with sampling(f, d) as samples:
+        await asyncio.to_thread(cluster.engines[0].start)
+        returned_at = time.monotonic()
+        await eventually(lambda: _node_ready(f, nodes[0]), within=20)
+        # The stale containers the engine restarts are removed; the spread is what is left.
+        await eventually(lambda: converged(f.op, f.urls, d, TARGET), within=20)
+        return samples, returned_at
+
+
+@asynccontextmanager
+async def sampling(f: Fleet, d: uuid.UUID) -> AsyncIterator[list[int]]:
+    """How many replicas serve, every 100 ms while the block runs."""
     samples: list[int] = []
     done = asyncio.Event()
 
@@ -89,12 +103,7 @@ async def _lose_and_return(f: Fleet, cluster: Cluster, d: uuid.UUID) -> tuple[li
 
     sampler = asyncio.create_task(sample())
     try:
-        await asyncio.to_thread(cluster.engines[0].start)
-        returned_at = time.monotonic()
-        await eventually(lambda: _node_ready(f, nodes[0]), within=20)
-        # The stale containers the engine restarts are removed; the spread is what is left.
-        await eventually(lambda: converged(f.op, f.urls, d, TARGET), within=20)
-        return samples, returned_at
+        yield samples
     finally:
         done.set()
         await sampler
@@ -175,16 +184,7 @@ async def test_a_placement_change_moves_only_misplaced_replicas_surge_first(
             d = await f.op.add_deployment(f.user, "zoned", replicas=4)
             await eventually(lambda: converged(f.op, f.urls, d, 4))
             assert (await _per_node(f, d))[nodes[2]] >= 1
-            samples: list[int] = []
-            done = asyncio.Event()
-
-            async def sample() -> None:
-                while not done.is_set():
-                    samples.append(await _serving(f, d))
-                    await asyncio.sleep(0.1)
-
-            sampler = asyncio.create_task(sample())
-            try:
+            async with sampling(f, d) as samples:
                 async with f.op.engine.begin() as conn:
                     await conn.execute(insert(SPECS).values(deployment_id=d))
                     await conn.execute(
@@ -197,9 +197,6 @@ async def test_a_placement_change_moves_only_misplaced_replicas_surge_first(
                     return await converged(f.op, f.urls, d, 4)
 
                 await eventually(only_zone_a, within=30)
-            finally:
-                done.set()
-                await sampler
             assert min(samples) >= 4, samples
             assert sorted((await _per_node(f, d)).values()) == [2, 2]
 
