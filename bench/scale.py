@@ -6,6 +6,10 @@ Why this shape:
   is measured is the controller itself: the real `Controller` (leader election and fencing,
   heartbeats, resync timer, work queue, workers, reconciler, planner, scheduler) against a
   fresh migrated PostgreSQL database, with production settings except those printed as tuned.
+- The placement case (issue 15, bench/scale_rules.py): phase "place-rules" is "place" on the
+  same fog with its nodes labelled over 20 zones and every deployment given a selector (or
+  none), `spread_by: zone` and `max_per_node`, checked afterwards against its rules; phase
+  "schedule" times the scheduler alone (`NodeIndex`) over the fog, plain and with rules.
 - Three figures, each with the issue's aim. (a) Placement throughput ("place" phase): from
   the moment the controller starts (it must win the election, probe the nodes and write the
   replica rows first: that is "end to end") until every replica is `running` in the database
@@ -59,8 +63,10 @@ from typing import Any, cast
 from unittest import mock
 
 from sqlalchemy import Table, event, func, insert, select, text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from bench import scale_rules
 from bench.logs import ControllerLog
 from controller import heap, scheduler
 from controller import loop as loop_module
@@ -300,13 +306,17 @@ class Seeded:
     deployments: list[uuid.UUID]
 
 
-async def seed(engine: AsyncEngine, size: Size, *, status: str = "pending") -> Seeded:
-    """Nodes (capacity NULL: detected from info()), one user, deployments with resources."""
+async def seed(
+    engine: AsyncEngine, size: Size, *, status: str = "pending", rules: bool = False
+) -> Seeded:
+    """Nodes (capacity NULL: detected from info()), one user, deployments with resources;
+    with `rules`, node labels and each deployment's placement (bench.scale_rules)."""
     user = uuid.uuid4()
     names = {node_name(i): uuid.uuid4() for i in range(1, size.nodes + 1)}
     nodes = [
         {"id": node_id, "name": name, "docker_url": hollow_url(name)}
-        for name, node_id in names.items()
+        | ({"labels": scale_rules.node_labels(i)} if rules else {})
+        for i, (name, node_id) in enumerate(names.items(), start=1)
     ]
     ids = [uuid.uuid4() for _ in range(size.deployments)]
     deployments = [
@@ -338,7 +348,36 @@ async def seed(engine: AsyncEngine, size: Size, *, status: str = "pending") -> S
         await _insert(conn, NODES, nodes)
         await _insert(conn, DEPLOYMENTS, deployments)
         await _insert(conn, RESOURCES, resources)
+        if rules:
+            await seed_placement(conn, ids)
     return Seeded(names, ids)
+
+
+async def seed_placement(conn: AsyncConnection, ids: list[uuid.UUID]) -> None:
+    """Each deployment's placement as an operator's SQL writes it (migration 0008_placement):
+    `spread_by` and `max_per_node` on its spec row, its selector in
+    `deployment_node_selectors`."""
+    specs, selectors = [], []
+    for i, d in enumerate(ids):
+        placement = scale_rules.deployment_rules(i)
+        specs.append(
+            {"d": d, "spread_by": placement.spread_by, "max_per_node": placement.max_per_node}
+        )
+        selectors += [{"d": d, "k": k, "v": v} for k, v in sorted(placement.node_selector)]
+    statements = (
+        (
+            "INSERT INTO deployment_specs (deployment_id, spread_by, max_per_node) "
+            "VALUES (:d, :spread_by, :max_per_node)",
+            specs,
+        ),
+        (
+            "INSERT INTO deployment_node_selectors (deployment_id, key, value) VALUES (:d, :k, :v)",
+            selectors,
+        ),
+    )
+    for statement, rows in statements:
+        for start in range(0, len(rows), INSERT_CHUNK):
+            await conn.execute(text(statement), rows[start : start + INSERT_CHUNK])
 
 
 async def _insert(conn: AsyncConnection, table: Table, rows: list[dict[str, Any]]) -> None:
@@ -492,11 +531,16 @@ async def place(
     )
 
 
-async def verify(operator: AsyncEngine, runtime: HollowRuntime, size: Size) -> dict[str, Any]:
-    """Converged for the right reasons: one running container per running replica, no more."""
+async def verify(
+    operator: AsyncEngine, runtime: HollowRuntime, size: Size, rules: Seeded | None = None
+) -> dict[str, Any]:
+    """Converged for the right reasons: one running container per running replica, no more;
+    with `rules` (the seeded labelled fog), no deployment breaks its placement."""
     rep = REPLICAS
     async with operator.connect() as conn:
-        rows = (await conn.execute(select(rep.c.id, rep.c.status, rep.c.node_id))).all()
+        rows = (
+            await conn.execute(select(rep.c.id, rep.c.status, rep.c.node_id, rep.c.deployment_id))
+        ).all()
     running = {r.id for r in rows if r.status == "running"}
     containers = runtime.containers()
     per_node = Counter(str(r.node_id) for r in rows if r.status == "running")
@@ -509,7 +553,24 @@ async def verify(operator: AsyncEngine, runtime: HollowRuntime, size: Size) -> d
         "replicas_per_node_min_max": [min(per_node.values()), max(per_node.values())]
         if per_node
         else None,
+        "broken_placement_rules": None if rules is None else placement_broken(rows, rules),
     }
+
+
+def placement_broken(rows: Any, seeded: Seeded) -> dict[str, int]:
+    """Deployments whose running replicas break their seeded rules (or zone skew), by kind."""
+    nodes = {
+        node_id: scale_rules.labelled_node(
+            int(name.rsplit("-", 1)[1]), node_id, NODE.cpu_cores, NODE.memory_mb
+        )
+        for name, node_id in seeded.nodes.items()
+    }
+    index = {d: i for i, d in enumerate(seeded.deployments)}
+    placed: dict[int, list[uuid.UUID]] = {}
+    for r in rows:
+        if r.status == "running":
+            placed.setdefault(index[r.deployment_id], []).append(r.node_id)
+    return scale_rules.broken_rules(nodes, placed)
 
 
 async def resync_passes(
@@ -641,8 +702,11 @@ async def unit_costs(controller: Controller, repeats: int) -> dict[str, float]:
     return {name: round(statistics.median(v) * 1000, 3) for name, v in taken.items()}
 
 
-async def run_placement(size: Size, options: Options, workdir: Path, stem: str) -> dict[str, Any]:
-    """From zero to every replica running, then (if it got there) the no-op resync passes."""
+async def run_placement(
+    size: Size, options: Options, workdir: Path, stem: str, *, rules: bool = False
+) -> dict[str, Any]:
+    """From zero to every replica running, then (if it got there) the no-op resync passes;
+    with `rules`, on the labelled fog whose deployments have placement rules."""
     memory: dict[str, dict[str, int]] = {"start": memory_kib()}
     templates = TemplateDatabases(admin_url_from_env(), workdir)
     log = ControllerLog(_log_dir(options, workdir) / f"{stem}-{size.name}.controller.log")
@@ -653,7 +717,7 @@ async def run_placement(size: Size, options: Options, workdir: Path, stem: str) 
         store = Store(create_engine(url, pool_size=options.tuning.settings(url).db_pool_size))
         try:
             t0 = time.perf_counter()
-            await seed(operator, size)
+            seeded = await seed(operator, size, rules=rules)
             await analyze(operator)
             seed_s = time.perf_counter() - t0
             runtime = HollowRuntime(
@@ -667,7 +731,8 @@ async def run_placement(size: Size, options: Options, workdir: Path, stem: str) 
             with no_event_streams():
                 counter.reset()
                 calls_before = Counter(runtime.calls)
-                place_profile = RESULTS_DIR / f"{stem}-{size.name}.place.prof.txt"
+                phase = "place-rules" if rules else "place"
+                place_profile = RESULTS_DIR / f"{stem}-{size.name}.{phase}.prof.txt"
                 pauses = GcPauses()
                 with pauses.installed(), profiled(place_profile if profile else None):
                     placement, task = await place(
@@ -681,7 +746,7 @@ async def run_placement(size: Size, options: Options, workdir: Path, stem: str) 
                 memory["converged"] = memory_kib()
                 controller.stop()
                 await asyncio.wait_for(task, settings.shutdown_grace_seconds + 30)
-            placement["verify"] = await verify(operator, runtime, size)
+            placement["verify"] = await verify(operator, runtime, size, seeded if rules else None)
             resync: dict[str, Any] | None = None
             if placement["error"] is None:
                 resync = await resync_passes(controller, counter, options.resync_repeats, None)
@@ -750,7 +815,7 @@ def _log_dir(options: Options, workdir: Path) -> Path:
 
 # --- the parent: sizes in children, the table, the JSON ------------------------------------
 
-PHASES = ("resync", "place")
+PHASES = ("resync", "place", "place-rules", "schedule")
 
 
 def _mib(kib: int | None) -> str:
@@ -800,6 +865,24 @@ def table(results: list[dict[str, Any]], tuning: Tuning) -> list[str]:
         each("place", "seconds_to_all_deployments_running", fmt=",.1f"),
     )
     row("  SQL statements per replica", [_num(_per_replica(r), ".2f") for r in results])
+    row(
+        "placement with rules (20 zones, selectors, cap): replicas/s",
+        each("place-rules", "replicas_per_second"),
+        f">= {AIM_REPLICAS_PER_SECOND:,.0f} at {AIM_SIZE}",
+    )
+    row("  s to all replicas running", each("place-rules", "seconds_to_all_running", fmt=",.1f"))
+    row(
+        "  deployments breaking their rules",
+        [
+            "-"
+            if (b := _get(r, "place-rules", "verify", "broken_placement_rules")) is None
+            else str(sum(b.values()))
+            for r in results
+        ],
+        "0",
+    )
+    row("scheduler alone, replicas/s: plain", each("schedule", "plain", "replicas_per_second"))
+    row("  with rules", each("schedule", "rules", "replicas_per_second"))
     row("  peak database connections in use", each("place", "db_connections_peak"))
     row(
         "  GC pauses while placing, s (full collections)",
@@ -884,6 +967,8 @@ def aim_lines(results: list[dict[str, Any]]) -> list[str]:
             "run `python -m bench scale --scale full`"
         ]
     rate = _get(at, "place", "replicas_per_second")
+    ruled = _get(at, "place-rules", "replicas_per_second")
+    broken = _get(at, "place-rules", "verify", "broken_placement_rules")
     resync = _get(at, "resync", "median_s")
     counts = {str(_get(r, "resync", "statements_per_pass")) for r in results}
     placed_ok = (
@@ -896,6 +981,9 @@ def aim_lines(results: list[dict[str, Any]]) -> list[str]:
     return [
         f"placement: {_num(rate)} replicas/s (aim >= {AIM_REPLICAS_PER_SECOND:,.0f}): "
         f"{verdict(placed_ok)}",
+        f"placement with rules: {_num(ruled)} replicas/s (aim >= "
+        f"{AIM_REPLICAS_PER_SECOND:,.0f}, no rule broken): "
+        f"{verdict(ruled is not None and ruled >= AIM_REPLICAS_PER_SECOND and broken == {})}",
         f"no-op resync: {_num(resync, '.3f')} s (aim < {AIM_RESYNC_SECONDS:g} s): "
         f"{verdict(resync is not None and resync < AIM_RESYNC_SECONDS)}",
         f"SQL statements per resync pass: {', '.join(sorted(counts))} across sizes: "
@@ -995,9 +1083,26 @@ def _child(args: argparse.Namespace) -> int:
     heap.tune_collector()  # as `fog-controller run` does before its loop starts
     size, options = SIZES[args.child], _options(args)
     with tempfile.TemporaryDirectory(prefix="fogscale-") as tmp:
-        if args.phase == "place":
-            result = asyncio.run(run_placement(size, options, Path(tmp), args.stem))
-            failed = result["error"] is not None
+        if args.phase in ("place", "place-rules"):
+            rules = args.phase == "place-rules"
+            try:
+                result = asyncio.run(
+                    run_placement(size, options, Path(tmp), args.stem, rules=rules)
+                )
+            except DBAPIError as exc:  # a database without migration 0008_placement
+                result = {"error": f"seeding failed: {str(exc.orig).splitlines()[0]}"}
+            failed = result["error"] is not None or bool(
+                _get(result, "verify", "broken_placement_rules")
+            )
+        elif args.phase == "schedule":
+            result = scale_rules.scheduler_alone(
+                size.nodes,
+                size.deployments,
+                size.replicas,
+                REQUEST,
+                (NODE.cpu_cores, NODE.memory_mb),
+            )
+            failed = bool(result["rules"]["broken"] or result["rules"]["unplaced"])
         else:
             result = asyncio.run(run_resync(size, options, Path(tmp), args.stem))
             failed = any(result["enqueued"])
@@ -1054,12 +1159,23 @@ def main(argv: list[str]) -> int:
                 got = _run_child(argv, name, phase, stem, Path(tmp))
                 result[phase] = got
                 failed = failed or got["child_exit"] != 0
-                if phase == "place":
+                if phase in ("place", "place-rules") and "timeline" not in got:
+                    _say(f"    {got['error']}")
+                elif phase in ("place", "place-rules"):
+                    broken = _get(got, "verify", "broken_placement_rules")
                     _say(
                         f"    {got['replicas_running']:,} replicas running after "
                         f"{_num(got['seconds_to_all_running'] or got['timeline'][-1]['t'], ',.1f')}"
                         f" s: {_num(got['replicas_per_second'])}/s"
                         + (f"; {got['error']}" if got["error"] else "")
+                        + (f"; placement rules broken: {broken}" if broken else "")
+                    )
+                elif phase == "schedule":
+                    _say(
+                        "    scheduler alone: "
+                        f"{_num(got['plain']['replicas_per_second'])}/s plain, "
+                        f"{_num(got['rules']['replicas_per_second'])}/s with rules"
+                        + (f"; broken: {got['rules']['broken']}" if got["rules"]["broken"] else "")
                     )
                 else:
                     _say(

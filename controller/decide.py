@@ -13,7 +13,7 @@ stop, and `without_rollout_stops` is the decision when that pull failed.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
@@ -86,8 +86,9 @@ def decide(
     now: datetime,
     unhealthy_since: Mapping[str, datetime],
     over_limit: Mapping[str, str],
+    moving: Collection[uuid.UUID] = (),
 ) -> Decision:
-    """What to do for `d` now, grouped by kind."""
+    """What to do for `d` now, grouped by kind (`moving`: a rebalance's replica in flight)."""
     p = plan(
         d,
         observed.views,
@@ -97,6 +98,7 @@ def decide(
         now=now,
         unhealthy_since=unhealthy_since,
         over_limit=over_limit,
+        moving=moving,
     )
     adopt, crashes, failures, stops, removals = [], [], [], [], []
     create, place, ensure = 0, [], []

@@ -68,6 +68,7 @@ class Controller:
         self.metrics = Metrics() if metrics is None else metrics
         self.health = Health(stall_seconds(settings)) if health is None else health
         self.notifier = sdnotify.Notifier() if notifier is None else notifier
+        self.reconciler.rebalance.on_end = self.metrics.rebalance_move
         self.queue: WorkQueue[uuid.UUID] = WorkQueue(observer=self.metrics.workqueue)
         self.metrics.watch_queue(lambda: len(self.queue), lambda: self.queue.processing)
         self._stop = asyncio.Event()
@@ -299,6 +300,10 @@ class Controller:
                 return
             try:
                 await self.nodes.refresh()
+                if self.nodes.take_openings():
+                    # A node joined, came back or was uncordoned: every deployment's spread
+                    # is looked at (the resync triage asks the rebalance decision).
+                    self.resync_now()
                 for deployment_id, reason in (await self.nodes.evict()).items():
                     self.reconciler.note_problem(deployment_id, reason)
                     self.queue.add(deployment_id)

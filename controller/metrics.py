@@ -156,6 +156,16 @@ class Metrics:
             buckets=RESYNC_BUCKETS_SECONDS,
             registry=r,
         )
+        self.rebalance_moves = Counter(
+            "fog_controller_rebalance_moves",
+            "Rebalance moves that ended, by result: moved (the replica was replaced on an "
+            "emptier node and stopped) or abandoned (the deployment changed under it, or its "
+            "replacement could not be placed or did not serve in time).",
+            ["result"],
+            registry=r,
+        )
+        for outcome in ("moved", "abandoned"):
+            self.rebalance_moves.labels(result=outcome)
         self._seen: dict[Gauge, set[str]] = {}
 
     def watch_queue(self, depth: Callable[[], int], active: Callable[[], int]) -> None:
@@ -169,6 +179,9 @@ class Metrics:
         if result is ReconcileResult.ERROR:
             self.reconcile_errors.inc()
         self.reconcile_time.observe(seconds)
+
+    def rebalance_move(self, result: str) -> None:
+        self.rebalance_moves.labels(result=result).inc()
 
     def docker_error(self, node: str, operation: str) -> None:
         self.docker_errors.labels(node=node, operation=operation).inc()

@@ -134,6 +134,8 @@ class NodeMonitor:
         self._nodes: tuple[Node, ...] | None = None
         self._last_eviction_at: datetime | None = None
         self._halted = False
+        # Nodes that joined, returned to ready or were uncordoned since `take_openings`.
+        self._openings: set[str] = set()
         self._clock_reset_at: datetime | None = None
 
     @property
@@ -233,6 +235,8 @@ class NodeMonitor:
                         status=record.status.value,
                         error=error,
                     )
+            if self._opened(record, status):
+                self._openings.add(record.name)
             if status is not record.status:
                 values["status"] = status.value
                 event = "node_ready" if status is NodeStatus.READY else "node_not_ready"
@@ -260,6 +264,27 @@ class NodeMonitor:
             await self._write_engine_labels(label_writes, fresh)
         self._records = fresh
         self._nodes = None
+
+    def _opened(self, record: NodeRecord, status: NodeStatus) -> bool:
+        """Room for replicas appeared on this node: it is ready and schedulable now and was
+        not at the last refresh (a new node, one back from not ready, one uncordoned), or its
+        labels changed (a selector may match it now)."""
+        if status is not NodeStatus.READY or record.unschedulable or record.draining:
+            return False
+        before = self._records.get(record.id)
+        if before is None:
+            return bool(self._records)  # the first refresh after start opens nothing new
+        return (
+            before.status is not NodeStatus.READY
+            or before.unschedulable
+            or before.draining
+            or before.labels != record.labels
+        )
+
+    def take_openings(self) -> list[str]:
+        """The nodes that opened for placement since the last call (their names), once."""
+        opened, self._openings = sorted(self._openings), set()
+        return opened
 
     @staticmethod
     def _engine_facts(

@@ -5,7 +5,7 @@ A placement is assumed the moment it is chosen and before it is written (kube-sc
 "assume, then bind"), so concurrent reconciles schedule against each other's choices without
 a lock held across a database write. Capacity freed meanwhile is seen at the next read: the
 cache can overestimate usage, never underestimate it, and a refusal always re-reads first.
-The choice itself is `scheduler.NodeIndex.schedule` (pure). Host ports are kept the same
+The choice itself is `node_index.NodeIndex.schedule` (pure). Host ports are kept the same
 way as resources: the ports our live replicas hold per node are read with the usage
 (`node_ports`), and an assumed placement holds its deployment's ports at once, so two
 reconciles never put two holders of one port on one node.
@@ -21,6 +21,8 @@ from collections.abc import Callable, Collection, Sequence
 
 from controller import errors, scheduler
 from controller.model import ZERO, Node, Resources
+from controller.node_index import NodeIndex
+from controller.placement_rules import NO_RULES, PlacementRules
 from controller.ports import ReconcileStore
 
 # The scheduler's view of node usage is re-read from the store at least this often (seconds).
@@ -36,7 +38,7 @@ class PlacementCache:
     def __init__(self, store: ReconcileStore, nodes: Callable[[], tuple[Node, ...]]) -> None:
         self._store = store
         self._nodes = nodes
-        self._index: scheduler.NodeIndex | None = None
+        self._index: NodeIndex | None = None
         self._read_at = 0.0  # monotonic seconds
         self._lock = asyncio.Lock()  # one read at a time
         # Placements chosen but not yet written, and (during a read) every one chosen meanwhile.
@@ -54,21 +56,41 @@ class PlacementCache:
         spread: Counter[uuid.UUID],
         excluded: Collection[uuid.UUID],
         ports: frozenset[scheduler.Port] = scheduler.NO_PORTS,
+        rules: PlacementRules = NO_RULES,
     ) -> scheduler.ScheduleResult:
-        """Nodes for `replica_ids` (each publishing host `ports`), each assumed at once;
-        `settle` every placement after its write. A refusal re-reads usage first (capacity
-        or a port may have been freed since)."""
+        """Nodes for `replica_ids` (each publishing host `ports`, placed by the deployment's
+        `rules`), each assumed at once; `settle` every placement after its write. A refusal
+        re-reads usage first (capacity or a port may have been freed since)."""
         called_at = time.monotonic()
         if self._index is None or called_at - self._read_at > USAGE_MAX_AGE:
             await self._read(called_at)
-        result = self._schedule(replica_ids, request, spread, excluded, ports)
+        result = self._current().schedule(
+            list(replica_ids), request, spread, excluded, ports, rules
+        )
         if result.unplaced and self._read_at < called_at:
             await self._read(called_at)
-            result = self._schedule(replica_ids, request, spread, excluded, ports)
+            result = self._current().schedule(
+                list(replica_ids), request, spread, excluded, ports, rules
+            )
         # No await between choosing and assuming: the next reconcile sees these placements.
         for p in result.placements:
             self._assume(p.replica_id, (p.node_id, request, ports))
         return result
+
+    async def fitting(
+        self,
+        request: Resources,
+        rules: PlacementRules = NO_RULES,
+        ports: frozenset[scheduler.Port] = scheduler.NO_PORTS,
+        excluded: Collection[uuid.UUID] = (),
+    ) -> frozenset[uuid.UUID]:
+        """The nodes that could take one more replica of `request` (host `ports`) under
+        `rules` now, by readiness, capacity, ports, selector and spread label; the
+        deployment's `max_per_node` is the caller's business (the rebalance decision knows
+        which replicas move). Async because usage may have to be re-read first."""
+        if self._index is None or time.monotonic() - self._read_at > USAGE_MAX_AGE:
+            await self._read(time.monotonic())
+        return self._current().fitting(request, rules, ports, excluded)
 
     def settle(self, replica_id: uuid.UUID, *, written: bool) -> None:
         """The placement's write is over: kept if it was written, taken back if not."""
@@ -101,24 +123,17 @@ class PlacementCache:
             for node_id, request, ports in pending.values():
                 usage[node_id] = usage.get(node_id, ZERO) + request
                 scheduler.hold(held.setdefault(node_id, Counter()), ports)
-            self._index = scheduler.NodeIndex(self._nodes(), usage, held)
+            self._index = NodeIndex(self._nodes(), usage, held)
             self._read_at = started
 
-    def _schedule(
-        self,
-        replica_ids: Sequence[uuid.UUID],
-        request: Resources,
-        spread: Counter[uuid.UUID],
-        excluded: Collection[uuid.UUID],
-        ports: frozenset[scheduler.Port],
-    ) -> scheduler.ScheduleResult:
-        """`NodeIndex.schedule` over the cached usage; the placements count as used at once."""
+    def _current(self) -> NodeIndex:
+        """The index over the current nodes and the cached usage."""
         nodes = self._nodes()
         index = self._index
         if index is None:  # a new term began while this reconcile waited
             raise errors.TransientError("scheduler cache not loaded yet")
         if index.nodes is not nodes:
-            # Nodes changed (a probe, a cordon, ports of other containers): same usage, new
-            # node set.
-            index = self._index = scheduler.NodeIndex(nodes, index.used, index.held)
-        return index.schedule(list(replica_ids), request, spread, excluded, ports)
+            # Nodes changed (a probe, a cordon, ports of other containers, labels): same
+            # usage, new node set.
+            index = self._index = NodeIndex(nodes, index.used, index.held)
+        return index

@@ -16,7 +16,7 @@ import math
 import re
 import uuid
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -32,6 +32,7 @@ from controller.model import (
     ReplicaStatus,
     short_id,
 )
+from controller.placement_rules import Label, PlacementRules, label_value
 
 # Containers the engine is keeping alive (or will restart): the replica still stands.
 _ALIVE = frozenset({ContainerState.RUNNING, ContainerState.RESTARTING, ContainerState.PAUSED})
@@ -214,6 +215,8 @@ class Fleet:
     ids: frozenset[uuid.UUID]
     up_since: Mapping[uuid.UUID, datetime | None]
     draining: frozenset[uuid.UUID]
+    # Each node's labels: a replica on a node that no longer fits its placement is outgoing.
+    labels: Mapping[uuid.UUID, frozenset[Label]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, nodes: Sequence[Node] | Fleet) -> Fleet:
@@ -223,6 +226,7 @@ class Fleet:
             frozenset(n.id for n in nodes),
             {n.id: n.up_since for n in nodes},
             frozenset(n.id for n in nodes if n.draining),
+            {n.id: n.labels for n in nodes},
         )
 
 
@@ -236,18 +240,23 @@ def plan(
     now: datetime | None = None,
     unhealthy_since: Mapping[str, datetime] | None = None,
     over_limit: Mapping[str, str] | None = None,
+    moving: Collection[uuid.UUID] = (),
 ) -> Plan:
     """What to do next for deployment `d`. Repeated planning over the world it leads to converges
     to exactly `target_replicas` live replicas, never with two containers for one replica.
     `over_limit`: containers the storage monitor found past their replica's `storage_gb`, each
-    with its reason; their replicas are replaced, as an unhealthy container's are."""
+    with its reason; their replicas are replaced, as an unhealthy container's are. `moving`:
+    replicas a rebalance moves (controller.rebalance); like a drained node's, and like those on
+    nodes that no longer fit the placement, they are replaced first and stopped once their
+    replacement is ready, never taking the deployment below its target."""
     fleet = Fleet.of(nodes)
     obs = Observed.index(d.id, views, mine)
     seen = _Seen(obs, fleet, policy, now, unhealthy_since or {}, over_limit or {})
     actions, live = _judge_rows(d.replicas, seen)
     actions += _strays(d, obs, actions, live)
     target = 0 if d.deleting else d.target_replicas
-    keepers, outgoing, rolling = _split_live(d, live, fleet)
+    leaving = _misfits(d, live, fleet, obs).union(moving)
+    keepers, outgoing, rolling = _split_live(d, live, fleet, leaving)
     surge, unavailable = rollout_bounds(target, policy) if rolling else (0, 0)
     doomed = victims(keepers, max(0, len(keepers) - target))
     doomed += _outgoing_to_stop(keepers, outgoing, doomed, target - unavailable, seen)
@@ -374,19 +383,59 @@ def _strays(
 
 
 def _split_live(
-    d: Deployment, live: Sequence[Replica], fleet: Fleet
+    d: Deployment, live: Sequence[Replica], fleet: Fleet, leaving: Collection[uuid.UUID]
 ) -> tuple[list[Replica], list[Replica], bool]:
     """(keepers, outgoing, rolling). Keepers run the current spec off draining nodes; every
-    other live replica is outgoing (a rollout's old replicas, a drained node's replicas).
-    Rolling: some live replica runs an outdated spec and the deployment is not being deleted."""
+    other live replica is outgoing (a rollout's old replicas, a drained node's replicas, and
+    those `leaving`: misplaced or being moved). Rolling: some live replica runs an outdated
+    spec and the deployment is not being deleted."""
     keepers: list[Replica] = []
     outgoing: list[Replica] = []
     rolling = False
     for r in live:
         old = d.outdated(r)
         rolling = rolling or old
-        (outgoing if old or r.node_id in fleet.draining else keepers).append(r)
+        out = old or r.node_id in fleet.draining or r.id in leaving
+        (outgoing if out else keepers).append(r)
     return keepers, outgoing, rolling and not d.deleting
+
+
+def _misfits(d: Deployment, live: Sequence[Replica], fleet: Fleet, obs: Observed) -> set[uuid.UUID]:
+    """Replicas on nodes that no longer fit `d.placement` (changed placement or node labels):
+    the selector is not matched, the spread label is missing, or the node holds more than
+    `max_per_node` of them, in which case the ready and oldest ones stay. A node the fleet
+    does not know is left to `_judge_row`."""
+    rules = d.placement
+    if rules.empty or d.deleting:
+        return set()
+    out: set[uuid.UUID] = set()
+    on_node: dict[uuid.UUID, list[Replica]] = {}
+    for r in live:
+        labels = fleet.labels.get(r.node_id) if r.node_id is not None else None
+        if labels is None or r.node_id is None:
+            continue
+        if not _fits(rules, labels):
+            out.add(r.id)
+        else:
+            on_node.setdefault(r.node_id, []).append(r)
+    cap = rules.max_per_node
+    if cap is not None:
+        for held in on_node.values():
+            if len(held) > cap:
+                held.sort(key=lambda r: (not _is_ready(r, obs), _created(r), str(r.id)))
+                out.update(r.id for r in held[cap:])
+    return out
+
+
+def _fits(rules: PlacementRules, labels: frozenset[Label]) -> bool:
+    """The node's labels allow the deployment there (the per-node cap aside)."""
+    if not rules.matches(labels):
+        return False
+    return rules.spread_by is None or label_value(labels, rules.spread_by) is not None
+
+
+def _created(r: Replica) -> float:
+    return r.created_at.timestamp() if r.created_at else 0.0
 
 
 def _outgoing_to_stop(
@@ -593,10 +642,13 @@ def derive_status(
     policy: Policy = DEFAULT_POLICY,
     mine: Sequence[ObservedContainer] | Observed | None = None,
     refusal: str | None = None,
+    moving: Collection[uuid.UUID] = (),
 ) -> StatusDecision:
     """The deployment's status and reason from its replicas and what the engines show.
     `refusal`: why the controller cannot run the spec as written (controller.runnable);
-    a deployment not whole with one is `failed` at once, its reason saying why."""
+    a deployment not whole with one is `failed` at once, its reason saying why. `moving`:
+    replicas a rebalance is replacing; the surplus while one moves is no change of status (a
+    rebalance writes one history row of its own when it ends)."""
     live = [r for r in d.replicas if r.live]
     stopping = [r for r in d.replicas if r.status is ReplicaStatus.STOPPING]
     obs = Observed.index(d.id, views, mine)
@@ -612,6 +664,9 @@ def derive_status(
     outdated = sum(1 for r in live if d.outdated(r))
     if ready == target and len(live) == target and not stopping and not outdated:
         return StatusDecision(DeploymentStatus.RUNNING, progress_text, True, ready)
+    if moving and not outdated and _whole_while_moving(live, stopping, moving, ready, target):
+        text = f"{target}/{target} replicas running"
+        return StatusDecision(DeploymentStatus.RUNNING, text, True, target)
     if refusal is not None and target > 0:
         halted = "rollout halted: " if outdated else ""
         reason = f"{progress_text}; {halted}{CANNOT_RUN}{refusal}"
@@ -637,6 +692,21 @@ def derive_status(
     if target > 0 and never_placed and all(r.node_id is None for r in live):
         return StatusDecision(DeploymentStatus.PENDING, reason, False, ready)
     return StatusDecision(DeploymentStatus.SCHEDULED, reason, False, ready)
+
+
+def _whole_while_moving(
+    live: Sequence[Replica],
+    stopping: Sequence[Replica],
+    moving: Collection[uuid.UUID],
+    ready: int,
+    target: int,
+) -> bool:
+    """Whole but for the replicas being moved: the rest are `target`, at least `target` serve,
+    and nothing else is stopping."""
+    extra = sum(1 for r in live if r.id in moving)
+    if any(r.id not in moving for r in stopping):
+        return False
+    return len(live) - extra == target and ready >= target
 
 
 def history_needed(d: Deployment, decision: StatusDecision) -> bool:

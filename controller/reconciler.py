@@ -34,7 +34,7 @@ from typing import Any
 
 import structlog
 
-from controller import runnable
+from controller import rebalance, runnable
 from controller.credentials import Credentials
 from controller.decide import (
     Decision,
@@ -48,6 +48,7 @@ from controller.decide import (
 )
 from controller.executor import Executor
 from controller.model import (
+    ZERO,
     Deployment,
     DeploymentStatus,
     Node,
@@ -57,7 +58,7 @@ from controller.model import (
 from controller.nodes import NodeMonitor
 from controller.observe import Observer
 from controller.placement import PlacementCache
-from controller.plan import Fleet, Observed, Policy, derive_status, history_needed
+from controller.plan import Fleet, Observed, Policy, derive_status, history_needed, ready_count
 from controller.ports import ReconcileStore
 from controller.prepull import PrePuller, PullFailed
 from controller.progress import (
@@ -68,6 +69,7 @@ from controller.progress import (
     persisted,
     remember,
 )
+from controller.rebalancer import Rebalancer, history_reason
 from controller.resync import Inputs, Triage, group
 from controller.runtime import Runtime
 from controller.settings import Settings
@@ -127,6 +129,9 @@ class Reconciler:
         # Containers the storage monitor found past their limit, with the reason (replaced
         # by each monitor pass, so it holds only what the last pass saw).
         self._over_storage: dict[str, str] = {}
+        self.rebalance = Rebalancer(settings)
+        self._by_id_of: tuple[Node, ...] | None = None
+        self._by_id: dict[uuid.UUID, Node] = {}
 
     # --- what others tell us -------------------------------------------------------------
 
@@ -162,6 +167,7 @@ class Reconciler:
         self._triage.forget(deployment_id)
         self.observer.forget(deployment_id)
         self.prepull.forget(deployment_id)
+        self.rebalance.forget(deployment_id)
 
     @property
     def replanned(self) -> int:
@@ -174,6 +180,7 @@ class Reconciler:
         persisted backoff and progress, meanwhile: both are read again."""
         self.placement.new_term()
         self._memory.clear()
+        self.rebalance.new_term()
 
     def memory(self, d: Deployment, *, take_problem: bool = False) -> DeploymentMemory:
         """The deployment's memory, kept; a reconcile also takes up a problem found outside
@@ -199,7 +206,43 @@ class Reconciler:
             self._deadline,
             self.observer.unhealthy_since,
             self._over_storage,
+            self.rebalance.moving,
+            self._rebalance_due,
         )
+
+    def _rebalance_due(self, d: Deployment, observed: Observed) -> bool | None:
+        """For the resync triage: whether a reconcile of the converged `d` would start a move
+        now (True), may later (False), or has nothing to do for its spread (None). Every
+        eligible node is taken to fit here (the scheduler's cache is asked by the reconcile
+        itself): a deployment with nowhere to go costs one reconcile, not a wrong move."""
+        if self.rebalance.moving(d.id):
+            return None  # the move in flight is the reconcile's (it requeues itself)
+        move = self._next_move(d, observed, None)
+        if move is None:
+            return True if self.rebalance.running(d.id) else None
+        return self.rebalance.wait(d, self._clock()) is None
+
+    def _next_move(
+        self, d: Deployment, observed: Observed, fitting: frozenset[uuid.UUID] | None
+    ) -> rebalance.Move | None:
+        """The move the spread of a settled `d` asks for (`fitting`: the nodes the scheduler's
+        cache says could take one more; None: every eligible node)."""
+        if not self.rebalance.allowed(d):
+            return None
+        if not rebalance.settled(d, ready_count(d, observed.views, observed.mine)):
+            return None
+        nodes = self._nodes_by_id()
+        live = [r for r in d.replicas if r.live]
+        return rebalance.next_move(
+            d.placement, live, nodes, fitting if fitting is not None else nodes.keys()
+        )
+
+    def _nodes_by_id(self) -> Mapping[uuid.UUID, Node]:
+        """The nodes by id, once per node snapshot (the triage asks for every deployment)."""
+        nodes = self._nodes.snapshot()
+        if self._by_id_of is not nodes:
+            self._by_id, self._by_id_of = {n.id: n for n in nodes}, nodes
+        return self._by_id
 
     def triage(
         self, deployments: Iterable[Deployment], views: Mapping[uuid.UUID, NodeView]
@@ -232,18 +275,19 @@ class Reconciler:
         structlog.contextvars.bind_contextvars(deployment=d.name)
         p = Pass(d, await self.observer.observe_one(d), self.memory(d, take_problem=True))
         now = self._clock()
-        decision = decide(
-            d,
-            Observed.index(d.id, p.views),
-            self._fleet(),
-            policy=self.policy,
-            now=now,
-            unhealthy_since=self.observer.unhealthy_since,
-            over_limit=self._over_storage,
-        )
+        self._settle_move(d, now)
+        observed = Observed.index(d.id, p.views)
+        decision = self._decide(d, observed, now)
+        wait: float | None = None
+        if decision.empty and not self.rebalance.moving(d.id):
+            decision, wait = await self._rebalance(p, observed, decision, now)
         decision = await self._admit(p, decision)
         try:
             gated, transient = await self._act(p, decision, now)
+            if p.mem.unschedulable and self.rebalance.moving(d.id):
+                # The cache said a node could take the replacement, but none would: the
+                # surplus (the replacement still unplaced) goes at the next look.
+                self.rebalance.abandon(d.id, p.mem.unschedulable)
             if not decision.empty:
                 # The engines are listed again after acting: what a started container shows
                 # (running, healthy) and what changed meanwhile (an exit that landed during
@@ -263,6 +307,7 @@ class Reconciler:
             now=self._clock(),
             deadline=self._deadline,
         )
+        requeue = self._rebalance_requeue(p.d, requeue, wait)
         (log.info if decision.actions else log.debug)(
             "reconcile_done",
             duration_ms=round((time.monotonic() - started) * 1000, 2),
@@ -272,6 +317,94 @@ class Reconciler:
             status=p.d.status.value,
         )
         return Result(requeue_after=requeue, actions=decision.actions)
+
+    def _decide(self, d: Deployment, observed: Observed, now: datetime) -> Decision:
+        return decide(
+            d,
+            observed,
+            self._fleet(),
+            policy=self.policy,
+            now=now,
+            unhealthy_since=self.observer.unhealthy_since,
+            over_limit=self._over_storage,
+            moving=self.rebalance.moving(d.id),
+        )
+
+    # --- rebalancing (controller.rebalance decides, controller.rebalancer remembers) -------
+
+    def _settle_move(self, d: Deployment, now: datetime) -> None:
+        """The deployment's move in flight, as its rows now stand: ended or given up."""
+        done = self.rebalance.settle(d, now)
+        if done is not None and done.to_node is not None:
+            log.info(
+                "rebalance_move_done",
+                deployment=d.name,
+                replica=str(done.move.replica_id),
+                **{"from": self._node_name(done.move.from_node)},
+                to=self._node_name(done.to_node),
+            )
+
+    async def _rebalance(
+        self, p: Pass, observed: Observed, decision: Decision, now: datetime
+    ) -> tuple[Decision, float | None]:
+        """A converged deployment: start a move if its spread asks for one and the limits
+        allow (the victim becomes `moving`, so the plan now creates its replacement), or end
+        the rebalance that has nothing left to move. Returns the decision and, when a wanted
+        move must wait (its cool-down, the fleet-wide cap), how long."""
+        d = p.d
+        move = self._next_move(d, observed, None)
+        if move is not None:
+            # Only now the scheduler's cache: capacity, ports and the selector, exactly.
+            ports = d.run.host_ports()
+            fitting = await self.placement.fitting(d.resources or ZERO, d.placement, ports)
+            move = self._next_move(d, observed, fitting)
+        if move is None:
+            if self.rebalance.running(d.id):
+                await self._end_rebalance(p, now)
+            return decision, None
+        wait = self.rebalance.wait(d, now)
+        if wait is not None:
+            return decision, wait
+        self.rebalance.start(d, move, now)
+        log.info(
+            "rebalance_move",
+            deployment=d.name,
+            replica=str(move.replica_id),
+            **{"from": self._node_name(move.from_node)},
+            to=self._node_name(move.to_node),
+            in_flight=self.rebalance.in_flight,
+        )
+        return self._decide(d, observed, now), None
+
+    async def _end_rebalance(self, p: Pass, now: datetime) -> None:
+        """One history row per rebalance, when it ends: `rebalanced: 2 replicas moved to
+        node3, node4` (none for a rebalance whose every move was given up)."""
+        destinations = self.rebalance.end(p.d.id, now)
+        if not destinations:
+            return
+        reason = history_reason([self._node_name(n) for n in destinations])
+        state = p.mem.progress_state()
+        if not await self._store.record_status(p.d.id, p.d.status, p.d.status, reason, now, state):
+            return
+        p.mem = persisted(p.mem, state)
+        p.d = replace(p.d, last_reason=reason, updated_at=now, progress=state)
+        log.info("rebalance_done", reason=reason, moves=len(destinations))
+
+    def _rebalance_requeue(
+        self, d: Deployment, requeue: float | None, wait: float | None
+    ) -> float | None:
+        """Look again while a move is in flight (its replacement's min ready time passing is
+        no event) or when a wanted move may start."""
+        if self.rebalance.moving(d.id):
+            poll = min(1.0, max(0.2, self.policy.min_ready.total_seconds() / 4))
+            wait = poll if wait is None else min(wait, poll)
+        if wait is None:
+            return requeue
+        return wait if requeue is None else min(requeue, wait)
+
+    def _node_name(self, node_id: uuid.UUID) -> str:
+        record = self._nodes.records.get(node_id)
+        return record.name if record is not None else str(node_id)
 
     async def _admit(self, p: Pass, decision: Decision) -> Decision:
         """Before anything is placed: can the spec be run as written, and with which pull
@@ -395,6 +528,7 @@ class Reconciler:
             deadline=self._deadline,
             policy=self.policy,
             refusal=p.refusal,
+            moving=self.rebalance.moving(d.id),
         )
         p.mem = after_status(p.mem, decision, now)
         state = p.mem.progress_state()

@@ -9,8 +9,8 @@ again. `judge` is the pure judgement of one deployment.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from controller.model import Deployment, NodeView, ObservedContainer
@@ -27,6 +27,11 @@ class Inputs:
     deadline: timedelta
     unhealthy_since: Mapping[str, datetime]
     over_limit: Mapping[str, str]
+    # The replica a rebalance is moving for a deployment (controller.rebalancer).
+    moving: Callable[[uuid.UUID], Collection[uuid.UUID]] = lambda _d: ()
+    # For a converged deployment: would a rebalance move start now (True), may one start
+    # later (False: not remembered as steady), or neither (None).
+    rebalance: Callable[[Deployment, Observed], bool | None] = field(default=lambda _d, _o: None)
 
 
 def judge(
@@ -36,7 +41,10 @@ def judge(
     mem: DeploymentMemory,
     inputs: Inputs,
 ) -> tuple[bool, bool]:
-    """(would a reconcile act, is the deployment converged)."""
+    """(would a reconcile act, is the deployment converged). A converged deployment whose
+    spread a rebalance would heal is acted for; one whose move must wait (a cool-down, the
+    fleet-wide cap) is not taken as converged, so the next pass looks again."""
+    moving = inputs.moving(d.id)
     p = plan(
         d,
         observed.views,
@@ -46,6 +54,7 @@ def judge(
         now=inputs.now,
         unhealthy_since=inputs.unhealthy_since,
         over_limit=inputs.over_limit,
+        moving=moving,
     )
     if not p.empty:
         return True, False
@@ -57,8 +66,15 @@ def judge(
         deadline=inputs.deadline,
         policy=inputs.policy,
         mine=observed,
+        moving=moving,
     )
-    return history_needed(d, decision), decision.converged
+    if history_needed(d, decision):
+        return True, decision.converged
+    if decision.converged and not moving:
+        due = inputs.rebalance(d, observed)
+        if due is not None:
+            return due, False
+    return False, decision.converged
 
 
 def steady_key(

@@ -164,7 +164,12 @@ class Starter:
         if p.mem.refusals:
             p.mem, excluded = refusals.excluded(p.mem, self._up_since, self._clock())
         result = await self._placement.choose(
-            [r.id for r in chunk], request, spread, excluded, p.d.run.host_ports()
+            [r.id for r in chunk],
+            request,
+            spread,
+            excluded,
+            p.d.run.host_ports(),
+            p.d.placement,
         )
         reason = result.reason
         last = refusals.last_exclusion(p.mem) if excluded else None

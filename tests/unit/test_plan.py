@@ -14,11 +14,14 @@ from hypothesis import strategies as st
 from controller.model import (
     ContainerState,
     DeploymentStatus,
+    Node,
     NodeView,
     ObservedContainer,
     ProgressState,
+    Replica,
     ReplicaStatus,
 )
+from controller.placement_rules import PlacementRules
 from controller.plan import (
     CreateReplicas,
     EnsureContainer,
@@ -504,3 +507,118 @@ def test_rollout_converges_and_keeps_availability(
         pytest.fail("rollout did not converge")
     assert len(world) == target
     assert all(not d.outdated(r) for r in world.values())
+
+
+# --- placement: misplaced and moving replicas --------------------------------------------------
+
+ZONE_A = frozenset({("zone", "a")})
+A1, A2 = node("a1", labels=ZONE_A), node("a2", labels=ZONE_A)
+BARE = node("bare")
+
+
+def _serving(*placed: tuple[Replica, Node]) -> dict[uuid.UUID, NodeView]:
+    by_node: dict[Node, list[ObservedContainer]] = {}
+    for r, n in placed:
+        by_node.setdefault(n, []).append(container(r, n))
+    return views(*by_node.items())
+
+
+def _stopped(p: Plan) -> list[Replica]:
+    return [a.replica for a in p.actions if isinstance(a, StopReplica)]
+
+
+@pytest.mark.parametrize(
+    "rules",
+    [
+        pytest.param(PlacementRules.of({"zone": "a"}), id="selector-not-matched"),
+        pytest.param(PlacementRules.of(spread_by="zone"), id="spread-label-missing"),
+    ],
+)
+def test_replica_on_a_node_that_no_longer_fits_is_replaced_first(rules: PlacementRules) -> None:
+    nodes = [A1, A2, BARE]
+    keep = replica(ReplicaStatus.RUNNING, A1, n=0, started=T0)
+    misplaced = replica(ReplicaStatus.RUNNING, BARE, n=1, started=T0)
+    d = deployment(2, keep, misplaced, placement=rules)
+    # Surge first: the misplaced one keeps serving until its replacement does.
+    p = plan(d, _serving((keep, A1), (misplaced, BARE)), nodes)
+    assert p.actions == (CreateReplicas(1),)
+    # The replacement is pending (no node fits, say): the old one still serves.
+    pending = replica(ReplicaStatus.PENDING, n=2)
+    d = deployment(2, keep, misplaced, pending, placement=rules)
+    p = plan(d, _serving((keep, A1), (misplaced, BARE)), nodes)
+    assert _stopped(p) == []
+    # The replacement serves: now the misplaced one stops.
+    new = replica(ReplicaStatus.RUNNING, A2, n=2, started=T0)
+    d = deployment(2, keep, misplaced, new, placement=rules)
+    p = plan(d, _serving((keep, A1), (misplaced, BARE), (new, A2)), nodes)
+    assert _stopped(p) == [misplaced]
+
+
+def test_over_max_per_node_the_ready_and_oldest_stay() -> None:
+    rules = PlacementRules.of(max_per_node=1)
+    old = replica(ReplicaStatus.RUNNING, N1, n=0, started=T0)
+    newer = replica(ReplicaStatus.RUNNING, N1, n=1, started=T0)
+    d = deployment(2, newer, old, placement=rules)
+    p = plan(d, _serving((old, N1), (newer, N1)), NODES)
+    assert p.actions == (CreateReplicas(1),)
+    # Its replacement serves on n2: the newer one on n1 goes, the oldest stays.
+    new = replica(ReplicaStatus.RUNNING, N2, n=2, started=T0)
+    d = deployment(2, newer, old, new, placement=rules)
+    p = plan(d, _serving((old, N1), (newer, N1), (new, N2)), NODES)
+    assert _stopped(p) == [newer]
+    # An unready oldest one is the one replaced.
+    v = _serving((newer, N1), (new, N2))
+    v |= views(
+        (N1, [container(newer, N1), container(old, N1, ContainerState.RUNNING, health="starting")])
+    )
+    p = plan(deployment(2, newer, old, new, placement=rules), v, NODES)
+    assert _stopped(p) == [old]
+
+
+def test_a_moving_replica_is_replaced_before_it_stops() -> None:
+    rs = [replica(ReplicaStatus.RUNNING, N1, n=i, started=T0) for i in range(2)]
+    d = deployment(2, *rs)
+    v = _serving((rs[0], N1), (rs[1], N1))
+    assert plan(d, v, NODES).empty
+    assert plan(d, v, NODES, moving={rs[1].id}).actions == (CreateReplicas(1),)
+    new = replica(ReplicaStatus.STARTING, N2, n=2)
+    d = deployment(2, *rs, new)
+    assert _stopped(plan(d, v | views((N2, [])), NODES, moving={rs[1].id})) == []
+    running = replace(new, status=ReplicaStatus.RUNNING, started_at=T0)
+    d = deployment(2, *rs, running)
+    v = _serving((rs[0], N1), (rs[1], N1), (running, N2))
+    policy = Policy(min_ready=timedelta(seconds=5))
+    soon = T0 + timedelta(seconds=2)
+    assert _stopped(plan(d, v, NODES, moving={rs[1].id}, policy=policy, now=soon)) == []
+    later = T0 + timedelta(seconds=6)
+    p = plan(d, v, NODES, moving={rs[1].id}, policy=policy, now=later)
+    assert _stopped(p) == [rs[1]]
+
+
+def test_a_forgotten_move_surplus_stops_the_one_on_the_fuller_node() -> None:
+    """After a restart the move in flight is forgotten: target + 1 replicas serve, and the
+    ordinary scale-down takes the one on the crowded node, so the move still completes."""
+    rs = [replica(ReplicaStatus.RUNNING, N1, n=i, started=T0) for i in range(2)]
+    moved = replica(ReplicaStatus.RUNNING, N2, n=5, started=T0)
+    d = deployment(2, *rs, moved)
+    p = plan(d, _serving((rs[0], N1), (rs[1], N1), (moved, N2)), NODES)
+    stopped = _stopped(p)
+    assert len(stopped) == 1
+    assert stopped[0].node_id == N1.id
+
+
+def test_status_while_a_replica_moves_stays_running() -> None:
+    rs = [replica(ReplicaStatus.RUNNING, N1, n=i, started=T0) for i in range(2)]
+    new = replica(ReplicaStatus.STARTING, N2, n=2)
+    d = deployment(2, *rs, new, status=DeploymentStatus.RUNNING, last_reason="2/2 replicas running")
+    v = _serving((rs[0], N1), (rs[1], N1)) | views((N2, []))
+    progress = Progress(last_progress_at=T0)
+    now = T0 + timedelta(seconds=1)
+    moving = derive_status(
+        d, v, progress, now=now, deadline=timedelta(minutes=5), moving={rs[1].id}
+    )
+    assert moving.status is DeploymentStatus.RUNNING
+    assert moving.converged
+    assert not history_needed(d, moving)
+    plain = derive_status(d, v, progress, now=now, deadline=timedelta(minutes=5))
+    assert plain.status is DeploymentStatus.SCHEDULED

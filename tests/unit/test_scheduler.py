@@ -10,13 +10,32 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from controller.model import ZERO, NodeStatus, Resources
-from controller.scheduler import NodeIndex, Port, explain, hold, schedule
+from controller.node_index import NodeIndex
+from controller.placement_rules import NO_RULES, PlacementRules
+from controller.scheduler import Port, explain, hold, schedule
 from tests.unit.factories import node
 
 IDS = [uuid.UUID(int=i) for i in range(100)]
 WEB = frozenset({(18080, "tcp")})
 PORT_POOL = [(80, "tcp"), (80, "udp"), (443, "tcp"), (18080, "tcp")]
 port_sets = st.frozensets(st.sampled_from(PORT_POOL), max_size=2)
+# Node labels: a zone (sometimes none), a tier (sometimes none).
+label_sets = st.builds(
+    lambda zone, tier: frozenset(
+        [*([("zone", zone)] if zone else []), *([("tier", tier)] if tier else [])]
+    ),
+    st.sampled_from([None, "a", "b", "c"]),
+    st.sampled_from([None, "edge", "core"]),
+)
+rule_sets = st.one_of(
+    st.just(NO_RULES),
+    st.builds(
+        PlacementRules.of,
+        st.sampled_from([{}, {"tier": "edge"}, {"zone": "a"}, {"zone": "b", "tier": "core"}]),
+        st.sampled_from([None, "zone", "tier"]),
+        st.sampled_from([None, 1, 2]),
+    ),
+)
 
 
 def test_six_replicas_spread_two_per_node() -> None:
@@ -168,9 +187,10 @@ def test_spread_differs_by_at_most_one_when_capacity_allows(n_nodes: int, count:
 @st.composite
 def call_sequences(draw: st.DrawFn):  # type: ignore[no-untyped-def]
     """A fog of mixed nodes (ready, not ready, cordoned, draining, some with GPUs or a
-    storage bound, some sharing a name's sort position) and a series of schedule calls, each
-    for some deployment with its own spread and nodes it excludes (refused too often),
-    sometimes with usage freed in between."""
+    storage bound, some sharing a name's sort position, labelled by zone and tier or not)
+    and a series of schedule calls, each for some deployment with its own spread, placement
+    rules and nodes it excludes (refused too often), sometimes with usage freed in
+    between."""
     count = draw(st.integers(1, 8))
     nodes = [
         node(
@@ -183,6 +203,7 @@ def call_sequences(draw: st.DrawFn):  # type: ignore[no-untyped-def]
             unschedulable=draw(st.booleans()) and draw(st.booleans()),
             draining=draw(st.booleans()) and draw(st.booleans()) and draw(st.booleans()),
             foreign_ports=draw(port_sets) if draw(st.integers(0, 3)) == 0 else frozenset(),
+            labels=draw(label_sets),
         )
         for i in range(count)
     ]
@@ -210,6 +231,7 @@ def call_sequences(draw: st.DrawFn):  # type: ignore[no-untyped-def]
                 freed,
                 excluded,
                 ports,
+                draw(rule_sets),
             )
         )
     return nodes, usage, calls
@@ -224,7 +246,7 @@ def test_the_node_index_places_exactly_as_schedule_does(case) -> None:  # type: 
     index = NodeIndex(nodes, usage)
     used = {n.id: usage.get(n.id, ZERO) for n in nodes}
     held: dict[uuid.UUID, Counter[Port]] = {n.id: Counter() for n in nodes}
-    for request, count, spread, freed, excluded, ports in calls:
+    for request, count, spread, freed, excluded, ports, rules in calls:
         if freed is not None:  # a replica stopped: usage goes down between calls
             gone = nodes[freed].id
             index.add(gone, Resources(0.5, 512), sign=-1)
@@ -233,8 +255,8 @@ def test_the_node_index_places_exactly_as_schedule_does(case) -> None:  # type: 
                 max(u.cpu_cores - 0.5, 0.0), max(u.memory_mb - 512, 0), u.gpu_units, u.storage_gb
             )
         assert index.used == used
-        expected = schedule(IDS[:count], request, nodes, used, spread, excluded, ports, held)
-        got = index.schedule(IDS[:count], request, spread, excluded, ports)
+        expected = schedule(IDS[:count], request, nodes, used, spread, excluded, ports, held, rules)
+        got = index.schedule(IDS[:count], request, spread, excluded, ports, rules)
         assert got == expected
         for p in expected.placements:
             used[p.node_id] = used[p.node_id] + request
@@ -252,11 +274,11 @@ def test_never_two_holders_of_one_host_port_on_a_node_whatever_the_order(case, r
     by_id = {n.id: n for n in nodes}
     index = NodeIndex(nodes, usage)
     placed: list[tuple[uuid.UUID, frozenset[Port]]] = []
-    for request, count, spread, freed, excluded, ports in calls:
+    for request, count, spread, freed, excluded, ports, rules in calls:
         if freed is not None and placed:  # a replica stopped: its ports are released
             node_id, gone = placed.pop(freed % len(placed))
             index.add(node_id, request, sign=-1, ports=gone)
-        result = index.schedule(IDS[:count], request, spread, excluded, ports)
+        result = index.schedule(IDS[:count], request, spread, excluded, ports, rules)
         placed += [(p.node_id, ports) for p in result.placements]
         holders: Counter[tuple[uuid.UUID, Port]] = Counter(
             (node_id, port) for node_id, ports_held in placed for port in ports_held
