@@ -89,7 +89,7 @@ async def _one(
             eviction_interval_seconds=1.0,
         )
         async with running_controller(settings):
-            d = await op.add_deployment(user, "web", replicas=n, memory_mb=64)
+            d = await op.add_deployment(user, "web", replicas=n)
 
             async def balanced() -> bool:
                 return await converged(op, urls, d, n) and await _spread(op, d, nodes) == even

@@ -25,7 +25,7 @@ EDGE_YAML = """\
 name: edge
 container_image: {image}
 target_replicas: 3
-resources: {{cpu_cores: 0.1, memory_mb: 64}}
+resources: {{cpu_cores: 0.5, memory_mb: 512, storage_gb: 1}}
 placement:
   node_selector: {{zone: a}}
   max_per_node: 1

@@ -96,7 +96,7 @@ async def test_selector_on_operator_and_engine_labels(
 ) -> None:
     async with fleet_on(db_url, engine, cluster) as f:
         await _label_zones(f.op)
-        d = await f.op.add_deployment(f.user, "sel", replicas=0, memory_mb=64)
+        d = await f.op.add_deployment(f.user, "sel", replicas=0)
         await _placement(f.op, "sel", selector={"zone": "a", "fog.io/engine": "docker"})
         await f.op.scale(d, 4)
         async with running_controller(settings_for_tests(db_url)):
@@ -127,7 +127,7 @@ async def test_spread_over_zones_then_a_cap_that_cannot_be_met(
     so it keeps running and the deployment says why."""
     async with fleet_on(db_url, engine, cluster) as f:
         await _label_zones(f.op)
-        d = await f.op.add_deployment(f.user, "spread", replicas=0, memory_mb=64)
+        d = await f.op.add_deployment(f.user, "spread", replicas=0)
         await _placement(f.op, "spread", spread_by="zone")
         await f.op.scale(d, 4)
         async with running_controller(settings_for_tests(db_url, min_ready_seconds=0.5)):
@@ -165,7 +165,7 @@ async def test_a_changed_selector_moves_replicas_surge_first(
 ) -> None:
     async with fleet_on(db_url, engine, cluster) as f:
         await _label_zones(f.op)
-        d = await f.op.add_deployment(f.user, "mover", replicas=0, memory_mb=64)
+        d = await f.op.add_deployment(f.user, "mover", replicas=0)
         await _placement(f.op, "mover", selector={"zone": "a"})
         await f.op.scale(d, 2)
         settings = settings_for_tests(db_url, min_ready_seconds=0.5)
