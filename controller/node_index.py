@@ -84,11 +84,10 @@ class NodeIndex:
             n.id: [] for n in self._open
         }
 
-    def _entry(self, n: Node, request: Resources) -> _Entry | None:
+    def _entry(self, n: Node, slot: int, request: Resources) -> _Entry | None:
         used = self.used[n.id]
         if refusals(n, request, used):
             return None
-        slot = self._slot[n.id]
         return (utilisation(n, used + request), n.name, str(n.id), self._version[slot], slot)
 
     def _group(self, request: Resources, rules: PlacementRules) -> _Group:
@@ -108,7 +107,7 @@ class NodeIndex:
             if heap is None:
                 heap = group[value] = []
             self._member[n.id].append((request, heap))
-            entry = self._entry(n, request)
+            entry = self._entry(n, self._slot[n.id], request)
             if entry is not None:
                 heap.append(entry)
         for heap in group.values():
@@ -126,7 +125,8 @@ class NodeIndex:
     ) -> None:
         """Usage on `node_id` changed by `delta` and host `ports` (taken away when `sign` is
         -1)."""
-        if node_id not in self._by_id:
+        slot = self._slot.get(node_id)
+        if slot is None:
             return
         if ports:
             hold(self.held[node_id], ports, sign)
@@ -140,13 +140,10 @@ class NodeIndex:
                 max(used.gpu_units - delta.gpu_units, 0),
                 max(used.storage_gb - delta.storage_gb, 0),
             )
-        self._version[self._slot[node_id]] += 1
-        node = self._by_id[node_id]
-        fresh: dict[Resources, _Entry | None] = {}
+        self._version[slot] += 1
+        node = self.nodes[slot]
         for request, heap in self._member.get(node_id, ()):
-            if request not in fresh:
-                fresh[request] = self._entry(node, request)
-            entry = fresh[request]
+            entry = self._entry(node, slot, request)
             if entry is not None:
                 heapq.heappush(heap, entry)
 
@@ -215,6 +212,13 @@ class NodeIndex:
         """The node `schedule()` would pick for one more replica: label values by level (the
         deployment's replicas in them), fewest first; within the first level that has a
         fitting node, the best by node score."""
+        if rules.spread_by is None:  # one heap: its top outside the holders, or the holders
+            heap = group.get("")
+            entry = self._best_in(heap, passed, ports) if heap is not None else None
+            if entry is not None:
+                return self.nodes[entry[4]]
+            best = self._best_holders(request, mine, excluded, ports, rules).get("")
+            return None if best is None else best[1]
         holders: dict[str, tuple[NodeScore, Node]] | None = None
         # Level 0, the values holding none of the deployment's replicas, is most of them:
         # only the few others are sorted.
