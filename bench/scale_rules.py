@@ -36,9 +36,11 @@ CHUNKS = (1, 2, 2, 4, 8)
 
 
 def node_labels(i: int) -> dict[str, str]:
-    """Node i (1-based, as bench.scale names them): zones round robin, every fourth block of
-    20 nodes is core, the rest edge (so every zone has nodes of both tiers)."""
-    return {"zone": f"zone-{i % ZONES:02d}", "tier": "core" if (i // ZONES) % 4 == 3 else "edge"}
+    """Node i (1-based, as bench.scale names them): zones round robin, tiers alternating
+    within each zone (so each tier has nodes in every zone, and at the smallest size, ten
+    nodes, five of each: enough for five replicas at one per node)."""
+    zone, rank = i % ZONES, i // ZONES
+    return {"zone": f"zone-{zone:02d}", "tier": "core" if (zone + rank) % 2 == 0 else "edge"}
 
 
 def deployment_rules(i: int) -> PlacementRules:

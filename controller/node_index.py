@@ -47,8 +47,10 @@ from controller.scheduler import (
 )
 
 # A heap entry: the node's utilisation after one more replica of the heap's shape, its name
-# and id (the score without the deployment's count), the node's usage version when pushed.
-_Entry = tuple[float, str, str, int, uuid.UUID]
+# and id (the score without the deployment's count), the node's usage version when pushed,
+# and the node's position in `NodeIndex.nodes` (ints hash in C, UUIDs in Python: this is the
+# hot loop).
+_Entry = tuple[float, str, str, int, int]
 _Heap = list[_Entry]
 # The heaps built for one (shape, selector, spread_by), by label value ("" without spread_by).
 _Group = dict[str, _Heap]
@@ -73,7 +75,8 @@ class NodeIndex:
         self.held: dict[uuid.UUID, Counter[Port]] = {
             n.id: Counter((held or {}).get(n.id, _NONE_HELD)) for n in self.nodes
         }
-        self._version: dict[uuid.UUID, int] = dict.fromkeys(self._by_id, 0)
+        self._slot = {n.id: k for k, n in enumerate(self.nodes)}
+        self._version = [0] * len(self.nodes)
         self._groups: dict[_GroupKey, _Group] = {}
         # Every heap each open node is in, with the heap's request shape: where a fresh entry
         # goes when the node's usage changes.
@@ -81,11 +84,11 @@ class NodeIndex:
             n.id: [] for n in self._open
         }
 
-    def _entry(self, n: Node, request: Resources) -> _Entry | None:
+    def _entry(self, n: Node, slot: int, request: Resources) -> _Entry | None:
         used = self.used[n.id]
         if refusals(n, request, used):
             return None
-        return (utilisation(n, used + request), n.name, str(n.id), self._version[n.id], n.id)
+        return (utilisation(n, used + request), n.name, str(n.id), self._version[slot], slot)
 
     def _group(self, request: Resources, rules: PlacementRules) -> _Group:
         """The heaps for `request` over the open nodes `rules` allow, built on first use."""
@@ -104,7 +107,7 @@ class NodeIndex:
             if heap is None:
                 heap = group[value] = []
             self._member[n.id].append((request, heap))
-            entry = self._entry(n, request)
+            entry = self._entry(n, self._slot[n.id], request)
             if entry is not None:
                 heap.append(entry)
         for heap in group.values():
@@ -122,7 +125,8 @@ class NodeIndex:
     ) -> None:
         """Usage on `node_id` changed by `delta` and host `ports` (taken away when `sign` is
         -1)."""
-        if node_id not in self._by_id:
+        slot = self._slot.get(node_id)
+        if slot is None:
             return
         if ports:
             hold(self.held[node_id], ports, sign)
@@ -136,38 +140,32 @@ class NodeIndex:
                 max(used.gpu_units - delta.gpu_units, 0),
                 max(used.storage_gb - delta.storage_gb, 0),
             )
-        self._version[node_id] += 1
-        node = self._by_id[node_id]
-        fresh: dict[Resources, _Entry | None] = {}
+        self._version[slot] += 1
+        node = self.nodes[slot]
         for request, heap in self._member.get(node_id, ()):
-            if request not in fresh:
-                fresh[request] = self._entry(node, request)
-            entry = fresh[request]
+            entry = self._entry(node, slot, request)
             if entry is not None:
                 heapq.heappush(heap, entry)
 
-    def _best_in(
-        self,
-        heap: _Heap,
-        taken: Mapping[uuid.UUID, int],
-        excluded: Collection[uuid.UUID],
-        ports: Collection[Port],
-    ) -> _Entry | None:
-        """The best fitting entry of `heap` whose node holds none of the deployment's
-        replicas nor any of `ports`, and is not excluded."""
+    def _best_in(self, heap: _Heap, passed: set[int], ports: Collection[Port]) -> _Entry | None:
+        """The best fitting entry of `heap` whose node is not `passed` over (holding some of
+        the deployment's replicas, or excluded) and holds none of `ports`."""
+        version = self._version
+        if heap:  # the usual case, without the loop's bookkeeping: the top is good
+            entry = heap[0]
+            slot = entry[4]
+            if entry[3] == version[slot] and slot not in passed and not ports:
+                return entry
         set_aside = []
         best: _Entry | None = None
         while heap:
             entry = heap[0]
-            node_id = entry[4]
-            if entry[3] != self._version[node_id]:
+            slot = entry[4]
+            if entry[3] != version[slot]:
                 heapq.heappop(heap)  # stale: a fresh entry was pushed when usage changed
                 continue
-            if (
-                taken.get(node_id, 0) > 0
-                or node_id in excluded
-                or (ports and ports_in_use(self._by_id[node_id], ports, self.held[node_id]))
-            ):
+            node = self.nodes[slot]
+            if slot in passed or (ports and ports_in_use(node, ports, self.held[node.id])):
                 set_aside.append(heapq.heappop(heap))
                 continue
             best = entry
@@ -206,24 +204,39 @@ class NodeIndex:
         request: Resources,
         mine: Mapping[uuid.UUID, int],
         in_value: Mapping[str, int],
+        passed: set[int],
         excluded: Collection[uuid.UUID],
         ports: Collection[Port],
         rules: PlacementRules,
     ) -> Node | None:
-        """The node `schedule()` would pick for one more replica."""
+        """The node `schedule()` would pick for one more replica: label values by level (the
+        deployment's replicas in them), fewest first; within the first level that has a
+        fitting node, the best by node score."""
+        if rules.spread_by is None:  # one heap: its top outside the holders, or the holders
+            heap = group.get("")
+            entry = self._best_in(heap, passed, ports) if heap is not None else None
+            if entry is not None:
+                return self.nodes[entry[4]]
+            best = self._best_holders(request, mine, excluded, ports, rules).get("")
+            return None if best is None else best[1]
         holders: dict[str, tuple[NodeScore, Node]] | None = None
-        order = sorted(group, key=lambda v: in_value.get(v, 0)) if len(group) > 1 else list(group)
-        i = 0
-        while i < len(order):
-            level = in_value.get(order[i], 0)
+        # Level 0, the values holding none of the deployment's replicas, is most of them:
+        # only the few others are sorted.
+        empty = [v for v in group if v not in in_value]
+        held = sorted((v for v in group if v in in_value), key=in_value.__getitem__)
+        levels = [empty] if empty else []
+        for v in held:
+            if levels and levels[-1] is not empty and in_value[levels[-1][0]] == in_value[v]:
+                levels[-1].append(v)
+            else:
+                levels.append([v])
+        for level in levels:
             found: tuple[NodeScore, Node] | None = None
-            while i < len(order) and in_value.get(order[i], 0) == level:
-                value = order[i]
-                i += 1
-                entry = self._best_in(group[value], mine, excluded, ports)
+            for value in level:
+                entry = self._best_in(group[value], passed, ports)
                 candidate: tuple[NodeScore, Node] | None
                 if entry is not None:
-                    candidate = ((0, entry[0], entry[1], entry[2]), self._by_id[entry[4]])
+                    candidate = ((0, entry[0], entry[1], entry[2]), self.nodes[entry[4]])
                 else:
                     if holders is None:
                         holders = self._best_holders(request, mine, excluded, ports, rules)
@@ -248,9 +261,13 @@ class NodeIndex:
         mine = {k: v for k, v in spread.items() if v > 0 and k in self._by_id}
         group = self._group(request, rules)
         in_value = domain_counts((self._by_id[k] for k in mine), rules, mine)
+        # Nodes the heaps' tops are passed over on: holders (their score starts higher) and
+        # excluded nodes, by position.
+        passed = {self._slot[k] for k in mine}
+        passed.update(self._slot[k] for k in excluded if k in self._slot)
         placements: list[Placement] = []
         for replica_id in replica_ids:
-            best = self._choose(group, request, mine, in_value, excluded, ports, rules)
+            best = self._choose(group, request, mine, in_value, passed, excluded, ports, rules)
             if best is None:
                 reason = explain(
                     self.nodes, request, self.used, excluded, ports, self.held, rules, mine
@@ -258,6 +275,7 @@ class NodeIndex:
                 return ScheduleResult(tuple(placements), reason)
             self.add(best.id, request, ports=ports)
             mine[best.id] = mine.get(best.id, 0) + 1
+            passed.add(self._slot[best.id])
             if rules.spread_by is not None:
                 in_value[label_value(best.labels, rules.spread_by) or ""] += 1
             placements.append(Placement(replica_id, best.id))
