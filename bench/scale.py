@@ -55,7 +55,7 @@ import tracemalloc
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -71,14 +71,13 @@ from bench.logs import ControllerLog
 from controller import heap, scheduler
 from controller import loop as loop_module
 from controller.loop import Controller
-from controller.model import Deployment, NodeRecord, NodeStatus, Resources, spec_hash
-from controller.placement_rules import NO_RULES
+from controller.model import NodeRecord, NodeStatus, Resources, spec_hash
 from controller.plan import Observed
 from controller.readmodel import DEPLOYMENTS, HISTORY, NODES, REPLICAS, RESOURCES
 from controller.runtime import ContainerSpec
 from controller.runtime.hollow import HollowNode, HollowRuntime, hollow_url
 from controller.settings import Settings
-from controller.store import Store, deployment_rows
+from controller.store import Store
 from schema.engine import create_engine
 from schema.models import User
 from tests.harness.database import TemplateDatabases, admin_url_from_env
@@ -217,33 +216,6 @@ def no_event_streams() -> Iterator[None]:
 
     with mock.patch.object(loop_module, "EventWatcher", _NoEvents):
         yield
-
-
-class PlacementShim:
-    """Until the store loads `Deployment.placement` from the rows `seed_placement` writes (the
-    schema work's part of issue 15), give each loaded deployment the rules seeded for it, as
-    the store will: the controller then schedules by them, and `filled` says how many loads
-    needed it (0 once the store does it itself, when the shim changes nothing)."""
-
-    def __init__(self, seeded: Seeded) -> None:
-        self.rules = {d: scale_rules.deployment_rules(i) for i, d in enumerate(seeded.deployments)}
-        self.filled = 0
-
-    @contextlib.contextmanager
-    def installed(self) -> Iterator[None]:
-        read = deployment_rows.read_deployments
-
-        async def read_with_placement(*args: Any, **kwargs: Any) -> list[Deployment]:
-            out = []
-            for d in await read(*args, **kwargs):
-                if d.placement is NO_RULES and d.id in self.rules:
-                    d = replace(d, placement=self.rules[d.id])
-                    self.filled += 1
-                out.append(d)
-            return out
-
-        with mock.patch.object(deployment_rows, "read_deployments", read_with_placement):
-            yield
 
 
 class GcPauses:
@@ -756,8 +728,7 @@ async def run_placement(
             log.open()
             controller = Controller(settings, store, runtime)
             memory["before_controller"] = memory_kib()
-            shim = PlacementShim(seeded)
-            with no_event_streams(), shim.installed() if rules else contextlib.nullcontext():
+            with no_event_streams():
                 counter.reset()
                 calls_before = Counter(runtime.calls)
                 phase = "place-rules" if rules else "place"
@@ -776,7 +747,6 @@ async def run_placement(
                 controller.stop()
                 await asyncio.wait_for(task, settings.shutdown_grace_seconds + 30)
             placement["verify"] = await verify(operator, runtime, size, seeded if rules else None)
-            placement["placement_filled_by_bench"] = shim.filled
             resync: dict[str, Any] | None = None
             if placement["error"] is None:
                 resync = await resync_passes(controller, counter, options.resync_repeats, None)
