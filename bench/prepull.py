@@ -23,12 +23,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
-import shlex
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -39,7 +35,7 @@ from typing import Any
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bench.report import RESULTS_DIR
+from bench.report import run_suite, write_results
 from controller.readmodel import CREDENTIALS, DEPLOYMENTS, REPLICAS, SPECS
 from controller.secrets import SecretBox
 from schema import engine as engine_mod
@@ -202,10 +198,7 @@ async def _main(args: argparse.Namespace, workdir: Path, command: str) -> int:
         "runs": [asdict(r) for r in runs],
         "median_seconds": medians,
     }
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"prepull-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
-    path.write_text(json.dumps(out, indent=2) + "\n")
-    _say(f"written: {path}")
+    _say(f"written: {write_results('prepull', out)}")
     return 0
 
 
@@ -215,9 +208,4 @@ def main(argv: list[str]) -> int:
     p.add_argument("--replicas", type=int, default=10, help="default 10")
     args = p.parse_args(argv)
     ensure_docker_installed()
-    workdir = Path(tempfile.mkdtemp(prefix="fogbench-prepull-"))
-    command = shlex.join(["python", "-m", "bench", "prepull", *argv])
-    try:
-        return asyncio.run(_main(args, workdir, command))
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    return run_suite("prepull", argv, lambda workdir, command: _main(args, workdir, command))

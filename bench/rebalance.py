@@ -18,22 +18,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import shlex
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 
-from bench.report import RESULTS_DIR
+from bench.report import run_suite, write_results
 from controller.readmodel import NODES
 from schema import engine as engine_mod
 from tests.harness.database import TemplateDatabases, admin_url_from_env
@@ -159,10 +154,7 @@ async def _main(args: argparse.Namespace, workdir: Path, command: str) -> int:
         "runs": [asdict(r) for r in runs],
         "median_ready_to_balanced_seconds": median,
     }
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"rebalance-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
-    path.write_text(json.dumps(out, indent=2) + "\n")
-    _say(f"written: {path}")
+    _say(f"written: {write_results('rebalance', out)}")
     return 0
 
 
@@ -173,9 +165,4 @@ def main(argv: list[str]) -> int:
     p.add_argument("--min-ready", type=float, default=5.0, help="seconds (default 5)")
     args = p.parse_args(argv)
     ensure_docker_installed()
-    workdir = Path(tempfile.mkdtemp(prefix="fogbench-rebalance-"))
-    command = shlex.join(["python", "-m", "bench", "rebalance", *argv])
-    try:
-        return asyncio.run(_main(args, workdir, command))
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    return run_suite("rebalance", argv, lambda workdir, command: _main(args, workdir, command))

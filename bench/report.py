@@ -8,9 +8,13 @@ spread is never hidden.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import shlex
+import shutil
 import statistics
-from collections.abc import Callable, Iterable
+import tempfile
+from collections.abc import Callable, Coroutine, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,6 +23,26 @@ from bench.convergence import LABELS, PG, RAW, RAW_STOP, SQLITE, Config, Phase, 
 
 AIM = 1.25  # the product owner's target for controller/raw (scale-up, engine work)
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def run_suite(
+    name: str, argv: list[str], run: Callable[[Path, str], Coroutine[Any, Any, int]]
+) -> int:
+    """`python -m bench NAME ARGV...`: `run(workdir, command)` in a throwaway directory."""
+    workdir = Path(tempfile.mkdtemp(prefix=f"fogbench-{name}-"))
+    command = shlex.join(["python", "-m", "bench", name, *argv])
+    try:
+        return asyncio.run(run(workdir, command))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def write_results(kind: str, out: dict[str, Any]) -> Path:
+    """`out` as bench/results/<kind>-<UTC timestamp>.json; the path written."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{kind}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    return path
 
 
 def stats(values: Iterable[float | None]) -> dict[str, Any] | None:
