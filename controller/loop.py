@@ -60,6 +60,7 @@ class Controller:
         self.settings = settings
         self.store = store
         self.runtime = runtime
+        self._clock = clock
         self.nodes = NodeMonitor(store, runtime, settings, clock)
         self.reconciler = Reconciler(store, runtime, self.nodes, settings, clock)
         self.storage = StorageMonitor(runtime, self.nodes, self.reconciler)
@@ -301,6 +302,7 @@ class Controller:
             try:
                 await self.nodes.refresh()
                 if self.nodes.take_openings():
+                    self.reconciler.rebalance.opened(self._clock())
                     # A node joined, came back or was uncordoned: every deployment's spread
                     # is looked at (the resync triage asks the rebalance decision).
                     self.resync_now()

@@ -4,11 +4,12 @@ both node labels and selectors follow.
 Kubernetes' rules, so an operator's habits carry over: a selector is a set of key=value pairs
 that must all be among the node's labels (nodeSelector); `spread_by` names a node label whose
 values the replicas spread over with skew at most 1 while every value has room (a topology
-spread constraint with maxSkew 1 and whenUnsatisfiable ScheduleAnyway: a full value leaves
-the rest to the others rather than replicas pending); `max_per_node` caps the deployment's replicas on one node (what
-Swarm calls max-replicas per node). Label keys and values follow Kubernetes' syntax (an
-optional DNS-subdomain prefix and `/`, then a name of at most 63 characters of `[A-Za-z0-9-_.]`
-starting and ending alphanumeric), checked here and by the database alike.
+spread constraint with maxSkew 1 and whenUnsatisfiable ScheduleAnyway: a full value leaves the
+rest to the others rather than replicas pending); `max_per_node` caps the deployment's
+replicas on one node (what Swarm calls max-replicas per node). Label keys and values follow
+Kubernetes' syntax (an optional DNS-subdomain prefix and `/`, then a name of at most 63
+characters of `[A-Za-z0-9-_.]` starting and ending alphanumeric), checked here and by the
+database alike.
 
 Labels under `fog.io/` belong to the controller: it sets them from what each engine says about
 itself (`engine_labels`), as the kubelet sets `kubernetes.io/arch`, and operators cannot set

@@ -70,6 +70,11 @@ class Rebalancer:
         self._moves: dict[uuid.UUID, _InFlight] = {}
         self._runs: dict[uuid.UUID, _Run] = {}
         self._cool_until: dict[uuid.UUID, datetime] = {}
+        # When a node last opened (joined, returned to ready, was uncordoned), and when each
+        # deployment's spread was last found balanced: only a deployment placed before the
+        # latest opening and not looked at since is owed a rebalance (see `owed`).
+        self._opened_at: datetime | None = None
+        self._looked: dict[uuid.UUID, datetime] = {}
         # Told of every move that ends (the loop counts them in a metric).
         self.on_end: Callable[[Result], None] = lambda _result: None
 
@@ -89,6 +94,31 @@ class Rebalancer:
     def allowed(self, d: Deployment) -> bool:
         """Rebalancing is on for `d` (FOG_REBALANCE and its placement's `rebalance`)."""
         return self.enabled and d.placement.rebalance
+
+    def opened(self, at: datetime) -> None:
+        """A node opened for placement: deployments placed before now are owed a look."""
+        self._opened_at = at
+
+    def owed(self, d: Deployment) -> bool:
+        """Whether `d`'s spread is to be looked at: a rebalance of it is running, or a node
+        opened after its last look and some live replica of it predates that opening. A
+        replica placed later was placed with the opened node there to choose, so a spread the
+        scheduler left uneven (a rollout's surge lands beside the old replicas, which then
+        leave) is not churned after every rollout; a controller that restarts sees a node
+        that came back meanwhile open at its first probe, so nothing is lost."""
+        if self.running(d.id):
+            return True
+        opened = self._opened_at
+        if (
+            opened is None
+            or self._looked.get(d.id, datetime.min.replace(tzinfo=opened.tzinfo)) >= opened
+        ):
+            return False
+        return any(r.live and (r.created_at is None or r.created_at <= opened) for r in d.replicas)
+
+    def looked(self, deployment_id: uuid.UUID, at: datetime) -> None:
+        """`d`'s spread was found balanced at `at` (nothing left to move)."""
+        self._looked[deployment_id] = at
 
     def wait(self, d: Deployment, now: datetime) -> float | None:
         """None: a move may start for `d` now; else seconds until one might (its cool-down,
@@ -147,6 +177,7 @@ class Rebalancer:
         self._moves.pop(deployment_id, None)
         self._runs.pop(deployment_id, None)
         self._cool_until.pop(deployment_id, None)
+        self._looked.pop(deployment_id, None)
 
     def new_term(self) -> None:
         """Leadership (re)gained: another leader may have acted meanwhile; a surplus left by a

@@ -227,15 +227,18 @@ class Reconciler:
     ) -> rebalance.Move | None:
         """The move the spread of a settled `d` asks for (`fitting`: the nodes the scheduler's
         cache says could take one more; None: every eligible node)."""
-        if not self.rebalance.allowed(d):
+        if not self.rebalance.allowed(d) or not self.rebalance.owed(d):
             return None
         if not rebalance.settled(d, ready_count(d, observed.views, observed.mine)):
             return None
         nodes = self._nodes_by_id()
         live = [r for r in d.replicas if r.live]
-        return rebalance.next_move(
+        move = rebalance.next_move(
             d.placement, live, nodes, fitting if fitting is not None else nodes.keys()
         )
+        if move is None:
+            self.rebalance.looked(d.id, self._clock())
+        return move
 
     def _nodes_by_id(self) -> Mapping[uuid.UUID, Node]:
         """The nodes by id, once per node snapshot (the triage asks for every deployment)."""

@@ -154,6 +154,14 @@ async def rebalancing_fog(*names: str, **settings: object) -> World:
     return f
 
 
+async def open_node(f: World, name: str) -> None:
+    """Uncordon `name` and pass the opening on as the loop's heartbeat does."""
+    cordon(f, name, on=False)
+    await f.nodes.refresh()
+    assert name in f.nodes.take_openings()
+    f.reconciler.rebalance.opened(f.clock())
+
+
 def cordon(f: World, name: str, *, on: bool) -> None:
     node_id = f.node_id(name)
     f.store.node_rows[node_id] = replace(f.store.node_rows[node_id], unschedulable=on)
@@ -196,10 +204,9 @@ async def test_an_opened_node_gets_its_share_one_move_at_a_time() -> None:
     assert per_node(f, d) == {"n1": 3, "n2": 3}
     metrics = Metrics()
     f.reconciler.rebalance.on_end = metrics.rebalance_move  # as the loop wires it
-    cordon(f, "n3", on=False)
-    await f.nodes.refresh()
-    assert f.nodes.take_openings() == ["n3"]
-    assert f.nodes.take_openings() == []
+    await open_node(f, "n3")
+    assert f.nodes.take_openings() == []  # once
+    f.reconciler.rebalance.opened(f.clock())  # as the loop's heartbeat passes it on
     # The resync pass's triage (what a node's return kicks) finds the deployment.
     views = await f.reconciler.observe(f.nodes.reachable())
     loaded = await f.store.load_deployment(d.id)
@@ -240,8 +247,7 @@ async def test_rebalance_off_moves_nothing(
     f = await rebalancing_fog("n1", "n2", "n3", **settings)
     d = f.new(6, placement=placement)
     await start(f, d)
-    cordon(f, "n3", on=False)
-    await f.nodes.refresh()
+    await open_node(f, "n3")
     logs = await run_until_quiet(f, d, rounds=20)
     assert per_node(f, d) == {"n1": 3, "n2": 3}
     assert not [e for e in logs if e["event"].startswith("rebalance")]
@@ -252,8 +258,7 @@ async def test_fleet_wide_cap_holds_moves_in_flight() -> None:
     a = f.new(4, id=uuid.UUID(int=11), name="a")
     b = f.new(4, id=uuid.UUID(int=12), name="b")
     await start(f, a, b)
-    cordon(f, "n3", on=False)
-    await f.nodes.refresh()
+    await open_node(f, "n3")
     in_flight = []
     with capture_logs():
         for _ in range(60):
@@ -272,13 +277,11 @@ async def test_cool_down_after_a_rebalance() -> None:
     await f.nodes.refresh()
     d = f.new(6)
     await start(f, d)
-    cordon(f, "n3", on=False)
-    await f.nodes.refresh()
+    await open_node(f, "n3")
     await run_until_quiet(f, d)
     assert per_node(f, d) == {"n1": 2, "n2": 2, "n3": 2}
     # n4 opens within the cool-down: nothing moves until it has passed.
-    cordon(f, "n4", on=False)
-    await f.nodes.refresh()
+    await open_node(f, "n4")
     before = per_node(f, d)
     await run_until_quiet(f, d, rounds=20)
     assert per_node(f, d) == before
@@ -298,8 +301,7 @@ async def test_a_restart_mid_move_leaves_no_surplus() -> None:
     f = await rebalancing_fog("n1", "n2", "n3")
     d = f.new(6)
     await start(f, d)
-    cordon(f, "n3", on=False)
-    await f.nodes.refresh()
+    await open_node(f, "n3")
     with capture_logs():
         for _ in range(20):
             await f.reconcile(d)
@@ -345,3 +347,31 @@ async def test_a_node_that_joins_or_returns_opens_for_placement() -> None:
     f.store.node_rows[n3] = replace(f.store.node_rows[n3], labels=(("zone", "b"),))
     await f.nodes.refresh()
     assert f.nodes.take_openings() == ["n3"]
+
+
+async def test_only_a_spread_made_before_a_node_opened_is_rebalanced() -> None:
+    """Uneven spreads the scheduler leaves (here: a node uncordoned without the loop seeing
+    it open, then a deployment placed while it was cordoned) are not churned; the opening
+    is what owes a look, and only to deployments placed before it."""
+    f = await rebalancing_fog("n1", "n2", "n3")
+    d = f.new(6, id=uuid.UUID(int=21), name="before")
+    await start(f, d)
+    cordon(f, "n3", on=False)
+    await f.nodes.refresh()
+    f.nodes.take_openings()  # seen by nobody: no opening passed on
+    logs = await run_until_quiet(f, d, rounds=10)
+    assert per_node(f, d) == {"n1": 3, "n2": 3}
+    assert not [e for e in logs if e["event"] == "rebalance_move"]
+    # The opening is passed on: the deployment placed before it is owed a look and healed.
+    f.reconciler.rebalance.opened(f.clock())
+    f.clock.advance(0.5)
+    after = f.new(2, id=uuid.UUID(int=22), name="after")
+    await run_until_quiet(f, d)
+    assert per_node(f, d) == {"n1": 2, "n2": 2, "n3": 2}
+    # A deployment placed after the opening is not owed one, whatever its spread; after its
+    # look a balanced deployment is not looked at again until the next opening.
+    await start(f, after)
+    for placed in (after, d):
+        loaded = await f.store.load_deployment(placed.id)
+        assert loaded is not None
+        assert not f.reconciler.rebalance.owed(loaded)
