@@ -185,3 +185,38 @@ async def test_a_changed_selector_moves_replicas_surge_first(
             running = sampler.running()
             assert min(running) >= 2, running
             assert max(running) > 2  # the replacements ran beside the old replicas
+
+
+async def test_an_uncordoned_zone_gets_its_share_back(
+    db_url: str, engine: AsyncEngine, cluster: Cluster
+) -> None:
+    """`spread_by: zone` with zone b (node-2) cordoned: all 4 replicas in zone a. Uncordoned
+    (plain SQL, as `fogctl node uncordon` does), zone b gets 2 of them back by rebalancing,
+    one move at a time, never below 4 running, with one history row saying so."""
+    async with fleet_on(db_url, engine, cluster) as f:
+        await _label_zones(f.op)
+        await _sql(f.op, "UPDATE nodes SET unschedulable = true WHERE name = 'node-2'")
+        d = await f.op.add_deployment(f.user, "zoned", replicas=0)
+        await _placement(f.op, "zoned", spread_by="zone")
+        await f.op.scale(d, 4)
+        settings = settings_for_tests(db_url, min_ready_seconds=0.5)
+        async with running_controller(settings):
+
+            async def spread(wanted: Counter[str]) -> bool:
+                return await converged(f.op, f.urls, d, 4) and await _per_node(f, d) == wanted
+
+            await eventually(lambda: spread(Counter({"node-0": 2, "node-1": 2})), within=60)
+            with ContainerSampler(f.urls, d) as sampler:
+                await _sql(f.op, "UPDATE nodes SET unschedulable = false WHERE name = 'node-2'")
+
+                async def zones_even() -> bool:
+                    per_node = await _per_node(f, d)
+                    return await converged(f.op, f.urls, d, 4) and per_node["node-2"] == 2
+
+                await eventually(zones_even, within=90)
+            assert min(sampler.running()) >= 4
+            assert sorted((await _per_node(f, d)).values()) == [1, 1, 2]
+            reasons = [str(h["reason"]) for h in await f.op.history(d)]
+            assert [r for r in reasons if r.startswith("rebalanced")] == [
+                "rebalanced: 2 replicas moved to node-2"
+            ]
