@@ -875,6 +875,8 @@ GENERATION_TRIGGERS: dict[str, tuple[str, ...]] = {
         "trg_deployments_generation",
         "trg_deployment_resources_generation",
         *(f"trg_{table}_generation" for table in SPEC_TABLES),
+        # Migration 0009: each spec-table write locks its deployment row first.
+        *(f"trg_{table}_lock_deployment" for table in SPEC_TABLES),
     ),
     "sqlite": (
         "trg_deployments_generation_insert",
@@ -890,6 +892,7 @@ GENERATION_TRIGGERS: dict[str, tuple[str, ...]] = {
     ),
 }
 GENERATION_FUNCTIONS = (
+    "fog_lock_deployment_first",
     "fog_generation_deployments",
     "fog_generation_deployment_resources",
     "fog_generation_deployment_specs",

@@ -23,7 +23,7 @@ from sqlalchemy.schema import CreateTable
 from schema import engine as engine_mod
 from schema import migrate, models
 
-HEAD = "0008_placement"
+HEAD = "0009_spec_lock_order"
 TABLES = {
     "users",
     "nodes",
